@@ -1,0 +1,207 @@
+"""Writing builds: creation with their job, append-only stage events, logs and final status."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from trainhook.models import builds, deliveries, jobs, stage_events, stage_logs, utcnow
+
+# Stage names, in order (contract).
+STAGES = (
+    "received",
+    "queued",
+    "checkout",
+    "test",
+    "hash",
+    "train",
+    "build",
+    "push",
+    "deploy",
+    "vertex",
+)
+TERMINAL_BUILD = frozenset({"succeeded", "failed", "cancelled", "superseded"})
+TRIGGERS = ("push", "rebuild", "replay")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A webhook delivery whose signature held."""
+
+    provider: str
+    hook_id: str
+    delivery_id: str
+    event: str
+    repo: str
+    headers: Mapping[str, str]
+    body: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build: the repository, the commit and why."""
+
+    provider: str
+    repo: str
+    ref: str
+    sha: str
+    trigger: str = "push"
+    before_sha: str | None = None
+    force: bool = False
+    commit_message: str | None = None
+    author: str | None = None
+    replay_of: int | None = None
+
+
+def insert_delivery(
+    conn: sa.Connection, delivery: Delivery, outcome: str, reason: str | None = None
+) -> int:
+    """Insert a delivery row; raises IntegrityError when (provider, hook, delivery) exists."""
+    result = conn.execute(
+        deliveries.insert().values(
+            provider=delivery.provider,
+            hook_id=delivery.hook_id,
+            delivery_id=delivery.delivery_id,
+            event=delivery.event,
+            repo=delivery.repo,
+            received_at=delivery.received_at,
+            headers=json.dumps(dict(delivery.headers), sort_keys=True),
+            body=delivery.body,
+            outcome=outcome,
+            reason=reason,
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+def find_delivery(
+    conn: sa.Connection, provider: str, hook_id: str, delivery_id: str
+) -> tuple[int, str, str | None, int | None] | None:
+    """(delivery row id, outcome, reason, build id) of a recorded delivery, or None."""
+    row = conn.execute(
+        sa.select(deliveries.c.id, deliveries.c.outcome, deliveries.c.reason, builds.c.id)
+        .select_from(deliveries.outerjoin(builds, builds.c.delivery_id == deliveries.c.id))
+        .where(
+            deliveries.c.provider == provider,
+            deliveries.c.hook_id == hook_id,
+            deliveries.c.delivery_id == delivery_id,
+        )
+        .order_by(builds.c.id)
+        .limit(1)
+    ).first()
+    return None if row is None else (row[0], row[1], row[2], row[3])
+
+
+def create_build(
+    conn: sa.Connection,
+    spec: BuildSpec,
+    *,
+    delivery_row: int | None = None,
+    received_at: datetime | None = None,
+) -> int:
+    """Insert a queued build, its `received`/`queued` stage events and its job row.
+
+    Runs inside the caller's transaction, so the build and its job exist together or not at all.
+    """
+    if spec.trigger not in TRIGGERS:
+        raise ValueError(f"unknown trigger {spec.trigger!r}")
+    now = utcnow()
+    received_at = received_at or now
+    build_id = int(
+        conn.execute(
+            builds.insert().values(
+                delivery_id=delivery_row,
+                provider=spec.provider,
+                repo=spec.repo,
+                ref=spec.ref,
+                sha=spec.sha,
+                before_sha=spec.before_sha,
+                trigger=spec.trigger,
+                status="queued",
+                force=spec.force,
+                commit_message=spec.commit_message,
+                author=spec.author,
+                created_at=received_at,
+                replay_of=spec.replay_of,
+            )
+        ).inserted_primary_key[0]
+    )
+    conn.execute(
+        stage_events.insert(),
+        [
+            {"build_id": build_id, "stage": "received", "status": "running", "at": received_at},
+            {"build_id": build_id, "stage": "received", "status": "succeeded", "at": now},
+            {"build_id": build_id, "stage": "queued", "status": "running", "at": now},
+        ],
+    )
+    conn.execute(
+        jobs.insert().values(
+            build_id=build_id, status="queued", attempts=0, available_at=now, created_at=now
+        )
+    )
+    return build_id
+
+
+def add_event(
+    conn: sa.Connection,
+    build_id: int,
+    stage: str,
+    status: str,
+    *,
+    detail: str | None = None,
+    cache: str | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Append one stage event (stage rows are never updated in place)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    conn.execute(
+        stage_events.insert().values(
+            build_id=build_id,
+            stage=stage,
+            status=status,
+            at=at or utcnow(),
+            cache=cache,
+            detail=detail,
+        )
+    )
+
+
+def append_log(conn: sa.Connection, build_id: int, stage: str, text: str) -> None:
+    """Append a chunk of a stage's log."""
+    if text:
+        conn.execute(
+            stage_logs.insert().values(build_id=build_id, stage=stage, at=utcnow(), text=text)
+        )
+
+
+def mark_started(conn: sa.Connection, build_id: int) -> None:
+    """Set the build running (the first time only: a retried job keeps its first start)."""
+    conn.execute(
+        builds.update()
+        .where(builds.c.id == build_id, builds.c.status.not_in(TERMINAL_BUILD))
+        .values(status="running", started_at=sa.func.coalesce(builds.c.started_at, utcnow()))
+    )
+
+
+def mark_finished(
+    conn: sa.Connection, build_id: int, status: str, error: str | None = None
+) -> bool:
+    """Move the build to a terminal status; False when it already was terminal (never regress)."""
+    if status not in TERMINAL_BUILD:
+        raise ValueError(f"{status!r} is not a terminal build status")
+    result = conn.execute(
+        builds.update()
+        .where(builds.c.id == build_id, builds.c.status.not_in(TERMINAL_BUILD))
+        .values(status=status, finished_at=utcnow(), error=error)
+    )
+    return result.rowcount == 1
+
+
+def set_cache_key(conn: sa.Connection, build_id: int, key: str) -> None:
+    conn.execute(builds.update().where(builds.c.id == build_id).values(cache_key=key))

@@ -1,0 +1,145 @@
+"""Reading builds: the JSON shape of the contract, derived from builds and stage events."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from trainhook.builds import STAGES
+from trainhook.models import builds, stage_events, stage_logs
+
+MAX_LIMIT = 200
+
+
+def iso(value: datetime | None) -> str | None:
+    """RFC 3339 with a `Z`, millisecond precision; None stays None."""
+    if value is None:
+        return None
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
+def fold_stages(events: Iterable[Any]) -> list[dict[str, Any]]:
+    """Fold one build's events (ordered by id) into the contract's per-stage view."""
+    by_stage: dict[str, list[Any]] = defaultdict(list)
+    for event in events:
+        by_stage[event.stage].append(event)
+    stages = []
+    for name in STAGES:
+        evs = by_stage.get(name, [])
+        stage: dict[str, Any] = {
+            "name": name,
+            "status": "pending",
+            "started_at": None,
+            "finished_at": None,
+            "duration_s": None,
+            "cache": None,
+            "detail": None,
+        }
+        if evs:
+            last = evs[-1]
+            started = next((e.at for e in evs if e.status == "running"), evs[0].at)
+            finished = last.at if last.status not in ("running", "pending") else None
+            stage.update(
+                status=last.status,
+                started_at=iso(started),
+                finished_at=iso(finished),
+                duration_s=_seconds(started, finished) if last.status != "skipped" else 0.0,
+                cache=next((e.cache for e in reversed(evs) if e.cache), None),
+                detail=next((e.detail for e in reversed(evs) if e.detail), None),
+            )
+        stages.append(stage)
+    return stages
+
+
+def _build_json(row: Any, events: Sequence[Any]) -> dict[str, Any]:
+    end = row.finished_at
+    return {
+        "id": row.id,
+        "repo": row.repo,
+        "provider": row.provider,
+        "ref": row.ref,
+        "sha": row.sha,
+        "before_sha": row.before_sha,
+        "trigger": row.trigger,
+        "force": bool(row.force),
+        "status": row.status,
+        "commit_message": row.commit_message,
+        "author": row.author,
+        "created_at": iso(row.created_at),
+        "started_at": iso(row.started_at),
+        "finished_at": iso(end),
+        "duration_s": _seconds(row.created_at, end),
+        "cache_key": row.cache_key,
+        "error": row.error,
+        "stages": fold_stages(events),
+    }
+
+
+def _events_for(conn: sa.Connection, ids: Sequence[int]) -> dict[int, list[Any]]:
+    grouped: dict[int, list[Any]] = defaultdict(list)
+    if not ids:
+        return grouped
+    # One query for every build on the page: no N+1.
+    rows = conn.execute(
+        sa.select(stage_events)
+        .where(stage_events.c.build_id.in_(ids))
+        .order_by(stage_events.c.build_id, stage_events.c.id)
+    )
+    for row in rows:
+        grouped[row.build_id].append(row)
+    return grouped
+
+
+def get_build(conn: sa.Connection, build_id: int) -> dict[str, Any] | None:
+    """One build in the contract's JSON shape, or None."""
+    row = conn.execute(sa.select(builds).where(builds.c.id == build_id)).first()
+    if row is None:
+        return None
+    return _build_json(row, _events_for(conn, [build_id])[build_id])
+
+
+def list_builds(
+    conn: sa.Connection,
+    *,
+    repo: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    before: int | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Newest first, keyset-paginated on id: (builds, cursor for the next page or None)."""
+    limit = max(1, min(limit, MAX_LIMIT))
+    query = sa.select(builds).order_by(builds.c.id.desc()).limit(limit + 1)
+    if repo:
+        query = query.where(builds.c.repo == repo)
+    if status:
+        query = query.where(builds.c.status == status)
+    if before is not None:
+        query = query.where(builds.c.id < before)
+    rows = conn.execute(query).all()
+    page, more = rows[:limit], len(rows) > limit
+    events = _events_for(conn, [r.id for r in page])
+    items = [_build_json(r, events[r.id]) for r in page]
+    return items, (page[-1].id if more else None)
+
+
+def get_logs(conn: sa.Connection, build_id: int) -> dict[str, str]:
+    """Each stage's log text, joined in order."""
+    logs: dict[str, list[str]] = defaultdict(list)
+    rows = conn.execute(
+        sa.select(stage_logs.c.stage, stage_logs.c.text)
+        .where(stage_logs.c.build_id == build_id)
+        .order_by(stage_logs.c.id)
+    )
+    for stage, text in rows:
+        logs[stage].append(text)
+    return {stage: "".join(parts) for stage, parts in logs.items()}

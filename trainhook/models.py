@@ -1,0 +1,128 @@
+"""The schema, as SQLAlchemy Core tables. Alembic migrations are the only way it is created."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Stored as naive UTC (portable across SQLite and Postgres), returned timezone-aware."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass an aware UTC datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# One row per webhook delivery accepted (signature valid); the raw body is kept for audit/replay.
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("hook_id", sa.String(64), nullable=False),
+    sa.Column("delivery_id", sa.String(128), nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("repo", sa.String(255), nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("headers", sa.Text, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # queued | ignored
+    sa.Column("reason", sa.Text, nullable=True),
+    # Redeliveries carry the same (provider, hook, delivery) triple: this is the dedupe key.
+    sa.UniqueConstraint("provider", "hook_id", "delivery_id"),
+)
+
+builds = sa.Table(
+    "builds",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("delivery_id", sa.ForeignKey("deliveries.id"), nullable=True),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("repo", sa.String(255), nullable=False),
+    sa.Column("ref", sa.String(255), nullable=False),
+    sa.Column("sha", sa.String(64), nullable=False),
+    sa.Column("before_sha", sa.String(64), nullable=True),
+    sa.Column("trigger", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("force", sa.Boolean, nullable=False, default=False),
+    sa.Column("commit_message", sa.Text, nullable=True),
+    sa.Column("author", sa.String(255), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("cache_key", sa.String(64), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("replay_of", sa.ForeignKey("builds.id"), nullable=True),
+    # The status page lists newest first per repository and per status (keyset on id).
+    sa.Index("ix_builds_repo_id", "repo", "id"),
+    sa.Index("ix_builds_status_id", "status", "id"),
+    sa.Index("ix_builds_delivery_id", "delivery_id"),
+)
+
+# Append-only: a stage's state and duration are derived from its events, never updated in place.
+stage_events = sa.Table(
+    "stage_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("build_id", sa.ForeignKey("builds.id"), nullable=False),
+    sa.Column("stage", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("cache", sa.String(8), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Index("ix_stage_events_build_id_id", "build_id", "id"),
+)
+
+stage_logs = sa.Table(
+    "stage_logs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("build_id", sa.ForeignKey("builds.id"), nullable=False),
+    sa.Column("stage", sa.String(16), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Index("ix_stage_logs_build_id_stage_id", "build_id", "stage", "id"),
+)
+
+# The SQL queue: one row per build to run; a worker holds it by lease while it runs.
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("build_id", sa.ForeignKey("builds.id"), nullable=False, unique=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("available_at", UTCDateTime, nullable=False),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_until", UTCDateTime, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    # Claims scan queued jobs in order and running jobs whose lease expired.
+    sa.Index("ix_jobs_status_available_at", "status", "available_at"),
+)

@@ -1,0 +1,135 @@
+"""The repositories file (TOML): which repositories trainhook builds, and how."""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+from trainhook.errors import ConfigError
+
+PROVIDERS = ("github", "gitlab", "gitea", "forgejo")
+DEFAULT_DATA = ("data/cleaned_training_sample.csv", "data/prod.csv", "data/train.csv")
+# git transports that may be configured; `ext::` and friends run commands and are never allowed
+CLONE_SCHEMES = ("https", "http", "ssh", "git", "file")
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """One `[[repos]]` table of the repositories file."""
+
+    name: str
+    clone_url: str
+    secret_env: str
+    provider: str = "github"
+    branches: tuple[str, ...] = ("main",)
+    data: tuple[str, ...] = DEFAULT_DATA
+    test_command: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    min_macro_f1: float = 0.0
+    max_regression: float = 1.0
+
+    def wants_branch(self, branch: str) -> bool:
+        """True when a push to `branch` should build (glob patterns, as in the file)."""
+        return any(fnmatch.fnmatchcase(branch, pattern) for pattern in self.branches)
+
+    @property
+    def slug(self) -> str:
+        """A file-system-safe name, unique per repository."""
+        return self.provider + "-" + self.name.replace("/", "--")
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "provider": (str,),
+    "clone_url": (str,),
+    "branches": (list,),
+    "secret_env": (str,),
+    "data": (list,),
+    "test_command": (str,),
+    "text_column": (str,),
+    "label_column": (str,),
+    "min_macro_f1": (float, int),
+    "max_regression": (float, int),
+}
+_REQUIRED = ("name", "clone_url", "secret_env")
+
+
+def _fail(path: Path, repo: str, message: str) -> ConfigError:
+    return ConfigError(f"{path}: repository {repo}: {message}")
+
+
+def _check_data_path(path: Path, repo: str, value: str) -> None:
+    pure = PurePosixPath(value)
+    if not value or pure.is_absolute() or ".." in pure.parts or "\\" in value:
+        raise _fail(path, repo, f"key 'data': {value!r} must be a relative path inside the repo")
+
+
+def _check_clone_url(path: Path, repo: str, url: str) -> None:
+    if "::" in url.split("/", 1)[0]:
+        raise _fail(path, repo, f"key 'clone_url': transport helpers are refused ({url!r})")
+    scheme = urlparse(url).scheme
+    if not scheme and ":" in url and not url.startswith("/"):
+        scheme = "ssh"  # scp-like syntax: git@host:org/repo.git
+    if scheme not in CLONE_SCHEMES:
+        raise _fail(
+            path, repo, f"key 'clone_url': scheme {scheme or 'none'!r} not in {CLONE_SCHEMES}"
+        )
+
+
+def parse_repo(path: Path, index: int, table: dict[str, Any]) -> RepoConfig:
+    """Validate one table; raise ConfigError naming the file, the repository and the key."""
+    label = repr(table.get("name")) if isinstance(table.get("name"), str) else f"#{index + 1}"
+    unknown = sorted(set(table) - set(_TYPES))
+    if unknown:
+        raise _fail(path, label, f"unknown key {unknown[0]!r}")
+    for key in _REQUIRED:
+        if key not in table:
+            raise _fail(path, label, f"missing required key {key!r}")
+    for key, value in table.items():
+        if not isinstance(value, _TYPES[key]) or isinstance(value, bool):
+            raise _fail(path, label, f"key {key!r} has the wrong type ({type(value).__name__})")
+    if table.get("provider", "github") not in PROVIDERS:
+        raise _fail(path, label, f"key 'provider': {table['provider']!r} not in {PROVIDERS}")
+    for key in ("branches", "data"):
+        items = table.get(key, [])
+        if not all(isinstance(item, str) and item for item in items):
+            raise _fail(path, label, f"key {key!r} must be a list of non-empty strings")
+    for item in table.get("data", []):
+        _check_data_path(path, label, item)
+    _check_clone_url(path, label, table["clone_url"])
+    kwargs: dict[str, Any] = dict(table)
+    for key in ("branches", "data"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    for key in ("min_macro_f1", "max_regression"):
+        if key in kwargs:
+            kwargs[key] = float(kwargs[key])
+    return RepoConfig(**kwargs)
+
+
+def load_repos(path: Path) -> tuple[RepoConfig, ...]:
+    """Read and validate the repositories file; raise ConfigError on any problem."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: repositories file not found (set TRAINHOOK_CONFIG)") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    extra = sorted(set(raw) - {"repos"})
+    if extra:
+        raise ConfigError(f"{path}: unknown top-level key {extra[0]!r} (expected [[repos]])")
+    tables = raw.get("repos", [])
+    if not isinstance(tables, list):
+        raise ConfigError(f"{path}: 'repos' must be an array of tables ([[repos]])")
+    repos = tuple(parse_repo(path, i, t) for i, t in enumerate(tables))
+    seen: set[tuple[str, str]] = set()
+    for repo in repos:
+        if (repo.provider, repo.name) in seen:
+            raise _fail(path, repr(repo.name), "is configured twice")
+        seen.add((repo.provider, repo.name))
+    return repos

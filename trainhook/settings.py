@@ -1,0 +1,141 @@
+"""Settings: built from the environment by one function, never at import time."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainhook.errors import ConfigError
+from trainhook.repos import RepoConfig, load_repos
+
+DEFAULT_BODY_LIMIT = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MiB
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service and the worker read from their environment."""
+
+    home: Path
+    database_url: str
+    config_path: Path
+    queue: str
+    artifacts: str
+    builder: str
+    env: str
+    api_token: str | None
+    repos: tuple[RepoConfig, ...]
+    secrets: Mapping[str, str] = field(repr=False, default_factory=dict)
+    body_limit: int = DEFAULT_BODY_LIMIT
+    lease_seconds: float = 60.0
+    poll_interval: float = 0.5
+    max_attempts: int = 3
+    train_timeout: float = 1800.0
+    test_timeout: float = 900.0
+    public_url: str = ""
+
+    def repo(self, name: str, provider: str | None = None) -> RepoConfig | None:
+        """The configured repository with this full name (and provider), or None."""
+        for repo in self.repos:
+            if repo.name == name and (provider is None or repo.provider == provider):
+                return repo
+        return None
+
+    def secret_for(self, repo: RepoConfig) -> str | None:
+        """The webhook secret of a repository, read from its `secret_env` variable."""
+        return self.secrets.get(repo.secret_env) or None
+
+    @property
+    def artifacts_path(self) -> Path:
+        return Path(self.artifacts)
+
+    @property
+    def mirrors_dir(self) -> Path:
+        return self.home / "mirrors"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.home / "work"
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool = True) -> Settings:
+    """Build settings from `env` (default: the process environment).
+
+    Raises ConfigError with a message naming the variable, file, repository or key at fault.
+    """
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("TRAINHOOK_HOME") or "./.trainhook").expanduser().absolute()
+    database_url = env.get("TRAINHOOK_DATABASE_URL") or f"sqlite:///{home / 'trainhook.db'}"
+    config_path = Path(env.get("TRAINHOOK_CONFIG") or "./trainhook.toml").expanduser().absolute()
+    queue = env.get("TRAINHOOK_QUEUE") or "sql"
+    builder = env.get("TRAINHOOK_BUILDER") or "local"
+    mode = env.get("TRAINHOOK_ENV") or "dev"
+    artifacts = env.get("TRAINHOOK_ARTIFACTS") or str(home / "artifacts")
+    token = env.get("TRAINHOOK_API_TOKEN") or None
+
+    if queue not in ("sql", "pubsub"):
+        raise ConfigError(f"TRAINHOOK_QUEUE={queue!r}: expected 'sql' or 'pubsub'")
+    if builder not in ("local", "cloudbuild"):
+        raise ConfigError(f"TRAINHOOK_BUILDER={builder!r}: expected 'local' or 'cloudbuild'")
+    if mode not in ("dev", "prod"):
+        raise ConfigError(f"TRAINHOOK_ENV={mode!r}: expected 'dev' or 'prod'")
+
+    if config_path.exists() or require_repos:
+        repos = load_repos(config_path)
+    else:
+        repos = ()
+
+    secrets = {r.secret_env: env[r.secret_env] for r in repos if env.get(r.secret_env)}
+    settings = Settings(
+        home=home,
+        database_url=database_url,
+        config_path=config_path,
+        queue=queue,
+        artifacts=artifacts,
+        builder=builder,
+        env=mode,
+        api_token=token,
+        repos=repos,
+        secrets=secrets,
+        body_limit=int(_float(env, "TRAINHOOK_BODY_LIMIT", DEFAULT_BODY_LIMIT)),
+        lease_seconds=_float(env, "TRAINHOOK_LEASE_SECONDS", 60.0),
+        poll_interval=_float(env, "TRAINHOOK_POLL_INTERVAL", 0.5),
+        max_attempts=int(_float(env, "TRAINHOOK_MAX_ATTEMPTS", 3)),
+        train_timeout=_float(env, "TRAINHOOK_TRAIN_TIMEOUT", 1800.0),
+        test_timeout=_float(env, "TRAINHOOK_TEST_TIMEOUT", 900.0),
+        public_url=(env.get("TRAINHOOK_PUBLIC_URL") or "").rstrip("/"),
+    )
+    if mode == "prod":
+        refuse_insecure_defaults(settings)
+    return settings
+
+
+def refuse_insecure_defaults(settings: Settings) -> None:
+    """In prod, refuse to start with a missing secret, no API token or SQLite."""
+    problems = []
+    if settings.api_token is None:
+        problems.append("TRAINHOOK_API_TOKEN is not set (POST /rebuild would be unusable)")
+    elif len(settings.api_token) < 16:
+        problems.append("TRAINHOOK_API_TOKEN is shorter than 16 characters")
+    if settings.database_url.startswith("sqlite"):
+        problems.append("TRAINHOOK_DATABASE_URL is SQLite; use PostgreSQL in prod")
+    for repo in settings.repos:
+        if not settings.secret_for(repo):
+            problems.append(
+                f"repository {repo.name!r}: secret variable {repo.secret_env} is not set"
+            )
+    if problems:
+        raise ConfigError(
+            "TRAINHOOK_ENV=prod refuses insecure defaults:\n  - " + "\n  - ".join(problems)
+        )
