@@ -91,10 +91,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
     if mode not in ("dev", "prod"):
         raise ConfigError(f"TRAINHOOK_ENV={mode!r}: expected 'dev' or 'prod'")
 
-    if config_path.exists() or require_repos:
-        repos = load_repos(config_path)
-    else:
-        repos = ()
+    repos = load_repos(config_path) if config_path.exists() or require_repos else ()
 
     secrets = {r.secret_env: env[r.secret_env] for r in repos if env.get(r.secret_env)}
     settings = Settings(
