@@ -1,0 +1,135 @@
+"""Accepting a webhook delivery: verify, decide, and record it with its build in one transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from service.forge import Forge, ForgeEvent, NotConfigured, Unauthorized
+from trainhook.builds import BuildSpec, Delivery, create_build, find_delivery, insert_delivery
+from trainhook.errors import DatabaseUnavailable
+from trainhook.repos import RepoConfig
+from trainhook.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Never stored: these carry credentials on some forges.
+SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-gitlab-token"})
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The HTTP answer to a delivery."""
+
+    status: int
+    body: dict[str, Any]
+
+
+def ignore_reason(repo: RepoConfig, event: ForgeEvent) -> str | None:
+    """Why a verified delivery builds nothing, or None when it should build."""
+    push = event.push
+    if push is None:
+        if event.event == "ping":
+            return "ping: webhook is set up"
+        return f"event {event.event!r} is not built (only push)"
+    if push.deleted:
+        return f"{push.ref} was deleted"
+    branch = push.branch
+    if branch is None:
+        return f"{push.ref} is not a branch"
+    if not repo.wants_branch(branch):
+        return f"branch {branch!r} is not configured (branches = {list(repo.branches)})"
+    return None
+
+
+def verify(
+    runtime: Runtime, forge: Forge, headers: Mapping[str, str], body: bytes
+) -> tuple[RepoConfig, ForgeEvent]:
+    """The configured repository and the verified event; raises a WebhookError otherwise.
+
+    The body is parsed only as far as the repository name before the signature holds.
+    """
+    payload = forge.payload(headers, body)
+    name = forge.repo_name(payload)
+    repo = runtime.settings.repo(name, forge.name)
+    if repo is None:
+        raise NotConfigured(f"repository {name!r} is not configured for {forge.name}")
+    secret = runtime.settings.secret_for(repo)
+    if not secret:
+        raise Unauthorized(f"no webhook secret is set for {name!r} ({repo.secret_env})")
+    forge.verify(headers, body, secret)
+    return repo, forge.event(headers, payload)
+
+
+def record(
+    runtime: Runtime,
+    forge: Forge,
+    repo: RepoConfig,
+    event: ForgeEvent,
+    headers: Mapping[str, str],
+    body: bytes,
+    received_at: datetime,
+) -> Answer:
+    """Store the delivery (and its build and job when it builds) in ONE transaction.
+
+    A redelivery (same provider, hook and delivery id) answers `duplicate` and builds nothing.
+    Raises DatabaseUnavailable when the database cannot be reached: nothing is then stored.
+    """
+    reason = ignore_reason(repo, event)
+    delivery = Delivery(
+        provider=forge.name,
+        hook_id=event.hook_id,
+        delivery_id=event.delivery_id,
+        event=event.event,
+        repo=repo.name,
+        headers={k: v for k, v in headers.items() if k.lower() not in SECRET_HEADERS},
+        body=body,
+        received_at=received_at,
+    )
+    try:
+        with runtime.engine.begin() as conn:
+            row = insert_delivery(conn, delivery, "ignored" if reason else "queued", reason)
+            build_id = None
+            if reason is None:
+                assert event.push is not None
+                push = event.push
+                spec = BuildSpec(
+                    provider=forge.name,
+                    repo=repo.name,
+                    ref=push.ref,
+                    sha=push.after,
+                    before_sha=push.before,
+                    commit_message=push.commit_message,
+                    author=push.author,
+                )
+                build_id = create_build(conn, spec, delivery_row=row, received_at=received_at)
+    except sa.exc.IntegrityError:
+        return _duplicate(runtime, forge, event)
+    except sa.exc.DBAPIError as exc:
+        log.warning("database unavailable while recording a delivery: %s", type(exc).__name__)
+        raise DatabaseUnavailable("database unavailable; the delivery was not stored") from None
+    if build_id is None:
+        return Answer(200, {"status": "ignored", "reason": reason})
+    runtime.queue.notify([build_id])
+    return Answer(
+        202, {"status": "queued", "build_id": build_id, "status_url": f"/builds/{build_id}"}
+    )
+
+
+def _duplicate(runtime: Runtime, forge: Forge, event: ForgeEvent) -> Answer:
+    try:
+        with runtime.engine.connect() as conn:
+            found = find_delivery(conn, forge.name, event.hook_id, event.delivery_id)
+    except sa.exc.DBAPIError:
+        raise DatabaseUnavailable("database unavailable") from None
+    if found is None:  # the constraint that failed was not the dedupe key
+        raise DatabaseUnavailable("the delivery could not be stored")
+    _row, outcome, reason, build_id = found
+    if build_id is None:
+        return Answer(200, {"status": "ignored", "reason": reason or outcome})
+    return Answer(200, {"status": "duplicate", "build_id": build_id})

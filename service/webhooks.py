@@ -1,0 +1,65 @@
+"""POST /webhooks/{provider}: read the body within its limit and answer as the contract says."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service import ingest
+from service.forge import Forge, TooLarge, WebhookError
+from service.github import GitHub
+from trainhook.errors import DatabaseUnavailable
+from trainhook.models import utcnow
+from trainhook.runtime import Runtime
+
+# The route picks the verifier: a header naming another forge never changes which one runs.
+FORGES: dict[str, Forge] = {"github": GitHub()}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than `limit` bytes without reading past it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def receive(request: Request) -> JSONResponse:
+    started = time.perf_counter()
+    received_at = utcnow()
+    runtime: Runtime = request.app.state.runtime
+    name = request.path_params["provider"]
+    forge = FORGES.get(name)
+    if forge is None:
+        return JSONResponse({"error": f"unknown provider {name!r}"}, status_code=404)
+    try:
+        body = await read_body(request, runtime.settings.body_limit)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        repo, event = ingest.verify(runtime, forge, headers, body)
+        answer = await run_in_threadpool(
+            ingest.record, runtime, forge, repo, event, headers, body, received_at
+        )
+    except WebhookError as exc:
+        runtime.metrics.webhooks.labels(name, str(exc.status)).inc()
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    except DatabaseUnavailable as exc:
+        runtime.metrics.webhooks.labels(name, "503").inc()
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+    except ClientDisconnect:
+        return JSONResponse({"error": "client disconnected"}, status_code=400)
+    runtime.metrics.webhooks.labels(name, answer.body["status"]).inc()
+    runtime.metrics.webhook_seconds.labels(name).observe(time.perf_counter() - started)
+    return JSONResponse(answer.body, status_code=answer.status)
+
+
+routes = [Route("/webhooks/{provider}", receive, methods=["POST"])]
