@@ -58,6 +58,12 @@ class BuildSpec:
     replay_of: int | None = None
 
 
+def _new_id(result: sa.CursorResult[object]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
 def insert_delivery(
     conn: sa.Connection, delivery: Delivery, outcome: str, reason: str | None = None
 ) -> int:
@@ -76,7 +82,7 @@ def insert_delivery(
             reason=reason,
         )
     )
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 def find_delivery(
@@ -112,7 +118,7 @@ def create_build(
         raise ValueError(f"unknown trigger {spec.trigger!r}")
     now = utcnow()
     received_at = received_at or now
-    build_id = int(
+    build_id = _new_id(
         conn.execute(
             builds.insert().values(
                 delivery_id=delivery_row,
@@ -129,7 +135,7 @@ def create_build(
                 created_at=received_at,
                 replay_of=spec.replay_of,
             )
-        ).inserted_primary_key[0]
+        )
     )
     conn.execute(
         stage_events.insert(),

@@ -1,0 +1,90 @@
+"""The `trainhook` command line (contract): up, serve, worker, migrate, train, rebuild, replay."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from trainhook.errors import ConfigError, TrainhookError
+
+log = logging.getLogger("trainhook")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainhook",
+        description="Turn git pushes into trained, built and deployed ML models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="all-in-one: receiver + worker + status page in one process")
+    up.add_argument("--host", default="127.0.0.1", help="interface to listen on [127.0.0.1]")
+    up.add_argument("--port", type=int, default=8000, help="port to listen on [8000]")
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="create the bundled example repository and send it one signed push",
+    )
+    up.add_argument("--workers", type=int, default=1, help="worker threads [1]")
+
+    serve = sub.add_parser("serve", help="receiver + status page only")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+
+    worker = sub.add_parser("worker", help="worker only")
+    worker.add_argument("--burst", action="store_true", help="drain the queue and exit")
+
+    sub.add_parser("migrate", help="alembic upgrade head with the configured database URL")
+
+    train = sub.add_parser("train", help="the trainer alone (same as python -m trainer train)")
+    train.add_argument("args", nargs=argparse.REMAINDER, help="DATA --out DIR [options]")
+
+    rebuild = sub.add_parser("rebuild", help="queue a build by hand")
+    rebuild.add_argument("repo", help="repository full name, as in the repositories file")
+    which = rebuild.add_mutually_exclusive_group()
+    which.add_argument("--ref", help="branch or full ref [refs/heads/main]")
+    which.add_argument("--sha", help="exact commit id")
+    rebuild.add_argument("--force", action="store_true", help="ignore every cache")
+
+    replay = sub.add_parser("replay", help="re-process past builds")
+    replay.add_argument("--since", help="ISO time or a duration like 3d, 12h")
+    replay.add_argument("--until", help="ISO time or a duration like 1h")
+    replay.add_argument("--status", help="only builds with this status")
+    replay.add_argument("--repo", help="only this repository")
+    replay.add_argument("--force", action="store_true", help="re-run succeeded builds too")
+    replay.add_argument("--seek", action="store_true", help="seek the Pub/Sub subscription")
+    replay.add_argument("--dry-run", action="store_true", help="say what would be replayed")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "train":
+        from trainer.cli import main as train_main
+
+        rest = list(args.args)
+        return train_main(rest if rest and rest[0] == "train" else ["train", *rest])
+    try:
+        from trainhook import commands
+
+        return int(commands.run(args))
+    except ConfigError as exc:
+        print(f"trainhook: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except TrainhookError as exc:
+        print(f"trainhook: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

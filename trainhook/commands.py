@@ -1,0 +1,174 @@
+"""What each CLI command does. The composition root: the only core module that wires the
+service and the worker together (see the import-direction test)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from trainhook import db
+from trainhook.errors import TrainhookError
+from trainhook.settings import Settings, load_settings
+
+
+def _serve(runtime: Any, host: str, port: int, on_started: Callable[[], None] | None) -> None:
+    import uvicorn
+
+    from service.app import create_app
+
+    config = uvicorn.Config(
+        create_app(runtime), host=host, port=port, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    if on_started is not None:
+
+        def wait_then_call() -> None:
+            while not server.started and not server.should_exit:
+                threading.Event().wait(0.05)
+            if server.started:
+                on_started()
+
+        threading.Thread(target=wait_then_call, name="on-started", daemon=True).start()
+    server.run()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from worker.loop import Worker
+
+    from trainhook.demo import DemoSession, prepare_demo
+    from trainhook.runtime import build_runtime
+
+    demo: DemoSession | None = None
+    if args.demo:
+        demo = prepare_demo(os.environ)
+    settings = load_settings()
+    db.upgrade(settings.database_url)
+    runtime = build_runtime(settings)
+    stop = threading.Event()
+    threads = [
+        threading.Thread(
+            target=Worker(runtime, owner=f"up-{os.getpid()}-{i}").run,
+            args=(stop,),
+            name=f"worker-{i}",
+        )
+        for i in range(max(1, args.workers))
+    ]
+    for thread in threads:
+        thread.start()
+    base = f"http://{args.host}:{args.port}"
+
+    def started() -> None:
+        print_banner(settings, base)
+        if demo is not None:
+            demo.push(base, runtime)
+
+    try:
+        _serve(runtime, args.host, args.port, started)
+    finally:
+        # uvicorn has handled SIGTERM/SIGINT: let the workers finish their current stage.
+        stop.set()
+        for thread in threads:
+            thread.join()
+        runtime.close()
+    return 0
+
+
+def print_banner(settings: Settings, base: str) -> None:
+    token = settings.api_token or "$TRAINHOOK_API_TOKEN"
+    repo = settings.repos[0].name if settings.repos else "OWNER/REPO"
+    print(
+        f"\ntrainhook is up ({settings.env}, queue={settings.queue}, builder={settings.builder})\n"
+        f"  status page : {base}/\n"
+        f"  webhook URL : {base}/webhooks/github  (content type application/json)\n"
+        f"  rebuild     : curl -X POST {base}/rebuild -H 'Authorization: Bearer {token}' "
+        f'-H \'Content-Type: application/json\' -d \'{{"repo": "{repo}", "ref": "main"}}\'\n',
+        flush=True,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from trainhook.runtime import build_runtime
+
+    settings = load_settings()
+    runtime = build_runtime(settings)
+    try:
+        _serve(runtime, args.host, args.port, lambda: print_banner(settings, _base(args)))
+    finally:
+        runtime.close()
+    return 0
+
+
+def _base(args: argparse.Namespace) -> str:
+    return f"http://{args.host}:{args.port}"
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.loop import run_worker_process
+
+    run_worker_process(load_settings(), burst=args.burst)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings(require_repos=False)
+    db.upgrade(settings.database_url)
+    print(f"database is at revision {_revision(settings)}")
+    return 0
+
+
+def _revision(settings: Settings) -> str | None:
+    engine = db.make_engine(settings.database_url)
+    try:
+        return db.current_revision(engine)
+    finally:
+        engine.dispose()
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from trainhook.runtime import build_runtime
+    from trainhook.triggers import TriggerError, request_rebuild
+
+    runtime = build_runtime(load_settings())
+    try:
+        ref = args.ref if args.ref or args.sha else "main"
+        build_id = request_rebuild(runtime, args.repo, ref=ref, sha=args.sha, force=args.force)
+    except TriggerError as exc:
+        raise TrainhookError(exc.message) from None
+    finally:
+        runtime.close()
+    print(f"queued build {build_id}: /builds/{build_id}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from trainhook.replay import ReplayFilter, replay
+    from trainhook.runtime import build_runtime
+
+    if args.seek:
+        raise TrainhookError("--seek needs TRAINHOOK_QUEUE=pubsub (not available yet)")
+    runtime = build_runtime(load_settings())
+    try:
+        flt = ReplayFilter.parse(args.since, args.until, args.status, args.repo)
+        report = replay(runtime, flt, force=args.force, dry_run=args.dry_run)
+    finally:
+        runtime.close()
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "up": cmd_up,
+    "serve": cmd_serve,
+    "worker": cmd_worker,
+    "migrate": cmd_migrate,
+    "rebuild": cmd_rebuild,
+    "replay": cmd_replay,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    return COMMANDS[args.command](args)

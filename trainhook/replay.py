@@ -1,0 +1,123 @@
+"""`trainhook replay`: queue past builds again, from the database (the system of record)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from trainhook.builds import BuildSpec, create_build
+from trainhook.errors import TrainhookError
+from trainhook.models import builds, utcnow
+from trainhook.runtime import Runtime
+
+DURATION = re.compile(r"^(\d+)([smhd])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "superseded")
+
+
+def parse_time(value: str, now: datetime | None = None) -> datetime:
+    """`3d`, `12h`, `30m` (ago) or an ISO 8601 time (UTC when no offset is given)."""
+    match = DURATION.match(value.strip())
+    if match:
+        amount, unit = int(match.group(1)), UNITS[match.group(2)]
+        return (now or utcnow()) - timedelta(**{unit: amount})
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise TrainhookError(f"{value!r} is neither a duration (3d, 12h) nor an ISO time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ReplayFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    status: str | None = None
+    repo: str | None = None
+
+    @classmethod
+    def parse(
+        cls, since: str | None, until: str | None, status: str | None, repo: str | None
+    ) -> ReplayFilter:
+        if status is not None and status not in STATUSES:
+            raise TrainhookError(f"--status {status!r}: expected one of {', '.join(STATUSES)}")
+        return cls(
+            since=parse_time(since) if since else None,
+            until=parse_time(until) if until else None,
+            status=status,
+            repo=repo,
+        )
+
+
+@dataclass
+class ReplayReport:
+    queued: list[tuple[int, int]] = field(default_factory=list)  # (old build, new build)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (build, why)
+
+    def lines(self) -> list[str]:
+        out = [f"re-enqueued build {old} as build {new}" for old, new in self.queued]
+        out += [f"skipped build {bid}: {why}" for bid, why in self.skipped]
+        out.append(f"{len(self.queued)} re-enqueued, {len(self.skipped)} skipped")
+        return out
+
+
+def _why_skip(status: str, force: bool) -> str | None:
+    if status in ("queued", "running"):
+        return f"still {status}; the queue will finish it"
+    if status == "succeeded" and not force:
+        return "already succeeded (use --force to build it again)"
+    if status == "superseded" and not force:
+        return "superseded by a newer push"
+    return None
+
+
+def replay(
+    runtime: Runtime, flt: ReplayFilter, *, force: bool = False, dry_run: bool = False
+) -> ReplayReport:
+    """Queue a new `replay` build for each matching failed/cancelled build (all with force).
+
+    Idempotent for builds still in progress (skipped); never touches the original rows.
+    """
+    query = sa.select(builds).order_by(builds.c.id)
+    if flt.since:
+        query = query.where(builds.c.created_at >= flt.since)
+    if flt.until:
+        query = query.where(builds.c.created_at <= flt.until)
+    if flt.status:
+        query = query.where(builds.c.status == flt.status)
+    if flt.repo:
+        query = query.where(builds.c.repo == flt.repo)
+    report = ReplayReport()
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    for row in rows:
+        why = _why_skip(row.status, force)
+        if why is None and runtime.settings.repo(row.repo, row.provider) is None:
+            why = "repository is no longer configured"
+        if why is not None:
+            report.skipped.append((row.id, why))
+            continue
+        if dry_run:
+            report.queued.append((row.id, 0))
+            continue
+        spec = BuildSpec(
+            provider=row.provider,
+            repo=row.repo,
+            ref=row.ref,
+            sha=row.sha,
+            before_sha=row.before_sha,
+            trigger="replay",
+            force=force,
+            commit_message=row.commit_message,
+            author=row.author,
+            replay_of=row.id,
+        )
+        with runtime.engine.begin() as conn:
+            new_id = create_build(conn, spec)
+        report.queued.append((row.id, new_id))
+    if report.queued and not dry_run:
+        runtime.queue.notify([new for _, new in report.queued])
+    return report
