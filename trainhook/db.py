@@ -22,7 +22,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         _tune_sqlite(engine)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    if "poolclass" not in kwargs:
+        kwargs.update(pool_size=10, max_overflow=20)
+    return sa.create_engine(url, pool_pre_ping=True, **kwargs)
 
 
 def _tune_sqlite(engine: Engine) -> None:
