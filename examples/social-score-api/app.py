@@ -124,7 +124,7 @@ def _parse_texts(payload: Any) -> list[str] | str:
     if not texts:
         return '"texts" must not be empty'
     if len(texts) > MAX_TEXTS:
-        return f'too many texts: {len(texts)} (at most {MAX_TEXTS} per request)'
+        return f"too many texts: {len(texts)} (at most {MAX_TEXTS} per request)"
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         return f'"texts" must contain only strings (bad item at index {bad[0]})'
