@@ -61,6 +61,11 @@ class GitHub:
         return data
 
     def repo_name(self, payload: dict[str, Any]) -> str:
+        if "repository" not in payload and "organization" in payload:
+            raise BadRequest(
+                "no 'repository' in the payload: organization hooks are not supported, "
+                "add the webhook to the repository"
+            )
         return str(require(payload, "repository.full_name"))
 
     def verify(self, headers: Mapping[str, str], body: bytes, secret: str) -> None:
