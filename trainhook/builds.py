@@ -58,6 +58,30 @@ class BuildSpec:
     replay_of: int | None = None
 
 
+_INSERT_DELIVERY = deliveries.insert()
+_INSERT_BUILD = builds.insert()
+_INSERT_EVENT = stage_events.insert()
+_INSERT_JOB = jobs.insert()
+
+
+def _event(
+    build_id: int,
+    stage: str,
+    status: str,
+    at: datetime,
+    cache: str | None = None,
+    detail: str | None = None,
+) -> dict[str, object]:
+    return {
+        "build_id": build_id,
+        "stage": stage,
+        "status": status,
+        "at": at,
+        "cache": cache,
+        "detail": detail,
+    }
+
+
 def _new_id(result: sa.CursorResult[object]) -> int:
     key = result.inserted_primary_key
     assert key is not None
@@ -68,19 +92,21 @@ def insert_delivery(
     conn: sa.Connection, delivery: Delivery, outcome: str, reason: str | None = None
 ) -> int:
     """Insert a delivery row; raises IntegrityError when (provider, hook, delivery) exists."""
+    # Constant statements with parameter dicts: compiled once and cached (the webhook hot path).
     result = conn.execute(
-        deliveries.insert().values(
-            provider=delivery.provider,
-            hook_id=delivery.hook_id,
-            delivery_id=delivery.delivery_id,
-            event=delivery.event,
-            repo=delivery.repo,
-            received_at=delivery.received_at,
-            headers=json.dumps(dict(delivery.headers), sort_keys=True),
-            body=delivery.body,
-            outcome=outcome,
-            reason=reason,
-        )
+        _INSERT_DELIVERY,
+        {
+            "provider": delivery.provider,
+            "hook_id": delivery.hook_id,
+            "delivery_id": delivery.delivery_id,
+            "event": delivery.event,
+            "repo": delivery.repo,
+            "received_at": delivery.received_at,
+            "headers": json.dumps(dict(delivery.headers), sort_keys=True),
+            "body": delivery.body,
+            "outcome": outcome,
+            "reason": reason,
+        },
     )
     return _new_id(result)
 
@@ -120,35 +146,44 @@ def create_build(
     received_at = received_at or now
     build_id = _new_id(
         conn.execute(
-            builds.insert().values(
-                delivery_id=delivery_row,
-                provider=spec.provider,
-                repo=spec.repo,
-                ref=spec.ref,
-                sha=spec.sha,
-                before_sha=spec.before_sha,
-                trigger=spec.trigger,
-                status="queued",
-                force=spec.force,
-                commit_message=spec.commit_message,
-                author=spec.author,
-                created_at=received_at,
-                replay_of=spec.replay_of,
-            )
+            _INSERT_BUILD,
+            {
+                "delivery_id": delivery_row,
+                "provider": spec.provider,
+                "repo": spec.repo,
+                "ref": spec.ref,
+                "sha": spec.sha,
+                "before_sha": spec.before_sha,
+                "trigger": spec.trigger,
+                "status": "queued",
+                "force": spec.force,
+                "commit_message": spec.commit_message,
+                "author": spec.author,
+                "created_at": received_at,
+                "replay_of": spec.replay_of,
+            },
         )
     )
     conn.execute(
-        stage_events.insert(),
+        _INSERT_EVENT,
         [
-            {"build_id": build_id, "stage": "received", "status": "running", "at": received_at},
-            {"build_id": build_id, "stage": "received", "status": "succeeded", "at": now},
-            {"build_id": build_id, "stage": "queued", "status": "running", "at": now},
+            _event(build_id, "received", "running", received_at),
+            _event(build_id, "received", "succeeded", now),
+            _event(build_id, "queued", "running", now),
         ],
     )
     conn.execute(
-        jobs.insert().values(
-            build_id=build_id, status="queued", attempts=0, available_at=now, created_at=now
-        )
+        _INSERT_JOB,
+        {
+            "build_id": build_id,
+            "status": "queued",
+            "attempts": 0,
+            "available_at": now,
+            "created_at": now,
+            "lease_owner": None,
+            "lease_until": None,
+            "last_error": None,
+        },
     )
     return build_id
 
@@ -166,16 +201,7 @@ def add_event(
     """Append one stage event (stage rows are never updated in place)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
-    conn.execute(
-        stage_events.insert().values(
-            build_id=build_id,
-            stage=stage,
-            status=status,
-            at=at or utcnow(),
-            cache=cache,
-            detail=detail,
-        )
-    )
+    conn.execute(_INSERT_EVENT, _event(build_id, stage, status, at or utcnow(), cache, detail))
 
 
 def append_log(conn: sa.Connection, build_id: int, stage: str, text: str) -> None:
