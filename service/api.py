@@ -69,8 +69,9 @@ def parse_build_query(params: Mapping[str, str], default_limit: int = DEFAULT_LI
     raw_limit = params.get("limit") or ""
     limit = min(_positive_int("limit", raw_limit), MAX_LIMIT) if raw_limit else default_limit
     raw_before = params.get("before") or ""
-    # A cursor past every id simply means "from the newest".
-    before = min(_positive_int("before", raw_before), MAX_ID + 1) if raw_before else None
+    before = _positive_int("before", raw_before) if raw_before else None
+    if before is not None and before > MAX_ID:
+        before = None  # past every possible id: the same as starting from the newest
     return BuildQuery(repo=repo, status=status, limit=limit, before=before)
 
 
@@ -84,7 +85,7 @@ def _read(engine: Engine, fn: Callable[..., T], /, *args: Any, **kwargs: Any) ->
     try:
         with reading(engine) as conn:
             return fn(conn, *args, **kwargs)
-    except sa.exc.DBAPIError as exc:
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         # The driver's message can carry host and user names: it goes to the log, not the client.
         log.warning("database unavailable while reading builds: %s", type(exc).__name__)
         raise DatabaseUnavailable("database unavailable") from None

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+import anyio
 import sqlalchemy as sa
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -45,7 +44,9 @@ def count_by_status(engine: Engine) -> dict[str, int]:
 
 async def _with_timeout(fn: Callable[[Engine], T], engine: Engine) -> T:
     """Run a blocking DB call off the event loop; the answer never waits longer than DB_TIMEOUT."""
-    return await asyncio.wait_for(run_in_threadpool(fn, engine), DB_TIMEOUT)
+    with anyio.fail_after(DB_TIMEOUT):
+        # Abandoned on timeout: a hung driver call would otherwise hold the answer until it ends.
+        return await anyio.to_thread.run_sync(fn, engine, abandon_on_cancel=True)
 
 
 async def healthz(request: Request) -> Response:
