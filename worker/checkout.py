@@ -1,0 +1,198 @@
+"""The checkout stage: a bare mirror per repository and a clean export of one commit."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from trainhook.repos import RepoConfig
+from worker.context import BuildContext
+from worker.stage import Outcome, StageFailed
+from worker.workspace import Workspace
+
+# Transports git may use; `ext::` and `fd::` run commands and are never allowed.
+ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
+SHA_RE = re.compile(r"[0-9a-f]{7,64}")
+GIT_TIMEOUT = 900.0
+# Never run hooks from the mirror's config, never recurse into submodules.
+GIT_OPTIONS = (
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "submodule.recurse=false",
+    "-c",
+    "fetch.recurseSubmodules=false",
+)
+REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+
+
+class GitError(RuntimeError):
+    """git failed for a reason that may pass (network, lock): the job is retried."""
+
+
+def redact(url: str) -> str:
+    """`url` without any user:password part, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=host))
+    return url
+
+
+def git_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINHOOK_")}
+    env.update(
+        GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,
+        GIT_TERMINAL_PROMPT="0",
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_ASKPASS="true",  # never wait for a password on a terminal
+        LC_ALL="C",
+    )
+    return env
+
+
+def git(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT) -> str:
+    """Run git with the safe options; returns stdout. Raises GitError with git's message."""
+    try:
+        done = subprocess.run(
+            ["git", *GIT_OPTIONS, *args],
+            cwd=cwd,
+            env=git_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from None
+    if done.returncode != 0:
+        raise GitError(f"git {args[0]} failed: {done.stderr.strip()[-1000:]}")
+    return done.stdout
+
+
+class Mirror:
+    """The bare mirror of one repository, under `mirrors_dir/<slug>.git`. Only ever cloned
+    and fetched from the configured `clone_url`, never from a URL in a payload."""
+
+    def __init__(self, mirrors_dir: Path, repo: RepoConfig) -> None:
+        self.repo = repo
+        self.path = mirrors_dir / f"{repo.slug}.git"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Two workers on one machine must not clone into, or fetch into, the mirror at once.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.parent / f"{self.path.name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def has_commit(self, sha: str) -> bool:
+        if not self.path.exists():
+            return False
+        try:
+            git("cat-file", "-e", f"{sha}^{{commit}}", cwd=self.path)
+        except GitError:
+            return False
+        return True
+
+    def ensure(self, sha: str) -> str:
+        """Make `sha` present; returns what was done: cloned, fetched or already present.
+        Raises StageFailed when the commit is not in the repository, GitError on git faults."""
+        with self._locked():
+            if self.has_commit(sha):
+                return "already present"
+            if self.path.exists():
+                git("fetch", "--prune", "--no-tags", "--", self.repo.clone_url, *REFSPECS,
+                    cwd=self.path)  # fmt: skip
+                action = "fetched"
+            else:
+                self._clone()
+                action = "cloned"
+            if not self.has_commit(sha):
+                raise StageFailed(
+                    f"commit {sha} not found in {redact(self.repo.clone_url)} "
+                    f"(not on any branch or tag: force-pushed away, or never pushed?)"
+                )
+            return action
+
+    def _clone(self) -> None:
+        # Clone beside the final path and rename: a crash never leaves a half-made mirror.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        try:
+            git("clone", "--bare", "--quiet", "--", self.repo.clone_url, str(tmp / "m"))
+            os.rename(tmp / "m", self.path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export(mirror: Path, sha: str, dest: Path) -> int:
+    """Extract commit `sha` of `mirror` into the empty directory `dest`; returns the number
+    of entries. Paths that would land outside `dest` (absolute, `..`, symlinks pointing
+    outside) make the stage fail, naming the path."""
+    proc = subprocess.Popen(
+        ["git", *GIT_OPTIONS, "archive", "--format=tar", sha],
+        cwd=mirror,
+        env=git_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    count = 0
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
+            for member in archive:
+                try:
+                    archive.extract(member, dest, filter="data")
+                except tarfile.FilterError as exc:
+                    raise StageFailed(
+                        f"checkout refused {member.name!r}: {exc} "
+                        f"(only files inside the repository may be exported)"
+                    ) from None
+                count += 1
+    except tarfile.ReadError as exc:
+        proc.kill()
+        raise GitError(f"git archive produced an unreadable stream: {exc}") from None
+    finally:
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode("utf-8", "replace")
+        proc.stderr.close()
+        proc.wait()
+    if proc.returncode != 0:
+        raise GitError(f"git archive failed: {stderr.strip()[-1000:]}")
+    return count
+
+
+def checkout_stage(ctx: BuildContext) -> Outcome:
+    """Mirror, export `ctx.build.sha` into a fresh work dir, remove unused old work dirs."""
+    sha = ctx.build.sha.lower()
+    if not SHA_RE.fullmatch(sha):
+        raise StageFailed(f"{ctx.build.sha!r} is not a commit id (expected 7-64 hex digits)")
+    mirror = Mirror(ctx.settings.mirrors_dir, ctx.repo)
+    action = mirror.ensure(sha)
+    workspace = Workspace(ctx.settings.work_dir / ctx.repo.slug, f"b{ctx.build.id}-{sha[:12]}")
+    ctx.cleanup.callback(workspace.release)
+    try:
+        count = export(mirror.path, sha, workspace.path)
+    except StageFailed:
+        shutil.rmtree(workspace.path, ignore_errors=True)
+        raise
+    removed = workspace.clean_siblings()
+    ctx.mirror, ctx.source = mirror.path, workspace.path
+    ctx.log("checkout", f"mirror {mirror.path.name}: {action}\n{count} entries exported\n")
+    note = f", {removed} old work dir(s) removed" if removed else ""
+    return Outcome(detail=f"{sha[:12]}: mirror {action}, {count} entries exported{note}")

@@ -1,0 +1,54 @@
+"""The deploy health check, run in a child process: `python -m worker.healthcheck DIR`.
+
+Loads DIR/model.joblib and DIR/vectorizer.joblib the way the served app does and scores a
+few texts with `model.predict(vectorizer.transform(texts))`. Prints one JSON line with the
+labels and exits 0, or prints the problem on stderr and exits 1. A child process, because
+unpickling runs code from the release and may crash or hang the interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import joblib
+
+PROBE_TEXTS = (
+    "I love this, thank you so much!",
+    "This is terrible, I hate it.",
+    "The meeting is moved to 3pm on Thursday.",
+)
+
+
+def check(release: Path, texts: tuple[str, ...] = PROBE_TEXTS) -> list[str]:
+    """The labels the release gives `texts`; raises on any problem."""
+    for name in ("model.joblib", "vectorizer.joblib"):
+        if not (release / name).is_file():
+            raise FileNotFoundError(f"{name} is missing from the release")
+    # The vendored trainer package is a fallback only, as in the served app.
+    if (release / "trainer" / "__init__.py").is_file():
+        sys.path.append(str(release))
+    model = joblib.load(release / "model.joblib")
+    vectorizer = joblib.load(release / "vectorizer.joblib")
+    labels = [str(label) for label in model.predict(vectorizer.transform(list(texts)))]
+    if len(labels) != len(texts):
+        raise ValueError(f"{len(texts)} texts gave {len(labels)} labels")
+    return labels
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m worker.healthcheck RELEASE_DIR", file=sys.stderr)
+        return 2
+    try:
+        labels = check(Path(argv[0]))
+    except Exception as exc:
+        print(f"health check failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"ok": True, "labels": labels}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

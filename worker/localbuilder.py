@@ -1,0 +1,117 @@
+"""The local builder: bundle in the artifact dir, a registry dir, releases with a symlink."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import trainer
+from worker.builder import BUILDER_STAGES
+from worker.bundle import bundle_entries, write_bundle
+from worker.commands import child_env, run_command
+from worker.context import BuildContext, Bundle
+from worker.release import LocalRegistry, Releases
+from worker.stage import Outcome, StageFailed, skipped
+from worker.testcommand import secret_names
+
+HEALTH_TIMEOUT = 120.0
+VERTEX_REASON = "Vertex AI pipelines need TRAINHOOK_BUILDER=cloudbuild"
+
+
+def version_of(ctx: BuildContext) -> str:
+    """The release version of a build: `b<build id>-<12 hex of the sha>`."""
+    return f"b{ctx.build.id}-{ctx.build.sha[:12]}"
+
+
+class LocalBuilder:
+    """Runs the builder stages as local files and processes (see `Builder`). Idempotent:
+    the bundle is deterministic, the push skips a digest already stored, the deploy reuses
+    an unpacked release of the same digest."""
+
+    stages: tuple[str, ...] = BUILDER_STAGES
+
+    def __call__(self, ctx: BuildContext) -> None:
+        ctx.recorder.run_stage("build", lambda: self.build(ctx))
+        ctx.recorder.run_stage("push", lambda: self.push(ctx))
+        ctx.recorder.run_stage("deploy", lambda: self.deploy(ctx))
+        ctx.recorder.run_stage("vertex", lambda: skipped(VERTEX_REASON))
+
+    def deployed_metrics(self, ctx: BuildContext) -> dict[str, Any] | None:
+        return Releases(ctx.settings.home / "releases", ctx.repo.slug).current_metrics()
+
+    def _info(self, ctx: BuildContext) -> dict[str, Any]:
+        return {
+            "repo": ctx.repo.name,
+            "sha": ctx.build.sha,
+            "build_id": ctx.build.id,
+            "model_key": ctx.keys.model if ctx.keys else None,
+            "trainer_version": trainer.TRAINER_VERSION,
+        }
+
+    def build(self, ctx: BuildContext) -> Outcome:
+        version = version_of(ctx)
+        dest = ctx.settings.artifacts_path / "bundles" / ctx.repo.slug / f"{version}.tar.gz"
+        entries = bundle_entries(
+            ctx.need_source(), ctx.need_model(), {**self._info(ctx), "version": version}
+        )
+        ctx.bundle = write_bundle(entries, dest, version)
+        ctx.log("build", "".join(f"{name}\n" for name in sorted(entries)))
+        return Outcome(detail=f"bundle {_describe(ctx.bundle)}, {len(entries)} files")
+
+    def push(self, ctx: BuildContext) -> Outcome:
+        bundle = _need_bundle(ctx)
+        registry = LocalRegistry(ctx.settings.home / "registry")
+        _, action = registry.push(ctx.repo.slug, bundle, self._info(ctx))
+        return Outcome(detail=f"{bundle.version} sha256:{bundle.digest[:16]} {action}")
+
+    def deploy(self, ctx: BuildContext) -> Outcome:
+        bundle = _need_bundle(ctx)
+        registry_copy = ctx.settings.home / "registry" / ctx.repo.slug / bundle.path.name
+        releases = Releases(ctx.settings.home / "releases", ctx.repo.slug)
+        release = releases.unpack(registry_copy, bundle.version, bundle.digest)
+        result = run_command(
+            [sys.executable, "-P", "-m", "worker.healthcheck", str(release)],
+            cwd=release,
+            env=child_env(secret_names(ctx)),
+            timeout=HEALTH_TIMEOUT,
+            on_output=lambda text: ctx.log("deploy", text),
+        )
+        if not result.ok:
+            why = "timed out" if result.timed_out else f"exited with {result.returncode}"
+            current = releases.current_version() or "none"
+            raise StageFailed(
+                f"health check of {bundle.version} {why}; current release unchanged "
+                f"({current}):\n{result.last_lines(5)}"
+            )
+        labels = _labels(result.tail)
+        previous = releases.switch(bundle.version)
+        pruned = releases.prune()
+        ctx.log("deploy", f"current -> {bundle.version} (was {previous or 'none'})\n")
+        if pruned:
+            ctx.log("deploy", "pruned old releases: " + ", ".join(pruned) + "\n")
+        return Outcome(
+            detail=f"{bundle.version} is current (was {previous or 'none'}); "
+            f"health check scored {len(labels)} texts: {', '.join(labels)}"
+        )
+
+
+def _need_bundle(ctx: BuildContext) -> Bundle:
+    if ctx.bundle is None:
+        raise RuntimeError("no bundle: the build stage has not run")
+    return ctx.bundle
+
+
+def _describe(bundle: Bundle) -> str:
+    return f"{bundle.version}.tar.gz {bundle.size} bytes sha256:{bundle.digest}"
+
+
+def _labels(output: str) -> list[str]:
+    for line in reversed(output.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and isinstance(value.get("labels"), list):
+            return [str(label) for label in value["labels"]]
+    raise StageFailed("health check printed no labels")

@@ -1,0 +1,71 @@
+"""The stage pipeline: steps run in order, a failure skips the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from trainhook.builds import STAGES
+from trainhook.settings import Settings
+from worker.builder import Builder, builder_for
+from worker.cachekeys import hash_stage
+from worker.checkout import checkout_stage
+from worker.context import BuildContext
+from worker.stage import SingleStage, StageFailed, Step
+from worker.testcommand import repo_tests_stage
+from worker.training import make_train_stage
+
+NOT_REPORTED = "not reported by its step"
+
+
+class Pipeline:
+    """An ordered list of steps (replaceable in tests; later issues add a cache or a remote
+    builder as steps). Together the steps report each stage once, in contract order."""
+
+    def __init__(self, steps: Sequence[Step]) -> None:
+        self.steps = tuple(steps)
+        stages = tuple(stage for step in self.steps for stage in step.stages)
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages are {STAGES}")
+        if len(set(stages)) != len(stages) or list(stages) != sorted(stages, key=STAGES.index):
+            raise ValueError(f"stages {stages} must be unique and in the order of {STAGES}")
+        self.stages = stages
+
+    def run(self, ctx: BuildContext) -> str | None:
+        """Run every step. Returns None when the build succeeded, or the reason it failed
+        (a stage raised StageFailed; the stages after it are then marked skipped).
+        Interrupted and infrastructure exceptions propagate to the caller (the worker)."""
+        recorder = ctx.recorder
+        for step in self.steps:
+            recorder.guard()
+            try:
+                step(ctx)
+            except StageFailed as exc:
+                reason = str(exc) or type(exc).__name__
+                failed = [s for s in step.stages if recorder.done.get(s) == "failed"]
+                if not failed:
+                    # The step raised before recording its stage: record it as failed.
+                    pending = [s for s in step.stages if s not in recorder.done]
+                    stage = pending[0] if pending else step.stages[-1]
+                    recorder.finish(stage, "failed", reason)
+                    failed = [stage]
+                recorder.skip_rest()
+                return f"{failed[0]} failed: {reason}"
+            for stage in step.stages:
+                if stage not in recorder.done:
+                    recorder.skip(stage, NOT_REPORTED)
+        return None
+
+
+def default_pipeline(settings: Settings, builder: Builder | None = None) -> Pipeline:
+    """checkout → test → hash → train → the configured builder (build, push, deploy, vertex)."""
+    builder = builder or builder_for(settings)
+    return Pipeline(
+        [
+            SingleStage("checkout", checkout_stage),
+            SingleStage("test", repo_tests_stage),
+            SingleStage("hash", hash_stage),
+            SingleStage("train", make_train_stage(builder.deployed_metrics)),
+            builder,
+        ]
+    )

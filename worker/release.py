@@ -1,0 +1,154 @@
+"""The local registry and releases: push a bundle, unpack it, switch `current` atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from trainhook.models import utcnow
+from worker.bundle import file_digest
+from worker.context import Bundle
+
+KEEP_RELEASES = 5
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class LocalRegistry:
+    """`home/registry/<slug>/<version>.tar.gz` plus `<version>.json` (digest, sha, build)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def push(self, slug: str, bundle: Bundle, info: dict[str, Any]) -> tuple[Path, str]:
+        """Store `bundle`; returns (its registry path, what happened). Idempotent: the same
+        digest already stored is left alone and keeps its original `created`."""
+        folder = self.root / slug
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{bundle.version}.tar.gz"
+        manifest_path = folder / f"{bundle.version}.json"
+        old = self.manifest(slug, bundle.version)
+        same = old is not None and old.get("digest") == bundle.digest and target.is_file()
+        if same and file_digest(target) == bundle.digest:
+            return target, "already in registry"
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
+        os.close(fd)
+        try:
+            shutil.copyfile(bundle.path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        manifest = {
+            **info,
+            "version": bundle.version,
+            "digest": bundle.digest,
+            "size": bundle.size,
+            "created": (old or {}).get("created") or utcnow().isoformat(),
+        }
+        _write_atomic(
+            manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        )
+        return target, "replaced" if old else "pushed"
+
+    def manifest(self, slug: str, version: str) -> dict[str, Any] | None:
+        try:
+            value = json.loads((self.root / slug / f"{version}.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+
+class Releases:
+    """`home/releases/<slug>/<version>/` unpacked bundles and the `current` symlink."""
+
+    def __init__(self, root: Path, slug: str) -> None:
+        self.folder = root / slug
+        self.current = self.folder / "current"
+
+    def current_version(self) -> str | None:
+        try:
+            return os.readlink(self.current)
+        except OSError:
+            return None
+
+    def current_metrics(self) -> dict[str, Any] | None:
+        try:
+            value = json.loads((self.current / "metrics.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def unpack(self, archive: Path, version: str, digest: str) -> Path:
+        """Extract `archive` into `<version>/` (via a temp dir and a rename). An existing
+        directory for the same digest is reused; another is replaced unless it is current."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.folder / version
+        if target.is_dir() and _unpacked_digest(target) == digest:
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.folder))
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(tmp, filter="data")
+            (tmp / ".trainhook" / "digest").write_text(digest + "\n")
+            if target.exists() and self.current_version() != version:
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def switch(self, version: str) -> str | None:
+        """Point `current` at `version` atomically (new symlink + rename over the old one);
+        returns the previous version."""
+        previous = self.current_version()
+        link = self.folder / f".current-{secrets.token_hex(4)}"
+        os.symlink(version, link)
+        try:
+            os.replace(link, self.current)
+        except BaseException:
+            link.unlink(missing_ok=True)
+            raise
+        return previous
+
+    def prune(self, keep: int = KEEP_RELEASES) -> list[str]:
+        """Remove the oldest releases beyond `keep`, never the current one."""
+        current = self.current_version()
+        versions = sorted(
+            (
+                p
+                for p in self.folder.iterdir()
+                if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+            ),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        removed = []
+        for path in versions[keep:]:
+            if path.name != current:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+        return removed
+
+
+def _unpacked_digest(path: Path) -> str | None:
+    with contextlib.suppress(OSError):
+        return (path / ".trainhook" / "digest").read_text().strip()
+    return None
