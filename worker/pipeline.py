@@ -7,12 +7,8 @@ from collections.abc import Sequence
 from trainhook.builds import STAGES
 from trainhook.settings import Settings
 from worker.builder import Builder, builder_for
-from worker.cachekeys import hash_stage
-from worker.checkout import checkout_stage
 from worker.context import BuildContext
 from worker.stage import SingleStage, StageFailed, Step
-from worker.testcommand import repo_tests_stage
-from worker.training import make_train_stage
 
 NOT_REPORTED = "not reported by its step"
 
@@ -59,6 +55,12 @@ class Pipeline:
 
 def default_pipeline(settings: Settings, builder: Builder | None = None) -> Pipeline:
     """checkout → test → hash → train → the configured builder (build, push, deploy, vertex)."""
+    # Imported here: these stages load the trainer library, which toy pipelines never need.
+    from worker.cachekeys import hash_stage
+    from worker.checkout import checkout_stage
+    from worker.testcommand import repo_tests_stage
+    from worker.training import make_train_stage
+
     builder = builder or builder_for(settings)
     return Pipeline(
         [

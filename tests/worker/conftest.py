@@ -1,0 +1,80 @@
+"""Worker fixtures: a runtime over the test database, builds, and toy pipelines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from trainhook.builds import BuildSpec, create_build
+from trainhook.buildview import get_build, get_logs
+from trainhook.db import reading
+from trainhook.models import jobs, stage_events
+from trainhook.runtime import Runtime, build_runtime
+from trainhook.settings import Settings
+from worker.context import BuildContext
+from worker.pipeline import Pipeline
+from worker.stage import Outcome, SingleStage
+
+REPO = "octo-org/social-score-api"
+PIPELINE_STAGES = ("checkout", "test", "hash", "train", "build", "push", "deploy", "vertex")
+
+
+@pytest.fixture
+def runtime(db_url: str, engine: sa.Engine, make_settings: Callable[..., Settings]) -> Runtime:
+    return build_runtime(make_settings(db_url), engine)
+
+
+def new_build(
+    engine: sa.Engine, sha: str = "a" * 40, *, force: bool = False, repo: str = REPO
+) -> int:
+    with engine.begin() as conn:
+        return create_build(
+            conn,
+            BuildSpec(provider="github", repo=repo, ref="refs/heads/main", sha=sha, force=force),
+        )
+
+
+def build_view(engine: sa.Engine, build_id: int) -> dict[str, Any]:
+    with reading(engine) as conn:
+        view = get_build(conn, build_id)
+    assert view is not None
+    return view
+
+
+def stage_map(engine: sa.Engine, build_id: int) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in build_view(engine, build_id)["stages"]}
+
+
+def logs(engine: sa.Engine, build_id: int) -> dict[str, str]:
+    with reading(engine) as conn:
+        return get_logs(conn, build_id)
+
+
+def job_row(engine: sa.Engine, build_id: int) -> Any:
+    with reading(engine) as conn:
+        return conn.execute(sa.select(jobs).where(jobs.c.build_id == build_id)).one()
+
+
+def events(engine: sa.Engine, build_id: int, stage: str | None = None) -> list[tuple[str, str]]:
+    query = sa.select(stage_events.c.stage, stage_events.c.status).where(
+        stage_events.c.build_id == build_id
+    )
+    if stage:
+        query = query.where(stage_events.c.stage == stage)
+    with reading(engine) as conn:
+        return [tuple(row) for row in conn.execute(query.order_by(stage_events.c.id))]
+
+
+def toy_pipeline(
+    overrides: dict[str, Callable[[BuildContext], Outcome]] | None = None,
+) -> Pipeline:
+    """Every pipeline stage succeeding at once, except those given in `overrides`."""
+    overrides = overrides or {}
+
+    def ok(ctx: BuildContext) -> Outcome:
+        return Outcome(detail="ok")
+
+    return Pipeline([SingleStage(name, overrides.get(name, ok)) for name in PIPELINE_STAGES])
