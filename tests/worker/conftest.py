@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -10,12 +10,14 @@ import sqlalchemy as sa
 
 from trainhook.builds import BuildSpec, create_build
 from trainhook.buildview import get_build, get_logs
-from trainhook.db import reading
+from trainhook.db import make_engine, reading
+from trainhook.metrics import Metrics
 from trainhook.models import jobs, stage_events
 from trainhook.runtime import Runtime, build_runtime
 from trainhook.settings import Settings
-from worker.context import BuildContext
+from worker.context import BuildContext, BuildInfo
 from worker.pipeline import Pipeline
+from worker.recorder import Recorder
 from worker.stage import Outcome, SingleStage
 
 REPO = "octo-org/social-score-api"
@@ -78,3 +80,22 @@ def toy_pipeline(
         return Outcome(detail="ok")
 
     return Pipeline([SingleStage(name, overrides.get(name, ok)) for name in PIPELINE_STAGES])
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[sa.Engine]:
+    """For tests about files and processes, not SQL: SQLite only, to keep the suite fast."""
+    eng = make_engine(sqlite_url)
+    yield eng
+    eng.dispose()
+
+
+def context_for(settings: Settings, engine: sa.Engine, build_id: int) -> BuildContext:
+    """The context the worker would give the stages of `build_id` (no lease, no stop)."""
+    with reading(engine) as conn:
+        build = BuildInfo.load(conn, build_id)
+    assert build is not None
+    repo = settings.repo(build.repo, build.provider)
+    assert repo is not None
+    recorder = Recorder(engine, Metrics(), build_id, PIPELINE_STAGES)
+    return BuildContext(settings=settings, repo=repo, build=build, recorder=recorder, engine=engine)
