@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-import trainer
 from worker.builder import BUILDER_STAGES
 from worker.bundle import bundle_entries, write_bundle
 from worker.commands import child_env, run_command
@@ -41,12 +41,15 @@ class LocalBuilder:
         return Releases(ctx.settings.home / "releases", ctx.repo.slug).current_metrics()
 
     def _info(self, ctx: BuildContext) -> dict[str, Any]:
+        # The model's own record says which trainer made it (a cached model may be older).
+        meta = _read_json(ctx.model_dir / "meta.json") if ctx.model_dir else {}
         return {
             "repo": ctx.repo.name,
             "sha": ctx.build.sha,
             "build_id": ctx.build.id,
-            "model_key": ctx.keys.model if ctx.keys else None,
-            "trainer_version": trainer.TRAINER_VERSION,
+            "model_key": ctx.keys.model if ctx.keys else meta.get("key"),
+            "model_build_id": meta.get("build_id"),
+            "trainer_version": meta.get("trainer_version"),
         }
 
     def build(self, ctx: BuildContext) -> Outcome:
@@ -94,6 +97,14 @@ class LocalBuilder:
             detail=f"{bundle.version} is current (was {previous or 'none'}); "
             f"health check scored {len(labels)} texts: {', '.join(labels)}"
         )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _need_bundle(ctx: BuildContext) -> Bundle:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,23 @@ from worker.stage import Outcome, SingleStage
 
 REPO = "octo-org/social-score-api"
 PIPELINE_STAGES = ("checkout", "test", "hash", "train", "build", "push", "deploy", "vertex")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def child_bytecode_cache() -> Iterator[None]:
+    """Let the Python children of these tests (trainer, health check, test commands) keep
+    bytecode in a cache outside the tree. Without it, an environment that sets
+    PYTHONDONTWRITEBYTECODE recompiles scikit-learn in every child: seconds per process."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    cache = Path(tempfile.gettempdir()) / f"trainhook-test-pycache-{os.getuid()}"
+    os.environ["PYTHONPYCACHEPREFIX"] = str(cache)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture

@@ -1,0 +1,159 @@
+"""Model cache entries, bundles and the local registry: atomic, deterministic, idempotent."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from worker.bundle import MANIFEST, bundle_entries, write_bundle
+from worker.modelcache import ModelCache
+from worker.release import LocalRegistry, Releases
+
+KEY = "ab" * 32
+
+
+def staged(cache: ModelCache, marker: str) -> Path:
+    path = cache.staging(KEY)
+    for name in ("model.joblib", "vectorizer.joblib"):
+        (path / name).write_text(marker)
+    (path / "metrics.json").write_text(json.dumps({"macro_f1": 0.8, "marker": marker}))
+    return path
+
+
+def test_a_model_cache_entry_is_only_seen_complete(tmp_path):
+    cache = ModelCache(tmp_path / "models")
+    partial = cache.path(KEY)
+    partial.mkdir(parents=True)
+    (partial / "model.joblib").write_text("half written")
+    assert cache.lookup(KEY) is None
+
+    entry, won = cache.publish(KEY, staged(cache, "mine"), {"build_id": 7})
+
+    assert won and entry.build_id == 7
+    assert cache.lookup(KEY) == entry
+    assert (entry.path / "model.joblib").read_text() == "mine"  # the broken leftover is gone
+
+
+def test_racing_workers_store_one_model_and_all_use_it(tmp_path):
+    cache = ModelCache(tmp_path / "models")
+    stagings = [staged(cache, f"worker-{i}") for i in range(8)]
+    barrier = threading.Barrier(len(stagings))
+    results: list[tuple[str, bool]] = []
+
+    def publish(i: int) -> None:
+        barrier.wait()
+        entry, won = cache.publish(KEY, stagings[i], {"build_id": i})
+        results.append(((entry.path / "model.joblib").read_text(), won))
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(len(stagings))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    winners = [marker for marker, won in results if won]
+    assert len(winners) == 1
+    assert {marker for marker, _ in results} == set(winners)  # losers use the winner's model
+    assert sorted(p.name for p in cache.root.iterdir()) == [KEY]  # no temp dirs left
+
+
+def test_publishing_without_a_model_file_is_refused(tmp_path):
+    cache = ModelCache(tmp_path / "models")
+    path = cache.staging(KEY)
+    (path / "model.joblib").write_text("m")
+    with pytest.raises(ValueError, match=r"vectorizer\.joblib, metrics\.json"):
+        cache.publish(KEY, path, {})
+    assert cache.lookup(KEY) is None and not path.exists()
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    source = tmp_path / "src"
+    (source / "data").mkdir(parents=True)
+    (source / "app.py").write_text("print('app')\n")
+    (source / "data" / "train.csv").write_text("text,label\n")
+    (source / "model.joblib").write_text("stale model committed by someone")
+    (source / "run.sh").write_text("#!/bin/sh\n")
+    (source / "run.sh").chmod(0o775)
+    os.symlink("data/train.csv", source / "train.csv")
+    return source
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("model.joblib", "vectorizer.joblib", "metrics.json", "model_card.md"):
+        (folder / name).write_text(f"fresh {name}")
+    return folder
+
+
+def test_bundle_bytes_depend_only_on_content(tmp_path, checkout, model_dir):
+    first = write_bundle(bundle_entries(checkout, model_dir, {"v": 1}), tmp_path / "a.tar.gz", "v")
+    for path in [*checkout.rglob("*"), *model_dir.iterdir()]:
+        if not path.is_symlink():
+            os.utime(path, (1_000_000, 1_000_000))
+    second = write_bundle(bundle_entries(checkout, model_dir, {"v": 1}), tmp_path / "b.tar.gz", "v")
+    assert first.digest == second.digest and first.size == second.size
+
+    (checkout / "app.py").write_text("print('changed')\n")
+    third = write_bundle(bundle_entries(checkout, model_dir, {"v": 1}), tmp_path / "c.tar.gz", "v")
+    assert third.digest != first.digest
+
+    with tarfile.open(first.path) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == sorted(m.name for m in members)
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, 0, "", "")}
+    modes = {m.name: m.mode for m in members}
+    assert (modes["run.sh"], modes["app.py"]) == (0o755, 0o644)
+
+
+def test_bundle_holds_checkout_fresh_model_vendored_trainer_and_manifest(
+    tmp_path, checkout, model_dir
+):
+    bundle = write_bundle(
+        bundle_entries(checkout, model_dir, {"version": "b1-abc"}), tmp_path / "b.tar.gz", "b1"
+    )
+    with tarfile.open(bundle.path) as tar:
+        names = set(tar.getnames())
+        model = tar.extractfile("model.joblib").read()  # type: ignore[union-attr]
+        manifest = json.load(tar.extractfile(MANIFEST))  # type: ignore[arg-type]
+        link = tar.getmember("train.csv")
+    assert {"app.py", "data/train.csv", "trainer/__init__.py", "model_card.md"} <= names
+    assert model == b"fresh model.joblib"  # the trained model wins over a committed one
+    assert manifest == {"version": "b1-abc"}
+    assert link.issym() and link.linkname == "data/train.csv"
+    assert not [n for n in names if "__pycache__" in n]
+
+
+def test_pushing_the_same_bundle_twice_is_a_no_op(tmp_path, checkout, model_dir):
+    bundle = write_bundle(bundle_entries(checkout, model_dir, {}), tmp_path / "b1.tar.gz", "b1")
+    registry = LocalRegistry(tmp_path / "registry")
+
+    path, first = registry.push("slug", bundle, {"sha": "abc", "build_id": 1})
+    created = registry.manifest("slug", "b1")["created"]  # type: ignore[index]
+    _, second = registry.push("slug", bundle, {"sha": "abc", "build_id": 1})
+
+    assert (first, second) == ("pushed", "already in registry")
+    manifest = registry.manifest("slug", "b1")
+    assert manifest is not None
+    assert manifest["digest"] == bundle.digest and manifest["created"] == created
+    assert manifest["sha"] == "abc" and manifest["build_id"] == 1
+    assert path.read_bytes() == bundle.path.read_bytes()
+
+
+def test_switching_current_replaces_the_symlink_in_one_step(tmp_path):
+    releases = Releases(tmp_path / "releases", "slug")
+    for version in ("b1", "b2"):
+        (releases.folder / version).mkdir(parents=True)
+
+    assert releases.switch("b1") is None
+    assert releases.switch("b2") == "b1"
+
+    assert os.readlink(releases.current) == "b2"
+    assert [p.name for p in releases.folder.iterdir() if p.name.startswith(".")] == []
