@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 ZERO_SHA = "0" * 40
+# Column widths of the deliveries and builds tables: longer values are refused with a 400 here,
+# never sent to the database (where PostgreSQL would refuse them and the forge see a 503).
+MAX_EVENT, MAX_DELIVERY, MAX_HOOK, MAX_REF, MAX_AUTHOR = 64, 128, 64, 255, 255
 
 
 class WebhookError(Exception):
@@ -51,6 +55,12 @@ class Push:
     def branch(self) -> str | None:
         """The branch name for `refs/heads/...`, else None (tags and other refs)."""
         prefix = "refs/heads/"
+        return self.ref[len(prefix) :] if self.ref.startswith(prefix) else None
+
+    @property
+    def tag(self) -> str | None:
+        """The tag name for `refs/tags/...`, else None (branches and other refs)."""
+        prefix = "refs/tags/"
         return self.ref[len(prefix) :] if self.ref.startswith(prefix) else None
 
 
@@ -106,3 +116,74 @@ def optional(payload: dict[str, Any], path: str) -> Any:
             return None
         node = node.get(part)
     return node
+
+
+def header(headers: Mapping[str, str], *names: str) -> str | None:
+    """The first non-empty value among the (lower-case) header `names`, or None."""
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+def content_type(headers: Mapping[str, str]) -> str:
+    """The media type of the body, lower-case, without parameters ("" when absent)."""
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def json_object(raw: str | bytes) -> dict[str, Any]:
+    """The JSON object in `raw`; raises BadRequest when it is not valid JSON or not an object."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    return data
+
+
+def is_sha(value: object) -> bool:
+    """True for a full lower-case hex object id (SHA-1 or SHA-256)."""
+    return (
+        isinstance(value, str)
+        and len(value) in (40, 64)
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def is_zero(value: object) -> bool:
+    """True for the all-zeros object id a forge sends for a deleted (or new) ref."""
+    return isinstance(value, str) and len(value) in (40, 64) and set(value) == {"0"}
+
+
+def text(value: object) -> str | None:
+    """`value` when it is a string, else None."""
+    return value if isinstance(value, str) else None
+
+
+def bounded(event: ForgeEvent) -> ForgeEvent:
+    """`event` made safe to store; raises BadRequest for a value the schema cannot hold.
+
+    Identity fields and the ref are refused when too long (never cut: they must stay exact);
+    free text (author, commit message) is cut to fit and loses NUL characters, which
+    PostgreSQL text columns cannot hold; a `before` that is not an object id is dropped.
+    """
+    for label, value, limit in (
+        ("event header", event.event, MAX_EVENT),
+        ("delivery id", event.delivery_id, MAX_DELIVERY),
+        ("hook id", event.hook_id, MAX_HOOK),
+    ):
+        if len(value) > limit or "\x00" in value:
+            raise BadRequest(f"{label} is longer than {limit} characters or holds a NUL")
+    push = event.push
+    if push is None:
+        return event
+    if len(push.ref) > MAX_REF or "\x00" in push.ref:
+        raise BadRequest(f"field 'ref' is longer than {MAX_REF} characters or holds a NUL")
+    author = push.author.replace("\x00", "")[:MAX_AUTHOR] if push.author else push.author
+    message = (
+        push.commit_message.replace("\x00", "") if push.commit_message else push.commit_message
+    )
+    before = push.before if is_sha(push.before) else None
+    return replace(event, push=replace(push, before=before, author=author, commit_message=message))

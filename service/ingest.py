@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service.forge import Forge, ForgeEvent, NotConfigured, Unauthorized
+from service.forge import Forge, ForgeEvent, NotConfigured, Unauthorized, bounded
 from trainhook.builds import BuildSpec, Delivery, create_build, find_delivery, insert_delivery
 from trainhook.errors import DatabaseUnavailable
 from trainhook.repos import RepoConfig
@@ -39,9 +39,16 @@ def ignore_reason(repo: RepoConfig, event: ForgeEvent) -> str | None:
         return f"event {event.event!r} is not built (only push)"
     if push.deleted:
         return f"{push.ref} was deleted"
+    tag = push.tag
+    if tag is not None:
+        if not repo.tags:
+            return f"tag {tag!r}: tags are not built (no tags = [...] for this repository)"
+        if not repo.wants_tag(tag):
+            return f"tag {tag!r} is not configured (tags = {list(repo.tags)})"
+        return None
     branch = push.branch
     if branch is None:
-        return f"{push.ref} is not a branch"
+        return f"{push.ref} is not a branch or a tag"
     if not repo.wants_branch(branch):
         return f"branch {branch!r} is not configured (branches = {list(repo.branches)})"
     return None
@@ -63,7 +70,7 @@ def verify(
     if not secret:
         raise Unauthorized(f"no webhook secret is set for {name!r} ({repo.secret_env})")
     forge.verify(headers, body, secret)
-    return repo, forge.event(headers, payload)
+    return repo, bounded(forge.event(headers, payload))
 
 
 def record(

@@ -11,13 +11,21 @@ from starlette.routing import Route
 
 from service import ingest
 from service.forge import Forge, TooLarge, WebhookError
+from service.gitea import Gitea
 from service.github import GitHub
+from service.gitlab import GitLab
 from trainhook.errors import DatabaseUnavailable
 from trainhook.models import utcnow
 from trainhook.runtime import Runtime
 
 # The route picks the verifier: a header naming another forge never changes which one runs.
-FORGES: dict[str, Forge] = {"github": GitHub()}
+# Each route serves the repositories configured with the provider of the same name.
+FORGES: dict[str, Forge] = {
+    "github": GitHub(),
+    "gitlab": GitLab(),
+    "gitea": Gitea("gitea"),
+    "forgejo": Gitea("forgejo"),
+}
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -26,6 +26,7 @@ class RepoConfig:
     secret_env: str
     provider: str = "github"
     branches: tuple[str, ...] = ("main",)
+    tags: tuple[str, ...] = ()  # glob patterns of tags that build; empty: tags never build
     data: tuple[str, ...] = DEFAULT_DATA
     test_command: str | None = None
     text_column: str = "text"
@@ -36,6 +37,10 @@ class RepoConfig:
     def wants_branch(self, branch: str) -> bool:
         """True when a push to `branch` should build (glob patterns, as in the file)."""
         return any(fnmatch.fnmatchcase(branch, pattern) for pattern in self.branches)
+
+    def wants_tag(self, tag: str) -> bool:
+        """True when pushing tag `tag` should build (glob patterns; none configured: never)."""
+        return any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.tags)
 
     @property
     def slug(self) -> str:
@@ -48,6 +53,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "provider": (str,),
     "clone_url": (str,),
     "branches": (list,),
+    "tags": (list,),
     "secret_env": (str,),
     "data": (list,),
     "test_command": (str,),
@@ -95,7 +101,7 @@ def parse_repo(path: Path, index: int, table: dict[str, Any]) -> RepoConfig:
             raise _fail(path, label, f"key {key!r} has the wrong type ({type(value).__name__})")
     if table.get("provider", "github") not in PROVIDERS:
         raise _fail(path, label, f"key 'provider': {table['provider']!r} not in {PROVIDERS}")
-    for key in ("branches", "data"):
+    for key in ("branches", "tags", "data"):
         items = table.get(key, [])
         if not all(isinstance(item, str) and item for item in items):
             raise _fail(path, label, f"key {key!r} must be a list of non-empty strings")
@@ -103,7 +109,7 @@ def parse_repo(path: Path, index: int, table: dict[str, Any]) -> RepoConfig:
         _check_data_path(path, label, item)
     _check_clone_url(path, label, table["clone_url"])
     kwargs: dict[str, Any] = dict(table)
-    for key in ("branches", "data"):
+    for key in ("branches", "tags", "data"):
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
     for key in ("min_macro_f1", "max_regression"):

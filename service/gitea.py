@@ -1,0 +1,159 @@
+"""Gitea and Forgejo webhooks: a bare hex HMAC-SHA256 in X-Gitea-Signature / X-Forgejo-Signature.
+
+Forgejo is a fork of Gitea and sends every header twice (X-Forgejo-* and X-Gitea-*); Gitea also
+sends X-Gogs-*, X-GitHub-* and X-Hub-Signature(-256) for compatibility. Only the route decides
+which adapter runs: `/webhooks/gitea` checks X-Gitea-Signature first, `/webhooks/forgejo` checks
+X-Forgejo-Signature first, each accepts the other's header name, and neither ever reads a
+GitHub or Gogs header. Each route serves only repositories configured with its own provider.
+
+Gitea signs the JSON payload it sends. With the hook's content type set to form
+(`payload=<json>`), the signature is still over that JSON, not over the form body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs
+
+from service.forge import (
+    BadRequest,
+    ForgeEvent,
+    Push,
+    Unauthorized,
+    content_type,
+    header,
+    is_sha,
+    is_zero,
+    json_object,
+    optional,
+    require,
+    text,
+)
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def signature(secret: str, content: bytes) -> str:
+    """The X-Gitea-Signature / X-Forgejo-Signature value for `content`: bare hex HMAC-SHA256."""
+    return hmac.new(secret.encode(), content, hashlib.sha256).hexdigest()
+
+
+def _form_payload(body: bytes) -> str:
+    """The one `payload` field of a form body; raises BadRequest otherwise."""
+    try:
+        form = parse_qs(body.decode("ascii"), strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("form body is not valid url-encoding") from None
+    values = form.get("payload")
+    if not values or len(values) != 1:
+        raise BadRequest("form body must carry exactly one 'payload' field")
+    return values[0]
+
+
+def _signed_content(headers: Mapping[str, str], body: bytes) -> bytes:
+    """The bytes Gitea signed: the body, or for a form body the JSON in its `payload` field."""
+    if content_type(headers) == FORM:
+        return _form_payload(body).encode("utf-8")
+    return body
+
+
+class Gitea:
+    """The Gitea adapter (https://docs.gitea.com/usage/webhooks); `Gitea("forgejo")` for Forgejo.
+
+    `name` is both the route (`/webhooks/<name>`) and the `provider` of the repositories it serves.
+    """
+
+    def __init__(self, name: str = "gitea") -> None:
+        if name not in ("gitea", "forgejo"):
+            raise ValueError(f"Gitea adapter name must be 'gitea' or 'forgejo', not {name!r}")
+        self.name = name
+        # Own header first, then the other fork's name for it.
+        own, other = ("X-Gitea", "X-Forgejo") if name == "gitea" else ("X-Forgejo", "X-Gitea")
+        self._label, self._other = own, other
+        self._signature = (f"{own}-signature".lower(), f"{other}-signature".lower())
+        self._delivery = (f"{own}-delivery".lower(), f"{other}-delivery".lower())
+        self._event = (f"{own}-event".lower(), f"{other}-event".lower())
+
+    def payload(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        """The JSON object, sent as JSON or as a form's `payload` field; raises BadRequest."""
+        ctype = content_type(headers)
+        if ctype == FORM:
+            return json_object(_form_payload(body))
+        if ctype not in ("application/json", ""):
+            raise BadRequest(f"unsupported content type {ctype!r}: use application/json or {FORM}")
+        return json_object(body)
+
+    def repo_name(self, payload: dict[str, Any]) -> str:
+        """`repository.full_name` (`owner/name`); raises BadRequest when absent."""
+        return str(require(payload, "repository.full_name"))
+
+    def verify(self, headers: Mapping[str, str], body: bytes, secret: str) -> None:
+        """Check the hex HMAC-SHA256 in constant time; raises Unauthorized.
+
+        Reads only X-Gitea-Signature / X-Forgejo-Signature: a GitHub-style X-Hub-Signature-256
+        on this route is ignored, whatever it says.
+        """
+        sent = header(headers, *self._signature)
+        if not sent:
+            raise Unauthorized(
+                f"missing {self._label}-Signature (or {self._other}-Signature) header: "
+                "set the hook's secret"
+            )
+        expected = signature(secret, _signed_content(headers, body))
+        if not hmac.compare_digest(sent.strip().lower().encode(), expected.encode()):
+            raise Unauthorized("signature does not match")
+
+    def event(self, headers: Mapping[str, str], payload: dict[str, Any]) -> ForgeEvent:
+        """The delivery and, for a `push` event, the Push; raises BadRequest.
+
+        Gitea sends no stable hook id; each delivery id is a UUID of its own, so the hook id
+        is "". Other events (create, delete, pull_request, ...) carry no Push and are ignored.
+        """
+        event = header(headers, *self._event)
+        if not event:
+            raise BadRequest(f"missing {self._label}-Event (or {self._other}-Event) header")
+        delivery = header(headers, *self._delivery)
+        if not delivery:
+            raise BadRequest(f"missing {self._label}-Delivery (or {self._other}-Delivery) header")
+        if event != "push":
+            return ForgeEvent(event=event, delivery_id=delivery, hook_id="")
+        return ForgeEvent(event=event, delivery_id=delivery, hook_id="", push=self.push(payload))
+
+    def push(self, payload: dict[str, Any]) -> Push:
+        """The neutral Push of a push payload; raises BadRequest naming the field.
+
+        `after` all zeros is a deleted branch or tag; the message and author come from
+        `head_commit`, else from the entry of `commits` whose id is `after`.
+        """
+        ref = str(require(payload, "ref"))
+        after = str(require(payload, "after"))
+        before = optional(payload, "before")
+        deleted = is_zero(after)
+        if not deleted and not is_sha(after):
+            raise BadRequest("field 'after' is not a commit id")
+        commits = payload.get("commits")
+        if commits is not None and not isinstance(commits, list):
+            raise BadRequest("field 'commits' must be a list")
+        head = payload.get("head_commit")
+        if not isinstance(head, dict):
+            head = next(
+                (c for c in commits or () if isinstance(c, dict) and c.get("id") == after),
+                None,
+            )
+        pusher = (
+            text(optional(payload, "pusher.full_name"))
+            or text(optional(payload, "pusher.login"))
+            or text(optional(payload, "pusher.username"))
+        )
+        return Push(
+            repo=self.repo_name(payload),
+            ref=ref,
+            before=before if isinstance(before, str) else None,
+            after=after,
+            deleted=deleted,
+            commit_message=text(optional(head, "message")) if head else None,
+            author=(text(optional(head, "author.name")) if head else None) or pusher,
+        )

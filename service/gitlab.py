@@ -1,0 +1,125 @@
+"""GitLab webhooks: the secret token in X-Gitlab-Token, Push Hook and Tag Push Hook.
+
+GitLab signs nothing: it sends the hook's secret token verbatim, so the token is compared with
+the configured secret in constant time, never stored (ingest drops the header) and never echoed.
+
+Delivery identity: `Idempotency-Key` stays the same when a delivery is retried or resent from
+the hook's log, so it is the dedupe key; `X-Gitlab-Event-UUID` (one per event) stands in on
+GitLab versions without it. GitLab sends no stable hook id: `X-Gitlab-Webhook-UUID` is a fresh
+random value on every request, so using it in the key would make every retry look new; the hook
+id is therefore always "".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from service.forge import (
+    BadRequest,
+    ForgeEvent,
+    Push,
+    Unauthorized,
+    content_type,
+    header,
+    is_sha,
+    is_zero,
+    json_object,
+    optional,
+    require,
+    text,
+)
+
+PUSH_EVENTS = ("Push Hook", "Tag Push Hook")
+
+
+def _digest(raw: bytes) -> bytes:
+    # Hashing first makes both sides the same length: the comparison time says nothing about
+    # the secret, not even its length.
+    return hashlib.sha256(raw).digest()
+
+
+class GitLab:
+    """The GitLab adapter (https://docs.gitlab.com/user/project/integrations/webhooks/)."""
+
+    name = "gitlab"
+
+    def payload(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        """The JSON body; raises BadRequest for another content type or a non-object body."""
+        ctype = content_type(headers)
+        if ctype not in ("application/json", ""):
+            raise BadRequest(f"unsupported content type {ctype!r}: GitLab sends application/json")
+        return json_object(body)
+
+    def repo_name(self, payload: dict[str, Any]) -> str:
+        """`project.path_with_namespace` (subgroups included: `group/sub/project`).
+
+        System hooks about a project carry the path at the top level instead. Raises BadRequest
+        when neither is there: such an event names no repository, so no secret can check it.
+        """
+        top = payload.get("path_with_namespace")
+        if "project" not in payload and isinstance(top, str) and top:
+            return top
+        return str(require(payload, "project.path_with_namespace"))
+
+    def verify(self, headers: Mapping[str, str], body: bytes, secret: str) -> None:
+        """Compare X-Gitlab-Token with `secret` in constant time; raises Unauthorized."""
+        sent = headers.get("x-gitlab-token")
+        if not sent:
+            raise Unauthorized("missing X-Gitlab-Token header (set the hook's secret token)")
+        # Header values arrive decoded as latin-1 (the raw bytes); the secret is text (UTF-8).
+        sent_raw = sent.encode("latin-1", "replace")
+        secret_raw = secret.encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(_digest(sent_raw), _digest(secret_raw)):
+            raise Unauthorized("X-Gitlab-Token does not match the configured secret")
+
+    def event(self, headers: Mapping[str, str], payload: dict[str, Any]) -> ForgeEvent:
+        """The delivery and, for Push Hook and Tag Push Hook, the Push; raises BadRequest.
+
+        Any other event (System Hook, Merge Request Hook, ...) has no Push and is ignored.
+        """
+        event = headers.get("x-gitlab-event")
+        if not event:
+            raise BadRequest("missing X-Gitlab-Event header")
+        delivery = header(headers, "idempotency-key", "x-gitlab-event-uuid")
+        if not delivery:
+            raise BadRequest("missing Idempotency-Key and X-Gitlab-Event-UUID headers")
+        if event not in PUSH_EVENTS:
+            return ForgeEvent(event=event, delivery_id=delivery, hook_id="")
+        return ForgeEvent(event=event, delivery_id=delivery, hook_id="", push=self.push(payload))
+
+    def push(self, payload: dict[str, Any]) -> Push:
+        """The neutral Push of a push or tag push payload; raises BadRequest naming the field.
+
+        The commit built is `checkout_sha` (for a tag, the commit it points to), else `after`;
+        `after` all zeros is a deleted branch or tag.
+        """
+        ref = str(require(payload, "ref"))
+        after = str(require(payload, "after"))
+        before = optional(payload, "before")
+        deleted = is_zero(after)
+        checkout = optional(payload, "checkout_sha")
+        if checkout is not None and not isinstance(checkout, str):
+            raise BadRequest("field 'checkout_sha' must be a string or null")
+        sha = after if deleted else (checkout or after)
+        if not deleted and not is_sha(sha):
+            raise BadRequest("field 'checkout_sha'/'after' is not a commit id")
+        commits = payload.get("commits")
+        if commits is not None and not isinstance(commits, list):
+            raise BadRequest("field 'commits' must be a list")
+        head = next(
+            (c for c in commits or () if isinstance(c, dict) and c.get("id") == sha),
+            None,
+        )
+        return Push(
+            repo=self.repo_name(payload),
+            ref=ref,
+            before=before if isinstance(before, str) else None,
+            after=sha,
+            deleted=deleted,
+            commit_message=text(optional(head, "message")) if head else None,
+            author=(text(optional(head, "author.name")) if head else None)
+            or text(payload.get("user_name")),
+        )

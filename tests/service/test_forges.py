@@ -1,0 +1,465 @@
+"""The provider contract: every forge route answers the same questions the same way.
+
+Each test runs over GitHub, GitLab, Gitea and Forgejo (each with its own payload builder and
+signer, see forge_kits.py) and over SQLite and PostgreSQL. Forge-specific behaviour (GitLab's
+token and retry identity, Gitea's form bodies and compatibility headers) follows at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.forge import ForgeEvent, Push, WebhookError, bounded
+from service.webhooks import FORGES
+from tests.conftest import SECRET, SHARED, shared_path
+from tests.service.conftest import counts
+from tests.service.forge_kits import (
+    BEFORE,
+    FORGEJO,
+    GITEA,
+    GITHUB,
+    GITLAB,
+    KITS,
+    REPO,
+    SHA,
+    ZERO,
+    Kit,
+    paths,
+    post,
+    removed,
+    without,
+)
+from tests.service.gitea_payloads import FORM
+from tests.service.gitlab_payloads import SUBGROUP_REPO
+from trainhook.buildview import get_build
+from trainhook.errors import ConfigError
+from trainhook.models import deliveries
+from trainhook.repos import load_repos
+from trainhook.runtime import Runtime, build_runtime
+
+NOTHING = {"deliveries": 0, "builds": 0, "stage_events": 0, "jobs": 0}
+Serve = Callable[..., tuple[TestClient, Runtime]]
+
+
+@pytest.fixture(params=KITS, ids=[k.route for k in KITS])
+def kit(request: pytest.FixtureRequest) -> Kit:
+    return request.param
+
+
+@pytest.fixture
+def serve(db_url: str, engine: sa.Engine, make_settings: Callable[..., Any]) -> Iterator[Serve]:
+    """start(kit, repo=, provider=, branches=, tags=) -> a client over that one repository."""
+    stack = ExitStack()
+
+    def start(
+        kit: Kit,
+        *,
+        repo: str = REPO,
+        provider: str | None = None,
+        branches: tuple[str, ...] = ("main",),
+        tags: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> tuple[TestClient, Runtime]:
+        extra = f"tags = {json.dumps(list(tags))}" if tags else ""
+        provider = provider or kit.provider
+        config = make_settings(
+            db_url, name=repo, provider=provider, branches=branches, extra=extra, env=env
+        )
+        runtime = build_runtime(config, engine)
+        app = create_app(runtime)
+        return stack.enter_context(TestClient(app, raise_server_exceptions=False)), runtime
+
+    yield start
+    stack.close()
+
+
+# --- the contract, over every forge -------------------------------------------------------
+
+
+def test_valid_push_is_queued_as_one_build(kit: Kit, serve: Serve):
+    client, runtime = serve(kit)
+    status, body = post(client, kit, kit.sign(kit.push()))
+    assert status == 202, body
+    assert body == {
+        "status": "queued",
+        "build_id": body["build_id"],
+        "status_url": body["status_url"],
+    }
+    with runtime.engine.connect() as conn:
+        build = get_build(conn, body["build_id"])
+    assert build is not None
+    got = (build["provider"], build["repo"], build["ref"], build["sha"], build["author"])
+    assert got == (kit.provider, REPO, "refs/heads/main", SHA, "Mona Lisa")
+    assert build["commit_message"].startswith("Retrain on new data")
+    rows = counts(runtime.engine)
+    assert (rows["deliveries"], rows["builds"], rows["jobs"]) == (1, 1, 1)
+
+
+def test_tampered_delivery_is_401_and_stores_nothing(kit: Kit, serve: Serve):
+    client, runtime = serve(kit)
+    raw, headers = kit.sign(kit.push())
+    if kit.body_signed:
+        raw = raw.replace(SHA.encode(), SHA[::-1].encode())
+    else:  # a bearer token covers no body bytes: tamper with the token itself
+        headers = {**headers, kit.signature_headers[0]: SECRET[:-1] + "?"}
+    assert post(client, kit, (raw, headers))[0] == 401
+    assert counts(runtime.engine) == NOTHING
+
+
+def test_unsigned_delivery_is_401(kit: Kit, serve: Serve):
+    client, runtime = serve(kit)
+    status, body = post(client, kit, without(kit.sign(kit.push()), *kit.signature_headers))
+    assert status == 401
+    assert all(name in body["error"] for name in kit.signature_headers)
+    assert counts(runtime.engine) == NOTHING
+
+
+def test_wrong_secret_is_401_and_never_echoed(kit: Kit, serve: Serve):
+    client, runtime = serve(kit)
+    status, body = post(client, kit, kit.sign(kit.push(), secret="not the secret"))
+    assert status == 401
+    assert "not the secret" not in json.dumps(body) and SECRET not in json.dumps(body)
+    assert counts(runtime.engine) == NOTHING
+
+
+def test_redelivery_is_a_duplicate(kit: Kit, serve: Serve):
+    client, runtime = serve(kit)
+    signed = kit.sign(kit.push(), delivery="delivery-1")
+    first = post(client, kit, signed)
+    assert first[0] == 202
+    assert post(client, kit, signed) == (
+        200,
+        {"status": "duplicate", "build_id": first[1]["build_id"]},
+    )
+    assert counts(runtime.engine)["builds"] == 1 and counts(runtime.engine)["deliveries"] == 1
+
+
+def test_ping_system_and_other_events_are_200_ignored(kit: Kit, serve: Serve):
+    client, runtime = serve(kit)
+    for event, build_payload in kit.ignorable:
+        status, body = post(client, kit, kit.sign(build_payload(), event=event))
+        assert (status, body["status"]) == (200, "ignored"), (event, body)
+        assert event in body["reason"] or "ping" in body["reason"]
+    assert counts(runtime.engine)["deliveries"] == len(kit.ignorable)
+    assert counts(runtime.engine)["builds"] == 0
+
+
+def test_tags_build_only_when_configured(kit: Kit, serve: Serve):
+    client, _ = serve(kit)
+    tag = kit.push(ref="refs/tags/v1.2")
+    status, body = post(client, kit, kit.sign(tag, event=kit.tag_event))
+    assert (status, body["status"]) == (200, "ignored")
+    assert "v1.2" in body["reason"] and "tags" in body["reason"]
+
+    client, runtime = serve(kit, tags=("v*",))
+    status, body = post(client, kit, kit.sign(tag, event=kit.tag_event))
+    assert status == 202, body
+    with runtime.engine.connect() as conn:
+        build = get_build(conn, body["build_id"])
+    assert build is not None and (build["ref"], build["sha"]) == ("refs/tags/v1.2", SHA)
+    other = kit.push(ref="refs/tags/nightly")
+    status, body = post(client, kit, kit.sign(other, event=kit.tag_event))
+    assert (status, body["status"]) == (200, "ignored")
+    assert "nightly" in body["reason"] and "v*" in body["reason"]
+
+
+def test_branch_deletion_and_tag_deletion_are_ignored(kit: Kit, serve: Serve):
+    client, runtime = serve(kit, tags=("v*",))
+    for ref, event in (("refs/heads/main", kit.push_event), ("refs/tags/v1", kit.tag_event)):
+        status, body = post(client, kit, kit.sign(kit.push(ref=ref, after=ZERO), event=event))
+        assert (status, body["status"]) == (200, "ignored"), body
+        assert "deleted" in body["reason"]
+    assert counts(runtime.engine)["builds"] == 0
+
+
+def test_unconfigured_branch_is_ignored_and_globs_select(kit: Kit, serve: Serve):
+    client, _ = serve(kit, branches=("main", "release/*"))
+    status, body = post(client, kit, kit.sign(kit.push(ref="refs/heads/feature/x")))
+    assert (status, body["status"]) == (200, "ignored") and "feature/x" in body["reason"]
+    assert post(client, kit, kit.sign(kit.push(ref="refs/heads/release/2.0")))[0] == 202
+
+
+def test_unconfigured_repository_is_404(kit: Kit, serve: Serve):
+    client, runtime = serve(kit)
+    status, body = post(client, kit, kit.sign(kit.push(repo="someone/else")))
+    assert status == 404 and "someone/else" in body["error"]
+    assert counts(runtime.engine) == NOTHING
+
+
+def test_repository_of_another_provider_is_404_on_this_route(kit: Kit, serve: Serve):
+    other = next(k for k in KITS if k.provider != kit.provider)
+    client, runtime = serve(kit, provider=other.provider)
+    assert post(client, kit, kit.sign(kit.push()))[0] == 404
+    assert counts(runtime.engine) == NOTHING
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{not json", b"[1, 2]", b"", b"\xff\xfe", b'{"repository": "x", "project": "x"}', b"{}"],
+    ids=["broken", "array", "empty", "bytes", "repo-not-object", "no-repo"],
+)
+def test_malformed_body_is_400(kit: Kit, serve: Serve, raw: bytes):
+    client, runtime = serve(kit)
+    status, body = post(client, kit, kit.sign(raw))
+    assert status == 400 and body["error"]
+    assert counts(runtime.engine) == NOTHING
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("after", "not-a-sha"), ("after", 7), ("ref", None), ("ref", ""), ("ref", "x" * 300)],
+)
+def test_bad_push_fields_are_400_naming_the_field(kit: Kit, serve: Serve, field, value):
+    client, runtime = serve(kit)
+    payload = kit.push()
+    payload[field] = value
+    if field == "after" and "checkout_sha" in payload:
+        payload["checkout_sha"] = value if isinstance(value, str) else None
+    status, body = post(client, kit, kit.sign(payload))
+    assert status == 400, body
+    assert field in body["error"]
+    assert counts(runtime.engine) == NOTHING
+
+
+def test_odd_before_and_long_author_are_stored_safely(kit: Kit, serve: Serve):
+    client, runtime = serve(kit)
+    payload = kit.push(author="A\x00" + "a" * 400)
+    payload["before"] = "not a commit " * 10
+    status, body = post(client, kit, kit.sign(payload))
+    assert status == 202, body
+    with runtime.engine.connect() as conn:
+        build = get_build(conn, body["build_id"])
+    assert build is not None and build["author"] == ("A" + "a" * 400)[:255]
+
+
+def test_missing_delivery_or_event_header_is_400(kit: Kit, serve: Serve):
+    client, runtime = serve(kit)
+    for names in (kit.delivery_headers, kit.event_headers):
+        status, body = post(client, kit, without(kit.sign(kit.push()), *names))
+        assert status == 400 and all(name in body["error"] for name in names), body
+    assert counts(runtime.engine) == NOTHING
+
+
+def test_shared_published_payloads_give_the_documented_answers(kit: Kit, serve: Serve):
+    folder = shared_path("fixtures", "webhooks", kit.folder)
+    forge = FORGES[kit.route]
+    for fixture in kit.fixtures:
+        raw = (folder / fixture.filename).read_bytes()
+        try:
+            repo = forge.repo_name(json.loads(raw))
+        except WebhookError:
+            repo = REPO
+        client, runtime = serve(kit, repo=repo, branches=fixture.branches)
+        status, body = post(client, kit, kit.sign(raw, event=fixture.event))
+        assert (status, body.get("status", "")) == (fixture.status, fixture.answer), (fixture, body)
+        if fixture.sha:
+            with runtime.engine.connect() as conn:
+                build = get_build(conn, body["build_id"])
+            assert build is not None and build["sha"] == fixture.sha and build["repo"] == repo
+
+
+def test_every_field_removed_in_turn_is_never_500_nor_half_written(
+    kit: Kit, serve: Serve, engine: sa.Engine
+):
+    payloads = [(kit.push(), kit.push_event)]
+    folder = SHARED / "fixtures" / "webhooks" / kit.folder
+    for fixture in kit.fixtures[:1] if folder.exists() else ():
+        payloads.append((json.loads((folder / fixture.filename).read_text()), fixture.event))
+    for payload, event in payloads:
+        repo = FORGES[kit.route].repo_name(payload)
+        client, _ = serve(kit, repo=repo, branches=("*",))
+        for path in paths(payload):
+            before = counts(engine)
+            status, body = post(client, kit, kit.sign(removed(payload, path), event=event))
+            after = counts(engine)
+            assert status in (200, 202, 400, 404), (path, status, body)
+            new_builds = after["builds"] - before["builds"]
+            if status >= 400:
+                assert after == before, (path, "a refused delivery wrote rows")
+            else:
+                assert after["deliveries"] == before["deliveries"] + 1
+                assert new_builds == after["jobs"] - before["jobs"] == (status == 202)
+
+
+# --- every adapter alone: one neutral Push, and only WebhookErrors on odd input ----------
+
+BRANCHES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,30}", fullmatch=True)
+SHAS = st.from_regex(r"[0-9a-f]{40}", fullmatch=True).filter(lambda s: s not in (ZERO, BEFORE))
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+
+
+def adapt(kit: Kit, signed: tuple[bytes, dict[str, str]]) -> ForgeEvent:
+    """What the route's adapter makes of a delivery, as ingest calls it (headers lower-case)."""
+    raw, headers = signed
+    lower = {k.lower(): v for k, v in headers.items()}
+    forge = FORGES[kit.route]
+    payload = forge.payload(lower, raw)
+    forge.repo_name(payload)
+    forge.verify(lower, raw, SECRET)
+    return bounded(forge.event(lower, payload))
+
+
+@settings(max_examples=50, deadline=None)
+@given(BRANCHES, SHAS, st.text(max_size=200), st.text(min_size=1, max_size=60))
+def test_every_forge_normalises_a_push_to_the_same_push(branch, sha, message, author):
+    ref = f"refs/heads/{branch}"
+    clean = message.replace("\x00", ""), author.replace("\x00", "")
+    expected = Push(REPO, ref, BEFORE, sha, deleted=False, commit_message=clean[0], author=clean[1])
+    for kit in KITS:
+        signed = kit.sign(kit.push(ref=ref, after=sha, message=message, author=author))
+        assert adapt(kit, signed).push == expected, kit.route
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(KITS), st.data(), JSON)
+def test_any_odd_field_value_is_refused_with_a_webhook_error(kit: Kit, data, value):
+    payload = kit.push()
+    path = data.draw(st.sampled_from(list(paths(payload))))
+    node = payload
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    try:
+        adapt(kit, kit.sign(payload))
+    except WebhookError as exc:
+        assert exc.status in (400, 401)
+
+
+def test_tags_key_is_validated_like_branches(tmp_path: Path):
+    table = 'name = "o/r"\nclone_url = "https://x.example/o/r.git"\nsecret_env = "S"\n'
+    config = tmp_path / "trainhook.toml"
+    for bad in ('tags = "v*"', 'tags = [""]', "tags = [1]"):
+        config.write_text(f"[[repos]]\n{table}{bad}\n")
+        with pytest.raises(ConfigError, match="'tags'"):
+            load_repos(config)
+    config.write_text(f"[[repos]]\n{table}")
+    assert load_repos(config)[0].tags == () and not load_repos(config)[0].wants_tag("v1")
+    config.write_text(f'[[repos]]\n{table}tags = ["v*", "release-*"]\n')
+    repo = load_repos(config)[0]
+    assert repo.tags == ("v*", "release-*") and repo.wants_tag("v2.0")
+    assert not repo.wants_tag("nightly")
+
+
+# --- GitLab: a bearer token, and a retry identity that is not the request's ------------
+
+
+def test_gitlab_subgroup_project_is_its_full_path(serve: Serve):
+    client, runtime = serve(GITLAB, repo=SUBGROUP_REPO)
+    status, body = post(client, GITLAB, GITLAB.sign(GITLAB.push(repo=SUBGROUP_REPO)))
+    assert status == 202, body
+    with runtime.engine.connect() as conn:
+        build = get_build(conn, body["build_id"])
+    assert build is not None and build["repo"] == "octo-org/ml-team/social-score-api"
+
+
+def test_gitlab_retry_is_a_duplicate_though_its_webhook_uuid_is_new(serve: Serve):
+    client, runtime = serve(GITLAB)
+    first = post(client, GITLAB, GITLAB.sign(GITLAB.push(), delivery="key-1"))
+    assert first[0] == 202
+    retry = GITLAB.sign(GITLAB.push(), delivery="key-1")  # new X-Gitlab-Webhook-UUID
+    duplicate = {"status": "duplicate", "build_id": first[1]["build_id"]}
+    assert post(client, GITLAB, retry) == (200, duplicate)
+    raw, headers = without(GITLAB.sign(GITLAB.push(), delivery="key-2"), "Idempotency-Key")
+    assert post(client, GITLAB, (raw, headers))[0] == 202  # the event UUID stands in
+    assert post(client, GITLAB, (raw, headers))[1]["status"] == "duplicate"
+    assert counts(runtime.engine)["builds"] == 2
+
+
+def test_gitlab_token_is_never_stored(serve: Serve):
+    client, runtime = serve(GITLAB)
+    post(client, GITLAB, GITLAB.sign(GITLAB.push()))
+    with runtime.engine.connect() as conn:
+        stored = conn.execute(sa.select(deliveries.c.headers)).scalar_one()
+    assert "x-gitlab-token" not in stored.lower() and SECRET not in stored
+
+
+def test_gitlab_token_covers_no_body_bytes(serve: Serve):
+    """GitLab signs nothing: whoever holds the token may send any body (TLS guards transit)."""
+    client, _ = serve(GITLAB)
+    raw, headers = GITLAB.sign(GITLAB.push())
+    assert post(client, GITLAB, (raw.replace(b"More rows", b"Less rows"), headers))[0] == 202
+
+
+def test_gitlab_non_ascii_token_is_compared_as_utf8(serve: Serve):
+    client, _ = serve(GITLAB, env={"TEST_WEBHOOK_SECRET": "sécret-ü"})
+    raw, headers = GITLAB.sign(GITLAB.push())
+    response = client.post(
+        GITLAB.url, content=raw, headers={**headers, "X-Gitlab-Token": "sécret-ü".encode()}
+    )
+    assert response.status_code == 202, response.json()
+
+
+def test_gitlab_event_naming_no_project_is_400(serve: Serve):
+    client, runtime = serve(GITLAB)
+    user_create = {"event_name": "user_create", "email": "m@x.org", "username": "mona"}
+    status, body = post(client, GITLAB, GITLAB.sign(user_create, event="System Hook"))
+    assert status == 400 and "project.path_with_namespace" in body["error"]
+    assert counts(runtime.engine) == NOTHING
+
+
+def test_gitlab_tag_builds_its_commit_not_the_tag_object(serve: Serve):
+    client, runtime = serve(GITLAB, tags=("v*",))
+    payload = GITLAB.push(ref="refs/tags/v3")
+    payload["after"] = "9" * 40  # an annotated tag: `after` is the tag object
+    status, body = post(client, GITLAB, GITLAB.sign(payload, event="Tag Push Hook"))
+    assert status == 202, body
+    with runtime.engine.connect() as conn:
+        build = get_build(conn, body["build_id"])
+    assert build is not None and build["sha"] == SHA
+
+
+# --- Gitea / Forgejo: the route picks the verifier, whatever headers come along ---------
+
+
+@pytest.mark.parametrize("kit", [GITEA, FORGEJO], ids=["gitea", "forgejo"])
+def test_form_body_signed_over_its_json_is_accepted(kit: Kit, serve: Serve):
+    client, runtime = serve(kit)
+    raw, headers = kit.sign(kit.push(), content_type=FORM)
+    assert post(client, kit, (raw, headers))[0] == 202
+    with runtime.engine.connect() as conn:
+        assert conn.execute(sa.select(deliveries.c.body)).scalar_one() == raw
+
+
+def test_each_fork_route_accepts_the_other_forks_header_names(serve: Serve):
+    client, _ = serve(GITEA)
+    raw, headers = FORGEJO.sign(FORGEJO.push())  # as Forgejo sends it, minus its X-Gitea copy
+    only_forgejo = {k: v for k, v in headers.items() if not k.startswith("X-Gitea")}
+    assert post(client, GITEA, (raw, only_forgejo))[0] == 202
+    client, _ = serve(FORGEJO)
+    assert post(client, FORGEJO, GITEA.sign(GITEA.push()))[0] == 202  # X-Gitea-* only
+
+
+def test_own_signature_header_is_the_one_checked(serve: Serve):
+    client, runtime = serve(FORGEJO)
+    raw, headers = FORGEJO.sign(FORGEJO.push())
+    assert post(client, FORGEJO, (raw, {**headers, "X-Forgejo-Signature": "0" * 64}))[0] == 401
+    client, _ = serve(GITEA)
+    raw, headers = GITEA.sign(GITEA.push())  # a valid X-Hub-Signature-256 rides along
+    assert post(client, GITEA, (raw, {**headers, "X-Gitea-Signature": "0" * 64}))[0] == 401
+    assert counts(runtime.engine) == NOTHING
+
+
+def test_gitea_delivery_on_the_github_route_is_refused(serve: Serve):
+    client, runtime = serve(GITEA)  # configured as gitea: not a GitHub repository
+    raw, headers = GITEA.sign(GITEA.push())
+    assert post(client, GITHUB, (raw, headers))[0] == 404
+    client, _ = serve(GITHUB)  # configured as github, but the hook is Gitea's own kind
+    gitea_only = {k: v for k, v in headers.items() if not k.startswith("X-Hub")}
+    status, body = post(client, GITHUB, (raw, gitea_only))
+    assert status == 401 and "X-Hub-Signature-256" in body["error"]
+    assert counts(runtime.engine) == NOTHING
