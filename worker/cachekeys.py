@@ -11,7 +11,7 @@ from typing import Any
 import trainer
 from trainer.nltkdata import nltk_cache_key_material
 from trainhook.builds import set_cache_key
-from worker.checkout import GitError, git
+from worker.checkout import git
 from worker.context import BuildContext, CacheKeys, DataChoice
 from worker.stage import Outcome, StageFailed
 
@@ -48,22 +48,26 @@ def pick_data(source: Path, candidates: tuple[str, ...]) -> tuple[str, str] | No
 
 
 def content_id(mirror: Path, sha: str, source: Path, rel: str) -> str:
-    """The file's git blob id (content-addressed, zero data bytes read); a streaming sha256
-    of the exported file when git does not know the path."""
-    with (source / rel).open("rb") as head:
-        if head.read(len(LFS_POINTER)) == LFS_POINTER:
-            raise StageFailed(
-                f"data file {rel!r} is a Git LFS pointer; LFS content is not fetched, "
-                "commit the data itself or configure another data path"
-            )
-    try:
-        return "git:" + git("rev-parse", "--verify", "--quiet", f"{sha}:{rel}", cwd=mirror).strip()
-    except GitError:
-        digest = hashlib.sha256()
-        with (source / rel).open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-        return "sha256:" + digest.hexdigest()
+    """The file's git blob id (content-addressed: no data byte is read), or a streaming
+    sha256 of the exported file when git does not track the path. A Git LFS pointer (a tiny
+    blob: only those are opened) fails the stage, since LFS content is not fetched."""
+    listing = git("ls-tree", "-l", sha, "--", rel, cwd=mirror).strip()
+    if listing:
+        meta = listing.split("\t", 1)[0].split()
+        blob, size = meta[2], int(meta[3]) if meta[3].isdigit() else 0
+        if size < 1024:
+            with (source / rel).open("rb") as head:
+                if head.read(len(LFS_POINTER)) == LFS_POINTER:
+                    raise StageFailed(
+                        f"data file {rel!r} is a Git LFS pointer; LFS content is not "
+                        "fetched: commit the data itself or configure another data path"
+                    )
+        return "git:" + blob
+    digest = hashlib.sha256()
+    with (source / rel).open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
 def deps_files(mirror: Path, sha: str) -> list[tuple[str, str]]:

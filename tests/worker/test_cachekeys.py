@@ -1,0 +1,117 @@
+"""The hash stage: which data file is used, and the deps, nltk and model keys."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests.support.gitrepo import GitRepo, git
+from tests.worker.conftest import context_for, new_build
+from trainhook.models import builds
+from worker.cachekeys import hash_stage, pick_data
+from worker.checkout import checkout_stage
+from worker.context import BuildContext
+from worker.stage import StageFailed
+
+DATA = "text,label\nlove it,pos\nhate it,neg\n"
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> GitRepo:
+    return GitRepo(tmp_path / "origin")
+
+
+@pytest.fixture
+def hashed(make_settings, sqlite_url, sqlite_engine, origin):
+    """Check out and hash a commit of `origin`; returns the context after the hash stage."""
+
+    def run(sha: str, extra: str = "") -> tuple[BuildContext, str]:
+        settings = make_settings(sqlite_url, clone_url=origin.url, extra=extra)
+        ctx = context_for(settings, sqlite_engine, new_build(sqlite_engine, sha))
+        checkout_stage(ctx)
+        detail = hash_stage(ctx).detail or ""
+        ctx.cleanup.close()
+        return ctx, detail
+
+    return run
+
+
+def test_hash_uses_the_git_blob_id_of_the_first_configured_file_that_exists(
+    hashed, origin, sqlite_engine
+):
+    sha = origin.commit({"data/prod.csv": DATA, "data/train.csv": "text,label\nx,y\n"})
+
+    ctx, detail = hashed(sha)
+
+    assert ctx.data is not None and ctx.keys is not None
+    assert ctx.data.path == "data/prod.csv"  # cleaned_training_sample.csv is absent
+    assert ctx.data.content_id == "git:" + git(origin.path, "rev-parse", f"{sha}:data/prod.csv")
+    assert detail.startswith("data data/prod.csv git:")
+    assert f"model {ctx.keys.model[:12]}" in detail
+    with sqlite_engine.connect() as conn:
+        stored = conn.execute(
+            sa.select(builds.c.cache_key).where(builds.c.id == ctx.build.id)
+        ).scalar_one()
+    assert stored == ctx.keys.model
+
+
+def test_same_data_in_another_commit_gives_the_same_model_key(hashed, origin):
+    first, _ = hashed(origin.commit({"data/train.csv": DATA, "app.py": "v = 1\n"}))
+    second, _ = hashed(origin.commit({"app.py": "v = 2\n"}))
+    changed_deps, _ = hashed(origin.commit({"uv.lock": "version = 1\n"}))
+    changed_data, _ = hashed(origin.commit({"data/train.csv": DATA + "meh,neg\n"}))
+
+    assert first.keys and second.keys and changed_deps.keys and changed_data.keys
+    assert second.keys == first.keys
+    assert changed_deps.keys.model == first.keys.model
+    assert changed_deps.keys.deps != first.keys.deps
+    assert changed_data.keys.model != first.keys.model
+    assert changed_data.keys.nltk == first.keys.nltk
+
+
+def test_training_columns_are_part_of_the_model_key(hashed, origin):
+    sha = origin.commit({"data/train.csv": DATA})
+    plain, _ = hashed(sha)
+    other, _ = hashed(sha, extra='text_column = "body"')
+    assert plain.keys and other.keys and plain.keys.model != other.keys.model
+
+
+def test_data_reached_through_an_inside_symlink_is_keyed_by_the_real_file(hashed, origin):
+    (origin.path / "data").mkdir()
+    os.symlink("../datasets/v3.csv", origin.path / "data" / "train.csv")
+    sha = origin.commit({"datasets/v3.csv": DATA})
+
+    ctx, detail = hashed(sha)
+
+    assert ctx.data and ctx.data.path == "datasets/v3.csv"
+    assert "(via data/train.csv)" in detail
+
+
+def test_data_symlink_leaving_the_checkout_is_refused(tmp_path):
+    source = tmp_path / "src"
+    (source / "data").mkdir(parents=True)
+    (tmp_path / "secret.csv").write_text("x")
+    os.symlink(tmp_path / "secret.csv", source / "data" / "train.csv")
+    with pytest.raises(StageFailed, match="'data/train.csv' is a symlink leaving the checkout"):
+        pick_data(source, ("data/train.csv",))
+
+
+def test_missing_data_falls_back_loudly_to_the_generated_sample(hashed, origin):
+    ctx, detail = hashed(origin.commit({"app.py": "x = 1\n"}))
+
+    assert ctx.data and ctx.data.path is None
+    assert "NO DATA FILE FOUND" in detail and "GENERATED SAMPLE" in detail
+    assert "data/cleaned_training_sample.csv" in detail
+
+
+def test_git_lfs_pointer_fails_the_hash_stage(make_settings, sqlite_url, sqlite_engine, origin):
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 123456\n"
+    sha = origin.commit({"data/train.csv": pointer})
+    settings = make_settings(sqlite_url, clone_url=origin.url)
+    ctx = context_for(settings, sqlite_engine, new_build(sqlite_engine, sha))
+    checkout_stage(ctx)
+    with pytest.raises(StageFailed, match="Git LFS pointer"):
+        hash_stage(ctx)
