@@ -50,6 +50,14 @@ def redact(url: str) -> str:
     return url
 
 
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """`text` with any `scheme://user:password@` credentials removed (git echoes URLs)."""
+    return _USERINFO.sub(r"\1", text)
+
+
 def git_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINHOOK_")}
     env.update(
@@ -77,7 +85,7 @@ def git(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT) -> st
     except subprocess.TimeoutExpired:
         raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from None
     if done.returncode != 0:
-        raise GitError(f"git {args[0]} failed: {done.stderr.strip()[-1000:]}")
+        raise GitError(f"git {args[0]} failed: {scrub(done.stderr.strip()[-1000:])}")
     return done.stdout
 
 
@@ -173,7 +181,7 @@ def export(mirror: Path, sha: str, dest: Path) -> int:
         proc.stderr.close()
         proc.wait()
     if proc.returncode != 0:
-        raise GitError(f"git archive failed: {stderr.strip()[-1000:]}")
+        raise GitError(f"git archive failed: {scrub(stderr.strip()[-1000:])}")
     return count
 
 

@@ -95,7 +95,7 @@ def test_data_symlink_leaving_the_checkout_is_refused(tmp_path):
     (source / "data").mkdir(parents=True)
     (tmp_path / "secret.csv").write_text("x")
     os.symlink(tmp_path / "secret.csv", source / "data" / "train.csv")
-    with pytest.raises(StageFailed, match="'data/train.csv' is a symlink leaving the checkout"):
+    with pytest.raises(StageFailed, match=r"'data/train\.csv' is a symlink leaving the checkout"):
         pick_data(source, ("data/train.csv",))
 
 

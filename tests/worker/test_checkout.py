@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.gitrepo import GitRepo, git
+from tests.support.postgres import free_port
 from tests.worker.conftest import build_view, context_for, new_build, stage_map, toy_pipeline
 from trainhook.runtime import build_runtime
-from worker.checkout import Mirror, checkout_stage, redact
+from worker.checkout import GitError, Mirror, checkout_stage, redact, scrub
 from worker.loop import Worker
 from worker.workspace import Workspace
 
@@ -156,6 +157,14 @@ def test_old_work_dirs_are_removed_but_current_and_busy_ones_kept(
     current.cleanup.close()
 
 
-def test_credentials_in_a_clone_url_are_never_shown():
+def test_credentials_in_a_clone_url_are_never_shown(tmp_path, make_settings, sqlite_url):
     assert redact("https://bot:s3cret@github.com/o/r.git") == "https://github.com/o/r.git"
     assert redact("https://github.com/o/r.git") == "https://github.com/o/r.git"
+    said = scrub("fatal: repository 'https://bot:s3cret@github.com/o/r.git/' not found")
+    assert said == "fatal: repository 'https://github.com/o/r.git/' not found"
+    # git's own messages echo the URL: they are scrubbed too.
+    missing = f"http://bot:s3cret@127.0.0.1:{free_port()}/o/r.git"
+    settings = make_settings(sqlite_url, clone_url=missing)
+    with pytest.raises(GitError) as failure:
+        Mirror(settings.mirrors_dir, settings.repos[0]).ensure("a" * 40)
+    assert "s3cret" not in str(failure.value) and "127.0.0.1" in str(failure.value)

@@ -39,9 +39,9 @@ CONFIG = 'test_command = "python check.py"\ndata = ["data/train.csv"]'
 def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> str:
     """300 rows from the trainer's own sample generator (once per module)."""
     path = tmp_path_factory.mktemp("sample") / "train.csv"
+    command = ["sample", "--out", str(path), "--rows", "300", "--seed", "7"]
     subprocess.run(
-        [sys.executable, "-m", "trainer", "sample", "--out", str(path), "--rows", "300"]
-        + ["--seed", "7"],
+        [sys.executable, "-m", "trainer", *command],
         cwd=REPO_ROOT,
         check=True,
         capture_output=True,
