@@ -38,7 +38,7 @@ def repo_tests_stage(ctx: BuildContext) -> Outcome:
         raise StageFailed(f"test_command {argv[0]!r} could not be started: {exc}") from None
     if result.timed_out:
         raise StageFailed(
-            f"{shlex.join(argv)} timed out after {timeout:.0f}s\n{result.last_lines(10)}"
+            f"{shlex.join(argv)} timed out after {timeout:g}s\n{result.last_lines(10)}"
         )
     if result.returncode != 0:
         raise StageFailed(

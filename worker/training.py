@@ -64,7 +64,7 @@ def train_model(ctx: BuildContext, cache: ModelCache, key: str) -> CachedModel:
         )
         if result.timed_out:
             raise StageFailed(
-                f"training timed out after {ctx.settings.train_timeout:.0f}s (killed)\n"
+                f"training timed out after {ctx.settings.train_timeout:g}s (killed)\n"
                 + result.last_lines(5)
             )
         if result.returncode == DATA_ERROR_EXIT:

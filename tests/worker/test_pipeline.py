@@ -195,3 +195,22 @@ def test_repository_without_data_trains_on_the_generated_sample(setup, origin, s
     stages = stage_map(sqlite_engine, build_id)
     assert "GENERATED SAMPLE" in stages["hash"]["detail"]
     assert stages["train"]["cache"] == "miss"
+
+
+def test_training_that_runs_too_long_is_killed_and_fails_the_build(
+    origin, sample_csv, sqlite_engine, make_settings, sqlite_url
+):
+    settings = make_settings(
+        sqlite_url, clone_url=origin.url, extra=CONFIG, env={"TRAINHOOK_TRAIN_TIMEOUT": "0.2"}
+    )
+    runtime = build_runtime(settings, sqlite_engine)
+    sha = origin.commit({"data/train.csv": sample_csv, "check.py": CHECK})
+    build_id = new_build(sqlite_engine, sha)
+
+    Worker(runtime, pipeline=no_builder_pipeline()).run(threading.Event(), burst=True)
+
+    train = stage_map(sqlite_engine, build_id)["train"]
+    assert train["status"] == "failed"
+    assert train["detail"].startswith("training timed out after 0.2s (killed)")
+    models = settings.artifacts_path / "models"
+    assert not models.exists() or list(models.iterdir()) == []  # no half-written entry
