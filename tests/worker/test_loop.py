@@ -33,6 +33,16 @@ def no_wait(attempt: int) -> float:
     return 0.0
 
 
+def counting(calls: list[int]) -> Callable[[BuildContext], Outcome]:
+    """A stage that notes each time it runs."""
+
+    def stage(ctx: BuildContext) -> Outcome:
+        calls.append(ctx.build.id)
+        return Outcome()
+
+    return stage
+
+
 def runtime_with(
     db_url: str, engine: sa.Engine, make_settings: Callable[..., Settings], **env: str
 ) -> Runtime:
@@ -64,9 +74,7 @@ def test_job_of_a_build_already_finished_is_completed_without_work(runtime: Runt
     with engine.begin() as conn:
         mark_finished(conn, build_id, "cancelled")
     ran: list[int] = []
-    worker = Worker(
-        runtime, pipeline=toy_pipeline({"checkout": lambda c: ran.append(1) or Outcome()})
-    )
+    worker = Worker(runtime, pipeline=toy_pipeline({"checkout": counting(ran)}))
 
     assert worker.run(threading.Event(), burst=True) == 1
 
@@ -78,7 +86,7 @@ def test_job_of_a_build_already_finished_is_completed_without_work(runtime: Runt
 def test_a_job_delivered_twice_produces_one_build_result(runtime: Runtime, engine):
     build_id = new_build(engine)
     runs: list[int] = []
-    pipeline = toy_pipeline({"checkout": lambda c: runs.append(1) or Outcome()})
+    pipeline = toy_pipeline({"checkout": counting(runs)})
     Worker(runtime, pipeline=pipeline).run(threading.Event(), burst=True)
     before = build_view(engine, build_id)
     with engine.begin() as conn:  # the queue hands the same job out again
@@ -86,7 +94,7 @@ def test_a_job_delivered_twice_produces_one_build_result(runtime: Runtime, engin
 
     Worker(runtime, pipeline=pipeline).run(threading.Event(), burst=True)
 
-    assert runs == [1]
+    assert runs == [build_id]
     assert build_view(engine, build_id) == before
 
 
@@ -142,11 +150,12 @@ def test_infrastructure_error_releases_the_job_with_backoff(runtime: Runtime, en
         raise ConnectionError("registry unreachable")
 
     delays: list[int] = []
-    worker = Worker(
-        runtime,
-        pipeline=toy_pipeline({"push": broken}),
-        backoff=lambda attempt: delays.append(attempt) or 60.0,
-    )
+
+    def backoff(attempt: int) -> float:
+        delays.append(attempt)
+        return 60.0
+
+    worker = Worker(runtime, pipeline=toy_pipeline({"push": broken}), backoff=backoff)
 
     assert worker.run(threading.Event(), burst=True) == 1  # the retry is not due yet
 

@@ -41,7 +41,7 @@ def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("sample") / "train.csv"
     command = ["sample", "--out", str(path), "--rows", "300", "--seed", "7"]
     subprocess.run(
-        [sys.executable, "-m", "trainer", *command],
+        [sys.executable, "-P", "-m", "trainer", *command],
         cwd=REPO_ROOT,
         check=True,
         capture_output=True,
