@@ -88,13 +88,13 @@ class LocalBuilder:
                 f"({current}):\n{result.last_lines(5)}"
             )
         labels = _labels(result.tail)
-        previous = releases.switch(bundle.version)
+        previous = releases.switch(release.name)
         pruned = releases.prune()
-        ctx.log("deploy", f"current -> {bundle.version} (was {previous or 'none'})\n")
+        ctx.log("deploy", f"current -> {release.name} (was {previous or 'none'})\n")
         if pruned:
             ctx.log("deploy", "pruned old releases: " + ", ".join(pruned) + "\n")
         return Outcome(
-            detail=f"{bundle.version} is current (was {previous or 'none'}); "
+            detail=f"{release.name} is current (was {previous or 'none'}); "
             f"health check scored {len(labels)} texts: {', '.join(labels)}"
         )
 

@@ -96,18 +96,24 @@ class Releases:
         return value if isinstance(value, dict) else None
 
     def unpack(self, archive: Path, version: str, digest: str) -> Path:
-        """Extract `archive` into `<version>/` (via a temp dir and a rename). An existing
-        directory for the same digest is reused; another is replaced unless it is current."""
+        """Extract `archive` into `<version>/` (via a temp dir and a rename) and return it.
+        An existing directory of the same digest is reused. One of another digest is
+        replaced, unless it is serving: then the new one goes to `<version>.<digest12>`,
+        so `current` never changes under a running app before its health check."""
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / version
+        stale = target.is_dir() and _unpacked_digest(target) != digest
+        if stale and self.current_version() == version:
+            target = self.folder / f"{version}.{digest[:12]}"
         if target.is_dir() and _unpacked_digest(target) == digest:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.folder))
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 tar.extractall(tmp, filter="data")
+            (tmp / ".trainhook").mkdir(exist_ok=True)
             (tmp / ".trainhook" / "digest").write_text(digest + "\n")
-            if target.exists() and self.current_version() != version:
+            if target.exists():
                 shutil.rmtree(target)
             os.rename(tmp, target)
         except BaseException:

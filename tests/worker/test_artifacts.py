@@ -157,3 +157,18 @@ def test_switching_current_replaces_the_symlink_in_one_step(tmp_path):
 
     assert os.readlink(releases.current) == "b2"
     assert [p.name for p in releases.folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_new_bytes_for_the_serving_version_never_change_it_in_place(tmp_path):
+    releases = Releases(tmp_path / "releases", "slug")
+    old = write_bundle({"app.py": b"old"}, tmp_path / "old.tar.gz", "b1")
+    new = write_bundle({"app.py": b"retrained"}, tmp_path / "new.tar.gz", "b1")
+    releases.switch(releases.unpack(old.path, "b1", old.digest).name)
+
+    again = releases.unpack(old.path, "b1", old.digest)
+    other = releases.unpack(new.path, "b1", new.digest)
+
+    assert again.name == "b1"  # same bytes: reused
+    assert other.name == f"b1.{new.digest[:12]}"
+    assert (releases.current / "app.py").read_bytes() == b"old"
+    assert (other / "app.py").read_bytes() == b"retrained"
