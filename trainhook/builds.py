@@ -237,3 +237,41 @@ def mark_finished(
 
 def set_cache_key(conn: sa.Connection, build_id: int, key: str) -> None:
     conn.execute(builds.update().where(builds.c.id == build_id).values(cache_key=key))
+
+
+def is_cancelled(conn: sa.Connection, build_id: int) -> bool:
+    """True when someone else ended the build (cancelled, or superseded by a newer one).
+
+    The worker calls this between stages and stops at that boundary: it records the stages
+    it will not run as skipped and leaves the build's final status alone."""
+    status = conn.execute(sa.select(builds.c.status).where(builds.c.id == build_id)).scalar()
+    return status in ("cancelled", "superseded")
+
+
+def cancel_build(conn: sa.Connection, build_id: int, reason: str) -> str | None:
+    """Cancel a queued or running build in the caller's transaction.
+
+    Returns "cancelled", the terminal status the build already had (nothing changes), or None
+    when there is no such build. A stage event says why: on the stage running now (its status
+    is left to the worker, which stops at the next stage boundary), or on `queued` (skipped)
+    when no worker had picked the build up."""
+    status = conn.execute(sa.select(builds.c.status).where(builds.c.id == build_id)).scalar()
+    if status is None:
+        return None
+    if not mark_finished(conn, build_id, "cancelled", error=reason):
+        return str(conn.execute(sa.select(builds.c.status).where(builds.c.id == build_id)).scalar())
+    last = conn.execute(
+        sa.select(stage_events.c.stage, stage_events.c.status)
+        .where(stage_events.c.build_id == build_id)
+        .order_by(stage_events.c.id.desc())
+        .limit(1)
+    ).first()
+    if last is None or (last.stage == "queued" and last.status == "running"):
+        add_event(conn, build_id, "queued", "skipped", detail=f"cancelled ({reason})")
+    elif last.status == "running":
+        detail = f"cancel requested ({reason}); the worker stops after this stage"
+        add_event(conn, build_id, last.stage, "running", detail=detail)
+    elif last.stage in STAGES[:-1]:
+        following = STAGES[STAGES.index(last.stage) + 1]
+        add_event(conn, build_id, following, "skipped", detail=f"cancelled ({reason})")
+    return "cancelled"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +14,8 @@ from trainhook.builds import STAGES
 from trainhook.models import builds, stage_events, stage_logs
 
 MAX_LIMIT = 200
+# Builds that count for history statistics: finished, one way or another.
+FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def iso(value: datetime | None) -> str | None:
@@ -100,12 +103,60 @@ def _events_for(conn: sa.Connection, ids: Sequence[int]) -> dict[int, list[Any]]
     return grouped
 
 
-def get_build(conn: sa.Connection, build_id: int) -> dict[str, Any] | None:
-    """One build in the contract's JSON shape, or None."""
+def load_build(conn: sa.Connection, build_id: int) -> tuple[dict[str, Any] | None, int]:
+    """One build in the contract's JSON shape (or None) and its newest stage event id."""
     row = conn.execute(sa.select(builds).where(builds.c.id == build_id)).first()
     if row is None:
-        return None
-    return _build_json(row, _events_for(conn, [build_id])[build_id])
+        return None, 0
+    events = _events_for(conn, [build_id])[build_id]
+    return _build_json(row, events), (events[-1].id if events else 0)
+
+
+def get_build(conn: sa.Connection, build_id: int) -> dict[str, Any] | None:
+    """One build in the contract's JSON shape, or None."""
+    return load_build(conn, build_id)[0]
+
+
+@dataclass(frozen=True)
+class BuildPage:
+    """One page of builds, the cursor of the next page and the newest stage event id read."""
+
+    builds: list[dict[str, Any]]
+    next: int | None
+    last_event_id: int
+
+
+def branch_ref(branch: str) -> str:
+    """The ref a branch filter matches: `main` -> `refs/heads/main` (full refs are kept)."""
+    return branch if branch.startswith("refs/") else f"refs/heads/{branch}"
+
+
+def page_of_builds(
+    conn: sa.Connection,
+    *,
+    repo: str | None = None,
+    branch: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    before: int | None = None,
+) -> BuildPage:
+    """Newest first, keyset-paginated on id, in two queries (builds, then all their events)."""
+    limit = max(1, min(limit, MAX_LIMIT))
+    query = sa.select(builds).order_by(builds.c.id.desc()).limit(limit + 1)
+    if repo:
+        query = query.where(builds.c.repo == repo)
+    if branch:
+        query = query.where(builds.c.ref == branch_ref(branch))
+    if status:
+        query = query.where(builds.c.status == status)
+    if before is not None:
+        query = query.where(builds.c.id < before)
+    rows = conn.execute(query).all()
+    page, more = rows[:limit], len(rows) > limit
+    events = _events_for(conn, [r.id for r in page])
+    last = max((evs[-1].id for evs in events.values() if evs), default=0)
+    items = [_build_json(r, events[r.id]) for r in page]
+    return BuildPage(items, page[-1].id if more else None, last)
 
 
 def list_builds(
@@ -115,31 +166,42 @@ def list_builds(
     status: str | None = None,
     limit: int = 50,
     before: int | None = None,
+    branch: str | None = None,
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Newest first, keyset-paginated on id: (builds, cursor for the next page or None)."""
-    limit = max(1, min(limit, MAX_LIMIT))
-    query = sa.select(builds).order_by(builds.c.id.desc()).limit(limit + 1)
-    if repo:
-        query = query.where(builds.c.repo == repo)
-    if status:
-        query = query.where(builds.c.status == status)
-    if before is not None:
-        query = query.where(builds.c.id < before)
-    rows = conn.execute(query).all()
-    page, more = rows[:limit], len(rows) > limit
-    events = _events_for(conn, [r.id for r in page])
-    items = [_build_json(r, events[r.id]) for r in page]
-    return items, (page[-1].id if more else None)
+    page = page_of_builds(conn, repo=repo, branch=branch, status=status, limit=limit, before=before)
+    return page.builds, page.next
+
+
+def recent_finished(conn: sa.Connection, repo: str, limit: int) -> list[dict[str, Any]]:
+    """The last `limit` finished builds of a repository, newest first (two queries)."""
+    rows = conn.execute(
+        sa.select(builds)
+        .where(builds.c.repo == repo, builds.c.status.in_(FINISHED))
+        .order_by(builds.c.id.desc())
+        .limit(max(1, limit))
+    ).all()
+    events = _events_for(conn, [r.id for r in rows])
+    return [_build_json(r, events[r.id]) for r in rows]
 
 
 def get_logs(conn: sa.Connection, build_id: int) -> dict[str, str]:
     """Each stage's log text, joined in order."""
+    return get_logs_after(conn, build_id)[0]
+
+
+def get_logs_after(
+    conn: sa.Connection, build_id: int, after: int = 0
+) -> tuple[dict[str, str], int]:
+    """Each stage's log text after log row `after`, and the newest log row id read (or `after`)."""
     logs: dict[str, list[str]] = defaultdict(list)
+    last = after
     rows = conn.execute(
-        sa.select(stage_logs.c.stage, stage_logs.c.text)
-        .where(stage_logs.c.build_id == build_id)
+        sa.select(stage_logs.c.id, stage_logs.c.stage, stage_logs.c.text)
+        .where(stage_logs.c.build_id == build_id, stage_logs.c.id > after)
         .order_by(stage_logs.c.id)
     )
-    for stage, text in rows:
+    for row_id, stage, text in rows:
         logs[stage].append(text)
-    return {stage: "".join(parts) for stage, parts in logs.items()}
+        last = row_id
+    return {stage: "".join(parts) for stage, parts in logs.items()}, last
