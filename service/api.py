@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from trainhook.buildview import MAX_LIMIT, get_build, get_logs, list_builds
+from trainhook.buildview import MAX_LIMIT, BuildPage, get_build, get_logs, page_of_builds
 from trainhook.db import reading
 from trainhook.errors import DatabaseUnavailable
 from trainhook.runtime import Runtime
@@ -27,12 +27,15 @@ DEFAULT_LIMIT = 50
 # Ids are int4 on Postgres: a larger literal would be a SQL error, and no such build can exist.
 MAX_ID = 2**31 - 1
 
-# Sent on every page and API answer: nothing here needs scripts, frames or third-party origins.
+# Sent on every page and API answer. Scripts and styles come only from our own /static/ files
+# (no inline code at all, so an injected tag or attribute could not run even if escaping failed);
+# fetch and EventSource only to this origin; no frames, no plugins, no third-party origins.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-    ),
+    "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
@@ -51,6 +54,7 @@ class BuildQuery:
     status: str | None = None
     limit: int = DEFAULT_LIMIT
     before: int | None = None
+    branch: str | None = None
 
 
 def _positive_int(name: str, raw: str) -> int:
@@ -60,19 +64,22 @@ def _positive_int(name: str, raw: str) -> int:
     return int(raw)
 
 
-def parse_build_query(params: Mapping[str, str], default_limit: int = DEFAULT_LIMIT) -> BuildQuery:
-    """Validate `repo`, `status`, `limit` and `before`; an empty value means "not given"."""
+def parse_build_query(
+    params: Mapping[str, str], default_limit: int = DEFAULT_LIMIT, max_limit: int = MAX_LIMIT
+) -> BuildQuery:
+    """Validate `repo`, `branch`, `status`, `limit` and `before`; empty means "not given"."""
     repo = params.get("repo") or None
+    branch = params.get("branch") or None
     status = params.get("status") or None
     if status is not None and status not in STATUSES:
         raise ParamError(f"parameter 'status' must be one of {', '.join(STATUSES)}; got {status!r}")
     raw_limit = params.get("limit") or ""
-    limit = min(_positive_int("limit", raw_limit), MAX_LIMIT) if raw_limit else default_limit
+    limit = min(_positive_int("limit", raw_limit), max_limit) if raw_limit else default_limit
     raw_before = params.get("before") or ""
     before = _positive_int("before", raw_before) if raw_before else None
     if before is not None and before > MAX_ID:
         before = None  # past every possible id: the same as starting from the newest
-    return BuildQuery(repo=repo, status=status, limit=limit, before=before)
+    return BuildQuery(repo=repo, status=status, limit=limit, before=before, branch=branch)
 
 
 def parse_build_id(raw: str) -> int | None:
@@ -91,16 +98,28 @@ def _read(engine: Engine, fn: Callable[..., T], /, *args: Any, **kwargs: Any) ->
         raise DatabaseUnavailable("database unavailable") from None
 
 
-def fetch_builds(engine: Engine, query: BuildQuery) -> tuple[list[dict[str, Any]], int | None]:
+def read(engine: Engine, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`fn(conn, *args, **kwargs)` on a read-only connection. Raises DatabaseUnavailable."""
+    return _read(engine, fn, *args, **kwargs)
+
+
+def fetch_page(engine: Engine, query: BuildQuery) -> BuildPage:
     """One page of builds (two queries). Raises DatabaseUnavailable."""
     return _read(
         engine,
-        list_builds,
+        page_of_builds,
         repo=query.repo,
+        branch=query.branch,
         status=query.status,
         limit=query.limit,
         before=query.before,
     )
+
+
+def fetch_builds(engine: Engine, query: BuildQuery) -> tuple[list[dict[str, Any]], int | None]:
+    """One page of builds (two queries): (builds, next cursor). Raises DatabaseUnavailable."""
+    page = fetch_page(engine, query)
+    return page.builds, page.next
 
 
 Loaded = tuple[dict[str, Any] | None, dict[str, str]]

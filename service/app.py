@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from service import api, health, pages, rebuild, webhooks
+from service import api, dashboard, health, rebuild, webhooks
 from trainhook.runtime import Runtime
 
 
@@ -16,8 +16,8 @@ def create_app(runtime: Runtime) -> Starlette:
         *rebuild.routes,
         *api.routes,
         *health.routes,
-        *pages.routes,
+        *dashboard.routes,
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=dashboard.lifespan)
     app.state.runtime = runtime
     return app
