@@ -11,8 +11,11 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
+import sqlalchemy as sa
+
 from trainhook.builds import TERMINAL_BUILD, add_event, mark_finished, mark_started
 from trainhook.db import reading
+from trainhook.models import builds
 from trainhook.queue import Job
 from trainhook.runtime import Runtime, build_runtime
 from trainhook.settings import Settings
@@ -90,7 +93,7 @@ class Worker:
 
     def process(self, job: Job, stop: threading.Event) -> str:
         """Run one claimed job; returns how it ended (succeeded, failed, retrying, dead,
-        released, lease lost, already finished, missing)."""
+        released, lease lost, ended (cancelled meanwhile), already finished, missing)."""
         heartbeat = Heartbeat(self.runtime.queue, job, self.settings.lease_seconds).start()
         try:
             return self._process(job, stop, heartbeat)
@@ -109,6 +112,9 @@ class Worker:
         def guard() -> None:
             if heartbeat.lost.is_set():
                 raise Interrupted("lease lost", lease_lost=True)
+            status = self._status(build.id)
+            if status in TERMINAL_BUILD:
+                raise Interrupted(f"build {status} while it ran", ended=True)
             if stop.is_set():
                 raise Interrupted("worker stopping")
 
@@ -145,6 +151,12 @@ class Worker:
             if exc.lease_lost or heartbeat.lost.is_set():
                 log.warning("build %d: lease lost, stopped without a final status", build.id)
                 return "lease lost"
+            if exc.ended:
+                # Its final status was set by whoever ended it: keep it, skip what is left.
+                recorder.skip_rest(str(exc))
+                queue.complete(job)
+                log.info("build %d: %s; stopped", build.id, exc)
+                return "ended"
             queue.release(job, error="worker stopped; released for another worker")
             log.info("build %d: released for another worker (%s)", build.id, exc)
             return "released"
@@ -153,6 +165,13 @@ class Worker:
                 return "lease lost"
             return self._infra_failure(job, heartbeat, recorder, exc)
         return self._settle(job, heartbeat, build.id, "failed" if error else "succeeded", error)
+
+    def _status(self, build_id: int) -> str | None:
+        with reading(self.runtime.engine) as conn:
+            status = conn.execute(
+                sa.select(builds.c.status).where(builds.c.id == build_id)
+            ).scalar()
+        return None if status is None else str(status)
 
     def _infra_failure(
         self, job: Job, heartbeat: Heartbeat, recorder: Recorder, exc: Exception

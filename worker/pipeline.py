@@ -33,7 +33,6 @@ class Pipeline:
         Interrupted and infrastructure exceptions propagate to the caller (the worker)."""
         recorder = ctx.recorder
         for step in self.steps:
-            recorder.guard()
             try:
                 step(ctx)
             except StageFailed as exc:

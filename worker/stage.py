@@ -22,11 +22,13 @@ class StageFailed(Exception):
 
 
 class Interrupted(Exception):
-    """Raised at a stage boundary when the worker is stopping or has lost the job's lease."""
+    """Raised at a stage boundary when the worker is stopping, has lost the job's lease, or
+    the build was ended meanwhile by someone else (cancelled, superseded)."""
 
-    def __init__(self, reason: str, *, lease_lost: bool = False) -> None:
+    def __init__(self, reason: str, *, lease_lost: bool = False, ended: bool = False) -> None:
         super().__init__(reason)
         self.lease_lost = lease_lost
+        self.ended = ended
 
 
 @dataclass(frozen=True)

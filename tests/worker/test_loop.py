@@ -312,3 +312,30 @@ def test_build_of_a_repository_no_longer_configured_fails(runtime: Runtime, engi
 def test_pipeline_refuses_stages_out_of_contract_order(names: tuple[str, ...]):
     with pytest.raises(ValueError, match="stage"):
         Pipeline([SingleStage(name, lambda ctx: Outcome()) for name in names])
+
+
+def test_build_cancelled_while_running_stops_at_the_next_stage_and_stays_cancelled(
+    runtime: Runtime, engine
+):
+    build_id = new_build(engine)
+    ran: list[int] = []
+
+    def tests_then_cancel(ctx: BuildContext) -> Outcome:
+        with engine.begin() as conn:  # someone presses "cancel" on the status page
+            mark_finished(conn, build_id, "cancelled", error="cancelled by alice")
+        return Outcome()
+
+    pipeline = toy_pipeline({"test": tests_then_cancel, "hash": counting(ran)})
+
+    assert Worker(runtime, pipeline=pipeline).run(threading.Event(), burst=True) == 1
+
+    assert ran == []
+    view = build_view(engine, build_id)
+    assert (view["status"], view["error"]) == ("cancelled", "cancelled by alice")
+    stages = stage_map(engine, build_id)
+    assert stages["test"]["status"] == "succeeded"
+    assert (stages["hash"]["status"], stages["hash"]["detail"]) == (
+        "skipped",
+        "build cancelled while it ran",
+    )
+    assert job_row(engine, build_id).status == "done"
