@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import codecs
+import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -13,8 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 FLUSH_BYTES = 16 * 1024
-FLUSH_SECONDS = 1.0
+FLUSH_SECONDS = 0.5  # at most this late in the stage log, at most two writes a second
 TAIL_CHARS = 64 * 1024
 # Names that look like credentials are never passed to repository code.
 SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY")
@@ -124,17 +128,29 @@ def _pump(
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending: list[str] = []
     pending_size = 0
-    last_flush = time.monotonic()
+    pending_since = 0.0
     kept = 0
 
     def flush() -> None:
-        nonlocal pending, pending_size, last_flush
+        nonlocal pending, pending_size, on_output
         if pending and on_output is not None:
-            on_output("".join(pending))
-        pending, pending_size, last_flush = [], 0, time.monotonic()
+            try:
+                on_output("".join(pending))
+            except Exception as exc:
+                # Keep draining the pipe (or the child would block on a full pipe); the
+                # output tail is still kept for the stage's detail.
+                log.warning("stage output could not be stored, dropping the rest: %s", exc)
+                on_output = None
+        pending, pending_size = [], 0
 
     fd = proc.stdout.fileno()
     while True:
+        # Output waits at most FLUSH_SECONDS, even when the command then goes quiet.
+        wait = max(0.0, pending_since + FLUSH_SECONDS - time.monotonic()) if pending else None
+        readable, _, _ = select.select([fd], [], [], wait)
+        if not readable:
+            flush()
+            continue
         chunk = os.read(fd, 65536)
         text = decoder.decode(chunk, final=not chunk)
         if text:
@@ -144,11 +160,13 @@ def _pump(
                 joined = "".join(tail)[-TAIL_CHARS:]
                 tail[:] = [joined]
                 kept = len(joined)
+            if not pending:
+                pending_since = time.monotonic()
             pending.append(text)
             pending_size += len(text)
         if not chunk:
             break
-        if pending_size >= FLUSH_BYTES or time.monotonic() - last_flush >= FLUSH_SECONDS:
+        if pending_size >= FLUSH_BYTES or time.monotonic() - pending_since >= FLUSH_SECONDS:
             flush()
     flush()
     proc.stdout.close()
