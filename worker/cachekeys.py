@@ -10,6 +10,7 @@ from typing import Any
 
 import trainer
 from trainer.nltkdata import nltk_cache_key_material
+from trainer.params import TrainParams
 from trainhook.builds import set_cache_key
 from worker.checkout import git
 from worker.context import BuildContext, CacheKeys, DataChoice
@@ -93,10 +94,10 @@ def compute_keys(ctx: BuildContext, data: DataChoice) -> CacheKeys:
         {
             "key_version": KEY_VERSION,
             "trainer_version": trainer.TRAINER_VERSION,
-            "params": {
-                "text_column": ctx.repo.text_column,
-                "label_column": ctx.repo.label_column,
-            },
+            # Every hyperparameter, defaults included: a changed default retrains.
+            "params": TrainParams(
+                text_column=ctx.repo.text_column, label_column=ctx.repo.label_column
+            ).to_dict(),
             "data": [[data.path or GENERATED_SAMPLE, data.content_id]],
         }
     )
