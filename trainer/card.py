@@ -1,0 +1,99 @@
+"""The model card (model_card.md): what was trained, on what, how well, and how to use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def render_card(metrics: dict[str, Any], top: dict[str, list[str]]) -> str:
+    """Markdown model card built from `metrics` (as in metrics.json) and top features."""
+    data, rows, nltk = metrics["data"], metrics["rows"], metrics["nltk"]
+    lines = [
+        "# Model card: text classifier",
+        "",
+        f"Trained by trainhook's trainer {metrics['trainer_version']}: TF-IDF features (word "
+        "n-grams of NLTK-normalised tokens plus character n-grams) and a linear classifier.",
+        "",
+    ]
+    if data["fallback"]:
+        lines += [
+            "> **WARNING: trained on GENERATED SAMPLE DATA.** No data file was found among "
+            f"{', '.join(data['candidates'])}; this model knows nothing about your data.",
+            "",
+        ]
+    if nltk["degraded"]:
+        missing = "; ".join(f"{k}: {v}" for k, v in nltk["missing"].items())
+        lines += [f"> NLTK data missing, fallbacks used: {missing}", ""]
+    lines += [
+        "## Data",
+        "",
+        f"- File: `{data['file']}` (sha256 `{data['sha256'][:16]}…`)",
+        f"- Rows read: {rows['read']}, used: {rows['used']}, "
+        f"train: {rows['train']}, validation: {rows['validation']}",
+    ]
+    dropped = ", ".join(f"{k}: {v}" for k, v in sorted(rows["dropped"].items())) or "none"
+    lines.append(f"- Rows dropped: {dropped}; sampled out: {rows['sampled_out']}")
+    lines += [
+        "",
+        "## Validation results",
+        "",
+        f"Stratified hold-out of {rows['validation']} rows "
+        f"({metrics['params']['validation_fraction']:.0%}, seed {metrics['params']['seed']}).",
+        "",
+        f"- Accuracy: {metrics['accuracy']:.4f}",
+        f"- Macro-F1: {metrics['macro_f1']:.4f}",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for label, m in metrics["per_class"].items():
+        lines.append(
+            f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | "
+            f"{m['support']} |"
+        )
+    cm = metrics["confusion_matrix"]
+    lines += ["", "Confusion matrix (rows: true label, columns: predicted):", ""]
+    lines.append("| true \\ predicted | " + " | ".join(cm["labels"]) + " |")
+    lines.append("|---" * (len(cm["labels"]) + 1) + "|")
+    for label, row in zip(cm["labels"], cm["matrix"], strict=True):
+        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    if top:
+        lines += ["", "## Strongest features per class", ""]
+        for label, names in top.items():
+            shown = ", ".join(f"`{n}`" for n in names)
+            lines.append(f"- {label}: {shown}")
+    lines += [
+        "",
+        "## Parameters",
+        "",
+        "```json",
+        *_json_lines(metrics["params"]),
+        "```",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import joblib",
+        "vectorizer = joblib.load('vectorizer.joblib')  # needs the `trainer` package importable",
+        "model = joblib.load('model.joblib')",
+        "model.predict(vectorizer.transform(['@airline thanks, great flight!']))",
+        "```",
+        "",
+        "## Limitations",
+        "",
+        "A bag-of-n-grams model: it sees words and spelling, not meaning. Sarcasm, long-range "
+        "negation and topics absent from the training data are handled poorly. Validation "
+        "figures come from one hold-out split of the same data and will be optimistic for "
+        "data that drifts.",
+        "",
+        "Library versions: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(metrics["versions"].items())),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _json_lines(params: dict[str, Any]) -> list[str]:
+    import json
+
+    return json.dumps(params, indent=2, sort_keys=True).splitlines()

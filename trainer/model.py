@@ -1,0 +1,124 @@
+"""The model: vectorizer and classifier construction, the validation split and evaluation."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from trainer.params import TrainParams
+from trainer.text import TweetNormalizer, TweetVectorizer
+
+
+def build_vectorizer(params: TrainParams, stopwords: frozenset[str] = frozenset()) -> Any:
+    """An unfitted `TweetVectorizer` configured from `params`."""
+    normalizer = TweetNormalizer(
+        lowercase=params.lowercase,
+        handles=params.handles,
+        stem=params.stem,
+        stopwords=stopwords if params.stopwords else (),
+    )
+    return TweetVectorizer(
+        normalizer,
+        word_ngram_range=params.word_ngram_range,
+        char_ngram_range=params.char_ngram_range,
+        min_df=params.min_df,
+        sublinear_tf=params.sublinear_tf,
+        word_weight=params.word_weight,
+        char_weight=params.char_weight,
+    )
+
+
+def build_classifier(params: TrainParams) -> Any:
+    """An unfitted linear classifier configured from `params` (seeded, so deterministic)."""
+    if params.classifier == "logistic_regression":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(
+            C=params.C,
+            class_weight=params.class_weight,
+            max_iter=params.max_iter,
+            random_state=params.seed,
+        )
+    from sklearn.svm import LinearSVC
+
+    return LinearSVC(
+        C=params.C,
+        class_weight=params.class_weight,
+        max_iter=params.max_iter,
+        random_state=params.seed,
+    )
+
+
+def split(labels: Sequence[str], params: TrainParams) -> tuple[list[int], list[int]]:
+    """Stratified (train, validation) row indices; raises ValueError if too few rows."""
+    from sklearn.model_selection import train_test_split
+
+    indices = list(range(len(labels)))
+    train, val = train_test_split(
+        indices,
+        test_size=params.validation_fraction,
+        stratify=list(labels),
+        random_state=params.seed,
+    )
+    return list(train), list(val)
+
+
+def fit_classifier(model: Any, features: Any, labels: Sequence[str]) -> list[str]:
+    """Fit `model` in place; return the warnings it raised (e.g. non-convergence)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(features, list(labels))
+    return sorted({" ".join(str(w.message).split()) for w in caught})
+
+
+def evaluate(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    The confusion matrix has a row per true label and a column per predicted label, both in
+    the order of `labels`.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    order = list(labels)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        list(truth), list(predicted), labels=order, zero_division=0
+    )
+    matrix = confusion_matrix(list(truth), list(predicted), labels=order)
+    per_class = {
+        label: {
+            "precision": _round(precision[i]),
+            "recall": _round(recall[i]),
+            "f1": _round(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, label in enumerate(order)
+    }
+    accuracy = float(np.trace(matrix)) / max(1, int(matrix.sum()))
+    return {
+        "accuracy": _round(accuracy),
+        "macro_f1": _round(float(np.mean(f1))),
+        "per_class": per_class,
+        "confusion_matrix": {"labels": order, "matrix": matrix.tolist()},
+    }
+
+
+def top_features(model: Any, vectorizer: Any, count: int = 10) -> dict[str, list[str]]:
+    """The `count` features with the largest weights for each class (for the model card)."""
+    coef = getattr(model, "coef_", None)
+    if coef is None:
+        return {}
+    names = vectorizer.get_feature_names_out()
+    classes = [str(c) for c in model.classes_]
+    rows = coef if coef.shape[0] == len(classes) else np.vstack([-coef[0], coef[0]])
+    out = {}
+    for label, row in zip(classes, rows, strict=True):
+        best = np.argsort(-row, kind="stable")[:count]
+        out[label] = [names[i] for i in best]
+    return out
+
+
+def _round(value: float) -> float:
+    return round(float(value), 6)

@@ -1,0 +1,252 @@
+"""One training run: data, NLTK data, features, classifier, metrics, artifacts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer import TRAINER_VERSION
+from trainer.artifacts import (
+    FALLBACK_SAMPLE,
+    check_output_dir,
+    commit,
+    discard,
+    make_staging,
+    write_artifacts,
+)
+from trainer.card import render_card
+from trainer.data import DataError, Dataset, read_dataset
+from trainer.discovery import DEFAULT_CANDIDATES, discover
+from trainer.nltkdata import (
+    NLTK_PACKAGES,
+    NltkStatus,
+    english_stopwords,
+    ensure_nltk_data,
+    find_nltk_data,
+)
+from trainer.params import TrainParams
+from trainer.progress import Progress
+from trainer.sample import generate_sample
+
+FALLBACK_ROWS = 3000
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run produced. `metrics` is the content of metrics.json."""
+
+    out_dir: Path
+    data_file: str
+    fallback_used: bool
+    metrics: dict[str, Any]
+    notices: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def macro_f1(self) -> float:
+        """Validation macro-F1."""
+        return float(self.metrics["macro_f1"])
+
+    def summary(self) -> dict[str, Any]:
+        """The one-line JSON summary the CLI prints."""
+        return {
+            "data_file": self.data_file,
+            "fallback_used": self.fallback_used,
+            "rows": self.metrics["rows"],
+            "macro_f1": self.macro_f1,
+            "accuracy": self.metrics["accuracy"],
+            "nltk_degraded": self.metrics["nltk"]["degraded"],
+            "out_dir": str(self.out_dir),
+        }
+
+
+def default_workers() -> int:
+    """Processes to use for preprocessing: the CPUs this process may run on, at most 2."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(2, cpus))
+
+
+def train(
+    data_path: str | Path,
+    out_dir: str | Path,
+    params: TrainParams | None = None,
+    *,
+    candidates: Sequence[str] = DEFAULT_CANDIDATES,
+    nltk_data: str | Path | None = None,
+    nltk_index: str | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train on `data_path` (a CSV file, or a directory searched for `candidates`) and write
+    model.joblib, vectorizer.joblib, metrics.json and model_card.md into `out_dir` atomically.
+
+    Raises DataError for unusable data or unsafe data paths, OutputError when `out_dir`
+    cannot receive the artifacts, ParamsError for invalid params.
+    """
+    started = time.perf_counter()
+    params = params if params is not None else TrainParams()
+    progress = progress if progress is not None else Progress.quiet()
+    workers = workers if workers is not None else default_workers()
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir)
+    timings: dict[str, float] = {}
+
+    @contextmanager
+    def phase(name: str, label: str) -> Iterator[None]:
+        progress.phase(label)
+        t0 = time.perf_counter()
+        yield
+        timings[name] = round(time.perf_counter() - t0, 4)
+
+    staging = make_staging(out_dir)
+    try:
+        notices: list[str] = []
+        with phase("discover", "finding data"):
+            data_file, found = _locate(Path(data_path), candidates, staging, out_dir, notices)
+        with phase("read", "reading data"):
+            ds = read_dataset(
+                data_file,
+                params.text_column,
+                params.label_column,
+                sample_rows=params.sample_rows,
+                seed=params.seed,
+                on_rows=progress.rows,
+            )
+        with phase("nltk", "checking NLTK data"):
+            status = _nltk_status(params, nltk_data, nltk_index)
+            stopwords, source = (
+                english_stopwords(status) if params.stopwords else (frozenset(), None)
+            )
+            if status.degraded:
+                notices.append(f"NLTK data missing, using fallbacks: {status.missing}")
+        # Imported here: numpy/scikit-learn are slow to import and the checks above should
+        # fail fast without them.
+        from trainer.model import (
+            build_classifier,
+            build_vectorizer,
+            evaluate,
+            fit_classifier,
+            split,
+            top_features,
+        )
+
+        with phase("split", "splitting"):
+            try:
+                train_idx, val_idx = split(ds.labels, params)
+            except ValueError as exc:
+                raise DataError(
+                    ds.path, f"cannot make a stratified validation split: {exc}"
+                ) from exc
+        train_texts = [ds.texts[i] for i in train_idx]
+        val_texts = [ds.texts[i] for i in val_idx]
+        with phase("features", f"tokenising and vectorising ({workers} processes)"):
+            vectorizer = build_vectorizer(params, stopwords)
+            x_train = vectorizer.fit_transform(train_texts, workers=workers, pretokenise=val_texts)
+            x_val = vectorizer.transform(val_texts)
+        with phase("fit", "fitting classifier"):
+            model = build_classifier(params)
+            notices.extend(fit_classifier(model, x_train, [ds.labels[i] for i in train_idx]))
+        with phase("evaluate", "evaluating"):
+            predicted = [str(p) for p in model.predict(x_val)]
+            labels = sorted(set(ds.labels))
+            scores = evaluate([ds.labels[i] for i in val_idx], predicted, labels)
+        timings["total_before_write"] = round(time.perf_counter() - started, 4)
+        metrics = {
+            "schema": 1,
+            "trainer_version": TRAINER_VERSION,
+            **scores,
+            "rows": _rows(ds, len(train_idx), len(val_idx)),
+            "data": {**found, "sha256": ds.sha256, "class_counts": ds.class_counts},
+            "params": params.to_dict(),
+            "features": _feature_counts(vectorizer),
+            "nltk": {**status.to_dict(), "stopwords_source": source},
+            "versions": library_versions(),
+            "timings": timings,
+            "notices": notices,
+        }
+        with phase("write", "writing artifacts"):
+            card = render_card(metrics, top_features(model, vectorizer))
+            write_artifacts(staging, model, vectorizer, metrics, card)
+            commit(staging, out_dir)
+    except BaseException:
+        discard(staging)
+        raise
+    timings["total"] = round(time.perf_counter() - started, 4)
+    return TrainResult(
+        out_dir, found["file"], found["fallback"], metrics, tuple(notices), dict(timings)
+    )
+
+
+def _locate(
+    data_path: Path, candidates: Sequence[str], staging: Path, out_dir: Path, notices: list[str]
+) -> tuple[Path, dict[str, Any]]:
+    """The file to read, and the "data" section of the metrics describing it."""
+    if data_path.is_file():
+        return data_path, {"file": str(data_path), "fallback": False, "candidates": None}
+    if not data_path.exists():
+        raise DataError(data_path, "data path does not exist")
+    found = discover(data_path, candidates)
+    if found.path is not None:
+        info = {"file": str(found.path), "fallback": False, "candidates": list(found.tried)}
+        return found.path, info
+    generated = generate_sample(staging / FALLBACK_SAMPLE, rows=FALLBACK_ROWS, seed=0)
+    final = out_dir / FALLBACK_SAMPLE
+    notices.append(
+        f"FALLBACK: no data file found in {data_path} (tried {', '.join(found.tried)}); "
+        f"trained on a GENERATED sample dataset ({FALLBACK_ROWS} rows, seed 0) saved as {final}"
+    )
+    return generated, {"file": str(final), "fallback": True, "candidates": list(found.tried)}
+
+
+def _nltk_status(
+    params: TrainParams, directory: str | Path | None, index: str | None
+) -> NltkStatus:
+    if not params.stopwords:
+        return NltkStatus(str(directory) if directory else None, ())
+    if directory is not None:
+        return ensure_nltk_data(NLTK_PACKAGES, directory, index)
+    return find_nltk_data(NLTK_PACKAGES)
+
+
+def _rows(ds: Dataset, train: int, validation: int) -> dict[str, Any]:
+    return {
+        "read": ds.rows_read,
+        "used": len(ds.texts),
+        "dropped": dict(sorted(ds.dropped.items())),
+        "dropped_example_lines": dict(sorted(ds.dropped_lines.items())),
+        "sampled_out": ds.sampled_out,
+        "train": train,
+        "validation": validation,
+    }
+
+
+def _feature_counts(vectorizer: Any) -> dict[str, int]:
+    word = len(vectorizer.word_terms_)
+    char = len(getattr(vectorizer, "char_terms_", []))
+    return {"word": word, "char": char, "total": word + char}
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python, the libraries the model depends on, and the trainer."""
+    import nltk
+    import numpy
+    import scipy
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "nltk": nltk.__version__,
+        "sklearn": sklearn.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "trainer": TRAINER_VERSION,
+    }
