@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from service.forge import Forge, ForgeEvent, NotConfigured, Unauthorized, bounded
-from trainhook.builds import BuildSpec, Delivery, create_build, find_delivery, insert_delivery
-from trainhook.errors import DatabaseUnavailable
+from service.writer import DeliveryWriter
+from trainhook.builds import BuildSpec, Delivery
+from trainhook.intake import Incoming
 from trainhook.repos import RepoConfig
 from trainhook.runtime import Runtime
 
@@ -73,20 +72,15 @@ def verify(
     return repo, bounded(forge.event(headers, payload))
 
 
-def record(
-    runtime: Runtime,
+def incoming(
     forge: Forge,
     repo: RepoConfig,
     event: ForgeEvent,
     headers: Mapping[str, str],
     body: bytes,
     received_at: datetime,
-) -> Answer:
-    """Store the delivery (and its build and job when it builds) in ONE transaction.
-
-    A redelivery (same provider, hook and delivery id) answers `duplicate` and builds nothing.
-    Raises DatabaseUnavailable when the database cannot be reached: nothing is then stored.
-    """
+) -> Incoming:
+    """The delivery to store and, when it builds, the build it asks for."""
     reason = ignore_reason(repo, event)
     delivery = Delivery(
         provider=forge.name,
@@ -98,45 +92,36 @@ def record(
         body=body,
         received_at=received_at,
     )
-    try:
-        with runtime.engine.begin() as conn:
-            row = insert_delivery(conn, delivery, "ignored" if reason else "queued", reason)
-            build_id = None
-            if reason is None:
-                assert event.push is not None
-                push = event.push
-                spec = BuildSpec(
-                    provider=forge.name,
-                    repo=repo.name,
-                    ref=push.ref,
-                    sha=push.after,
-                    before_sha=push.before,
-                    commit_message=push.commit_message,
-                    author=push.author,
-                )
-                build_id = create_build(conn, spec, delivery_row=row, received_at=received_at)
-    except sa.exc.IntegrityError:
-        return _duplicate(runtime, forge, event)
-    except sa.exc.DBAPIError as exc:
-        log.warning("database unavailable while recording a delivery: %s", type(exc).__name__)
-        raise DatabaseUnavailable("database unavailable; the delivery was not stored") from None
-    if build_id is None:
-        return Answer(200, {"status": "ignored", "reason": reason})
-    runtime.queue.notify([build_id])
+    spec = None
+    if reason is None:
+        assert event.push is not None
+        push = event.push
+        spec = BuildSpec(
+            provider=forge.name,
+            repo=repo.name,
+            ref=push.ref,
+            sha=push.after,
+            before_sha=push.before,
+            commit_message=push.commit_message,
+            author=push.author,
+        )
+    return Incoming(delivery=delivery, spec=spec, reason=reason)
+
+
+async def record(runtime: Runtime, writer: DeliveryWriter, item: Incoming) -> Answer:
+    """Store the delivery (and its build, stage events and job when it builds) in ONE
+    transaction, shared with other deliveries arriving at the same time (group commit).
+
+    A redelivery (same provider, hook and delivery id) answers `duplicate` and builds nothing.
+    Raises DatabaseUnavailable when the database cannot be reached: nothing is then stored.
+    """
+    result = await writer.record(item)
+    if result.build_id is None:
+        return Answer(200, {"status": "ignored", "reason": result.reason})
+    if result.duplicate:
+        return Answer(200, {"status": "duplicate", "build_id": result.build_id})
+    runtime.queue.notify([result.build_id])
+    build_id = result.build_id
     return Answer(
         202, {"status": "queued", "build_id": build_id, "status_url": f"/builds/{build_id}"}
     )
-
-
-def _duplicate(runtime: Runtime, forge: Forge, event: ForgeEvent) -> Answer:
-    try:
-        with runtime.engine.connect() as conn:
-            found = find_delivery(conn, forge.name, event.hook_id, event.delivery_id)
-    except sa.exc.DBAPIError:
-        raise DatabaseUnavailable("database unavailable") from None
-    if found is None:  # the constraint that failed was not the dedupe key
-        raise DatabaseUnavailable("the delivery could not be stored")
-    _row, outcome, reason, build_id = found
-    if build_id is None:
-        return Answer(200, {"status": "ignored", "reason": reason or outcome})
-    return Answer(200, {"status": "duplicate", "build_id": build_id})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -54,9 +53,8 @@ async def receive(request: Request) -> JSONResponse:
         body = await read_body(request, runtime.settings.body_limit)
         headers = {k.lower(): v for k, v in request.headers.items()}
         repo, event = ingest.verify(runtime, forge, headers, body)
-        answer = await run_in_threadpool(
-            ingest.record, runtime, forge, repo, event, headers, body, received_at
-        )
+        item = ingest.incoming(forge, repo, event, headers, body, received_at)
+        answer = await ingest.record(runtime, request.app.state.writer, item)
     except WebhookError as exc:
         runtime.metrics.webhooks.labels(name, str(exc.status)).inc()
         return JSONResponse({"error": exc.message}, status_code=exc.status)

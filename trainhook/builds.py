@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,7 +57,6 @@ class BuildSpec:
     replay_of: int | None = None
 
 
-_INSERT_DELIVERY = deliveries.insert()
 _INSERT_BUILD = builds.insert()
 _INSERT_EVENT = stage_events.insert()
 _INSERT_JOB = jobs.insert()
@@ -86,29 +84,6 @@ def _new_id(result: sa.CursorResult[object]) -> int:
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
-
-
-def insert_delivery(
-    conn: sa.Connection, delivery: Delivery, outcome: str, reason: str | None = None
-) -> int:
-    """Insert a delivery row; raises IntegrityError when (provider, hook, delivery) exists."""
-    # Constant statements with parameter dicts: compiled once and cached (the webhook hot path).
-    result = conn.execute(
-        _INSERT_DELIVERY,
-        {
-            "provider": delivery.provider,
-            "hook_id": delivery.hook_id,
-            "delivery_id": delivery.delivery_id,
-            "event": delivery.event,
-            "repo": delivery.repo,
-            "received_at": delivery.received_at,
-            "headers": json.dumps(dict(delivery.headers), sort_keys=True),
-            "body": delivery.body,
-            "outcome": outcome,
-            "reason": reason,
-        },
-    )
-    return _new_id(result)
 
 
 def find_delivery(

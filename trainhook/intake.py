@@ -1,0 +1,149 @@
+"""Recording verified deliveries, many per transaction (group commit), each with its build."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from trainhook.builds import BuildSpec, Delivery, find_delivery
+from trainhook.models import builds, deliveries, jobs, stage_events, utcnow
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A delivery whose signature held, and the build it asks for (None: it is ignored)."""
+
+    delivery: Delivery
+    spec: BuildSpec | None
+    reason: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        d = self.delivery
+        return (d.provider, d.hook_id, d.delivery_id)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What storing one delivery gave: its build (if any), and whether it was seen before."""
+
+    build_id: int | None
+    duplicate: bool
+    reason: str | None
+
+
+def _insert_deliveries(conn: sa.Connection) -> sa.Insert:
+    # ON CONFLICT DO NOTHING: a redelivery neither aborts the batch nor needs a savepoint.
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return (
+        dialect.insert(deliveries)
+        .on_conflict_do_nothing(
+            index_elements=[deliveries.c.provider, deliveries.c.hook_id, deliveries.c.delivery_id]
+        )
+        .returning(
+            deliveries.c.id,
+            deliveries.c.provider,
+            deliveries.c.hook_id,
+            deliveries.c.delivery_id,
+        )
+    )
+
+
+def _delivery_row(item: Incoming) -> dict[str, object]:
+    d = item.delivery
+    return {
+        "provider": d.provider,
+        "hook_id": d.hook_id,
+        "delivery_id": d.delivery_id,
+        "event": d.event,
+        "repo": d.repo,
+        "received_at": d.received_at,
+        "headers": json.dumps(dict(d.headers), sort_keys=True),
+        "body": d.body,
+        "outcome": "queued" if item.spec else "ignored",
+        "reason": item.reason,
+    }
+
+
+def _build_row(item: Incoming, delivery_row: int) -> dict[str, object]:
+    spec = item.spec
+    assert spec is not None
+    return {
+        "delivery_id": delivery_row,
+        "provider": spec.provider,
+        "repo": spec.repo,
+        "ref": spec.ref,
+        "sha": spec.sha,
+        "before_sha": spec.before_sha,
+        "trigger": spec.trigger,
+        "status": "queued",
+        "force": spec.force,
+        "commit_message": spec.commit_message,
+        "author": spec.author,
+        "created_at": item.delivery.received_at,
+        "replay_of": spec.replay_of,
+    }
+
+
+def record_deliveries(conn: sa.Connection, items: Sequence[Incoming]) -> list[Recorded]:
+    """Store every delivery, and for each new one that builds, its build, its `received` and
+    `queued` stage events and its job — a handful of statements for the whole batch.
+
+    Runs in the caller's transaction. A delivery already stored (or twice in `items`) is
+    answered as a duplicate and builds nothing. Returns one Recorded per item, in order.
+    """
+    if not items:
+        return []
+    rows = conn.execute(_insert_deliveries(conn), [_delivery_row(i) for i in items]).all()
+    new_ids = {(r.provider, r.hook_id, r.delivery_id): r.id for r in rows}
+    fresh: list[tuple[int, Incoming, int]] = []  # (position, item, delivery row id)
+    claimed: set[tuple[str, str, str]] = set()
+    for pos, item in enumerate(items):
+        if item.key in new_ids and item.key not in claimed:
+            claimed.add(item.key)
+            fresh.append((pos, item, new_ids[item.key]))
+    building = [(pos, item, row) for pos, item, row in fresh if item.spec is not None]
+    build_ids: dict[int, int] = {}
+    if building:
+        result = conn.execute(
+            builds.insert().returning(builds.c.id, sort_by_parameter_order=True),
+            [_build_row(item, row) for _, item, row in building],
+        )
+        for (pos, _, _), build_id in zip(building, result.scalars().all(), strict=True):
+            build_ids[pos] = build_id
+        now = utcnow()
+        events, job_rows = [], []
+        for pos, item, _ in building:
+            bid, at = build_ids[pos], item.delivery.received_at
+            events += [
+                _event(bid, "received", "running", at),
+                _event(bid, "received", "succeeded", now),
+                _event(bid, "queued", "running", now),
+            ]
+            job_rows.append(
+                {"build_id": bid, "status": "queued", "attempts": 0, "available_at": now,
+                 "created_at": now, "lease_owner": None, "lease_until": None,
+                 "last_error": None}
+            )  # fmt: skip
+        conn.execute(stage_events.insert(), events)
+        conn.execute(jobs.insert(), job_rows)
+    fresh_positions = {pos for pos, _, _ in fresh}
+    answers = []
+    for pos, item in enumerate(items):
+        if pos in fresh_positions:
+            answers.append(Recorded(build_ids.get(pos), False, item.reason))
+            continue
+        found = find_delivery(conn, *item.key)
+        build_id = found[3] if found else None
+        reason = (found[2] or found[1]) if found else item.reason
+        answers.append(Recorded(build_id, True, reason))
+    return answers
+
+
+def _event(build_id: int, stage: str, status: str, at: object) -> dict[str, object]:
+    return {"build_id": build_id, "stage": stage, "status": status, "at": at,
+            "cache": None, "detail": None}  # fmt: skip
