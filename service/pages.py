@@ -112,12 +112,16 @@ def _log_views(logs: dict[str, str], stages: list[dict[str, Any]]) -> list[dict[
 
 
 def _build_view(conn: sa.Connection, build_id: int) -> dict[str, Any] | None:
-    """Everything the build page shows, read on one connection (five queries)."""
+    """Everything the build page shows, read on one connection (three queries; five with
+    the repository's history)."""
     build, last_event = load_build(conn, build_id)
     if build is None:
         return None
     logs, last_log = get_logs_after(conn, build_id)
-    history = recent_finished(conn, build["repo"], WINDOW)
+    # History only matters for an ETA (in flight) or for the time a cache hit saved.
+    train = build["stages"][STAGES.index("train")]
+    wanted = build["status"] not in TERMINAL_BUILD or train["cache"] == "hit"
+    history = recent_finished(conn, build["repo"], WINDOW) if wanted else []
     return {"build": build, "since": f"{last_event}.{last_log}", "logs": logs, "history": history}
 
 

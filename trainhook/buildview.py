@@ -19,10 +19,12 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def iso(value: datetime | None) -> str | None:
-    """RFC 3339 with a `Z`, millisecond precision; None stays None."""
+    """RFC 3339 with a `Z`, millisecond precision; None stays None. (`value` is UTC, as
+    every timestamp read from the database is.)"""
     if value is None:
         return None
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # isoformat is C code: the list page formats ~2,000 of these per request.
+    return value.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -31,36 +33,51 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return round((end - start).total_seconds(), 3)
 
 
+def _pending(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "status": "pending",
+        "started_at": None,
+        "finished_at": None,
+        "duration_s": None,
+        "cache": None,
+        "detail": None,
+    }
+
+
 def fold_stages(events: Iterable[Any]) -> list[dict[str, Any]]:
-    """Fold one build's events (ordered by id) into the contract's per-stage view."""
+    """Fold one build's events (ordered by id) into the contract's per-stage view: the last
+    event's status, started at the first `running` event (else the first event), finished at
+    the last event unless still running or pending, the latest cache result and detail."""
     by_stage: dict[str, list[Any]] = defaultdict(list)
     for event in events:
         by_stage[event.stage].append(event)
     stages = []
     for name in STAGES:
-        evs = by_stage.get(name, [])
-        stage: dict[str, Any] = {
-            "name": name,
-            "status": "pending",
-            "started_at": None,
-            "finished_at": None,
-            "duration_s": None,
-            "cache": None,
-            "detail": None,
-        }
-        if evs:
-            last = evs[-1]
-            started = next((e.at for e in evs if e.status == "running"), evs[0].at)
-            finished = last.at if last.status not in ("running", "pending") else None
-            stage.update(
-                status=last.status,
-                started_at=iso(started),
-                finished_at=iso(finished),
-                duration_s=_seconds(started, finished) if last.status != "skipped" else 0.0,
-                cache=next((e.cache for e in reversed(evs) if e.cache), None),
-                detail=next((e.detail for e in reversed(evs) if e.detail), None),
-            )
-        stages.append(stage)
+        evs = by_stage.get(name)
+        if not evs:
+            stages.append(_pending(name))
+            continue
+        started = cache = detail = None
+        for event in evs:  # one pass: this runs for every stage of every build on a page
+            if started is None and event.status == "running":
+                started = event.at
+            cache = event.cache or cache
+            detail = event.detail or detail
+        last = evs[-1]
+        started = started or evs[0].at
+        finished = last.at if last.status not in ("running", "pending") else None
+        stages.append(
+            {
+                "name": name,
+                "status": last.status,
+                "started_at": iso(started),
+                "finished_at": iso(finished),
+                "duration_s": _seconds(started, finished) if last.status != "skipped" else 0.0,
+                "cache": cache,
+                "detail": detail,
+            }
+        )
     return stages
 
 

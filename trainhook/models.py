@@ -82,6 +82,8 @@ builds = sa.Table(
     # The status page lists newest first per repository and per status (keyset on id).
     sa.Index("ix_builds_repo_id", "repo", "id"),
     sa.Index("ix_builds_status_id", "status", "id"),
+    # The branch filter of the status page and API (migration 0002).
+    sa.Index("ix_builds_ref_id", "ref", "id"),
     sa.Index("ix_builds_delivery_id", "delivery_id"),
 )
 

@@ -3,7 +3,6 @@ browser: the test client cannot hold a response open while the test goes on)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,14 +18,13 @@ from trainhook.runtime import Runtime
 class LiveServer:
     def __init__(self, runtime: Runtime) -> None:
         self.app = create_app(runtime)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        # Port 0 through uvicorn's own bind: a free port, and TCP_NODELAY as in production.
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, log_level="warning", access_log=False
         )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = ""
 
     def start(self) -> LiveServer:
         self.thread.start()
@@ -35,6 +33,8 @@ class LiveServer:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
         return self
 
     @property
@@ -46,7 +46,6 @@ class LiveServer:
         self.app.state.hub.end_streams_threadsafe()
         self.server.should_exit = True
         self.thread.join(timeout=15)
-        self.sock.close()
 
 
 @contextmanager
