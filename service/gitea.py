@@ -12,7 +12,6 @@ Gitea signs the JSON payload it sends. With the hook's content type set to form
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import Any
@@ -38,7 +37,7 @@ FORM = "application/x-www-form-urlencoded"
 
 def signature(secret: str, content: bytes) -> str:
     """The X-Gitea-Signature / X-Forgejo-Signature value for `content`: bare hex HMAC-SHA256."""
-    return hmac.new(secret.encode(), content, hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode(), content, "sha256").hex()
 
 
 def _form_payload(body: bytes) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -15,6 +13,8 @@ from service.forge import (
     ForgeEvent,
     Push,
     Unauthorized,
+    content_type,
+    json_object,
     optional,
     require,
 )
@@ -22,11 +22,8 @@ from service.forge import (
 
 def signature(secret: str, body: bytes) -> str:
     """The `X-Hub-Signature-256` value GitHub sends for `body`."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def _content_type(headers: Mapping[str, str]) -> str:
-    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    # hmac.digest is the one-shot C path: several times cheaper than hmac.new per request.
+    return "sha256=" + hmac.digest(secret.encode(), body, "sha256").hex()
 
 
 class GitHub:
@@ -35,7 +32,7 @@ class GitHub:
     name = "github"
 
     def payload(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
-        ctype = _content_type(headers)
+        ctype = content_type(headers)
         if ctype == "application/x-www-form-urlencoded":
             try:
                 form = parse_qs(body.decode("ascii"), strict_parsing=True)
@@ -52,13 +49,7 @@ class GitHub:
                 f"unsupported content type {ctype!r}: use application/json or "
                 "application/x-www-form-urlencoded"
             )
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise BadRequest("body must be a JSON object")
-        return data
+        return json_object(raw)
 
     def repo_name(self, payload: dict[str, Any]) -> str:
         if "repository" not in payload and "organization" in payload:
