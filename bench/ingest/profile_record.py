@@ -3,7 +3,8 @@
     uv run python bench/ingest/profile_record.py [--count 3000] [--top 25]
 
 Same body, settings and SQLite database as run.py; prints the cost per delivery of
-`ingest.verify` and `ingest.record` and a cProfile listing of `record` (cumulative time).
+`ingest.verify` and of recording it in batches of `--batch` (what the group-commit writer
+does), and a cProfile listing of the recording (cumulative time).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from run import REPO_TOML, SECRET, SECRET_ENV, signed_request
 from service import ingest
 from service.webhooks import FORGES
 from trainhook.db import upgrade
+from trainhook.intake import Incoming, record_deliveries
 from trainhook.models import utcnow
 from trainhook.runtime import build_runtime
 from trainhook.settings import load_settings
@@ -30,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--batch", type=int, default=32, help="deliveries per transaction")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="trainhook-bench-profile-"))
@@ -53,9 +56,16 @@ def main() -> None:
         def headers(tag: str, n: int) -> dict[str, str]:
             return {**base, "x-github-delivery": f"{tag}-{n}"}
 
+        def store(items: list[Incoming]) -> None:
+            for i in range(0, len(items), args.batch):
+                with runtime.engine.begin() as conn:
+                    record_deliveries(conn, items[i : i + args.batch])
+
+        warm = []
         for n in range(200):  # warm caches (compiled statements, pool)
             repo, event = ingest.verify(runtime, forge, headers("warm", n), body)
-            ingest.record(runtime, forge, repo, event, headers("warm", n), body, utcnow())
+            warm.append(ingest.incoming(forge, repo, event, headers("warm", n), body, utcnow()))
+        store(warm)
 
         verified = []
         t0 = time.perf_counter()
@@ -65,8 +75,7 @@ def main() -> None:
         t1 = time.perf_counter()
         profiler = cProfile.Profile()
         profiler.enable()
-        for h, repo, event in verified:
-            ingest.record(runtime, forge, repo, event, h, body, utcnow())
+        store([ingest.incoming(forge, r, e, h, body, utcnow()) for h, r, e in verified])
         profiler.disable()
         t2 = time.perf_counter()
         runtime.close()
