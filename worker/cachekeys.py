@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -86,10 +87,16 @@ def deps_files(mirror: Path, sha: str) -> list[tuple[str, str]]:
     return sorted(found)
 
 
+@functools.cache
+def nltk_key() -> str:
+    """The nltk level key; computed once per process (it imports nltk for its version)."""
+    return canonical_hash(nltk_cache_key_material())
+
+
 def compute_keys(ctx: BuildContext, data: DataChoice) -> CacheKeys:
     assert ctx.mirror is not None
     deps = canonical_hash({"files": deps_files(ctx.mirror, ctx.build.sha)})
-    nltk = canonical_hash(nltk_cache_key_material())
+    nltk = nltk_key()
     model = canonical_hash(
         {
             "key_version": KEY_VERSION,

@@ -54,9 +54,12 @@ class ModelCache:
         return CachedModel(key, path, meta) if isinstance(meta, dict) else None
 
     def staging(self, key: str) -> Path:
-        """A fresh temp dir on the same file system as the entry (so the rename is atomic)."""
+        """A fresh scratch dir on the same file system as the entries, so that a directory
+        made inside it can be published by an atomic rename. The caller removes it."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".tmp-{self.path(key).name[:16]}-", dir=self.root))
+        scratch = Path(tempfile.mkdtemp(prefix=f".tmp-{self.path(key).name[:16]}-", dir=self.root))
+        scratch.chmod(0o755)  # it may become the entry itself
+        return scratch
 
     def publish(self, key: str, staged: Path, meta: dict[str, Any]) -> tuple[CachedModel, bool]:
         """Write meta.json into `staged` and move it to the entry for `key`. Returns the entry

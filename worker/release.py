@@ -108,6 +108,7 @@ class Releases:
         if target.is_dir() and _unpacked_digest(target) == digest:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.folder))
+        tmp.chmod(0o755)  # readable by the account that serves it, like any unpacked release
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 tar.extractall(tmp, filter="data")

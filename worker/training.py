@@ -50,9 +50,12 @@ def trainer_argv(ctx: BuildContext, out: str) -> list[str]:
 
 
 def train_model(ctx: BuildContext, cache: ModelCache, key: str) -> CachedModel:
-    """Run the trainer into a staging dir and publish it as the cache entry for `key`."""
-    staged = cache.staging(key)
-    argv = trainer_argv(ctx, str(staged))
+    """Run the trainer and publish its output as the cache entry for `key`."""
+    # The trainer writes --out atomically through its own temp dir beside it: give it a
+    # scratch dir of ours, so whatever a killed trainer leaves behind is removed with it.
+    scratch = cache.staging(key)
+    out = scratch / "model"
+    argv = trainer_argv(ctx, str(out))
     ctx.log("train", "$ python -m trainer " + " ".join(argv[4:]) + "\n")
     try:
         result = run_command(
@@ -81,11 +84,11 @@ def train_model(ctx: BuildContext, cache: ModelCache, key: str) -> CachedModel:
             "created_at": utcnow().isoformat(),
         }
         try:
-            entry, won = cache.publish(key, staged, meta)
+            entry, won = cache.publish(key, out, meta)
         except ValueError as exc:
             raise StageFailed(str(exc)) from None
     finally:
-        shutil.rmtree(staged, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     if not won:
         ctx.log("train", f"another worker stored key {key[:12]} first; using its model\n")
     return entry

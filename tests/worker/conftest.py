@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,10 +34,14 @@ def child_bytecode_cache() -> Iterator[None]:
     bytecode in a cache outside the tree. Without it, an environment that sets
     PYTHONDONTWRITEBYTECODE recompiles scikit-learn in every child: seconds per process."""
     saved = {k: os.environ.get(k) for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    saved_sys = (sys.dont_write_bytecode, sys.pycache_prefix)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     cache = Path(tempfile.gettempdir()) / f"trainhook-test-pycache-{os.getuid()}"
     os.environ["PYTHONPYCACHEPREFIX"] = str(cache)
+    # The same for this process, which imports nltk for the nltk cache key.
+    sys.dont_write_bytecode, sys.pycache_prefix = False, str(cache)
     yield
+    sys.dont_write_bytecode, sys.pycache_prefix = saved_sys
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
