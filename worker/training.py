@@ -104,6 +104,18 @@ def read_metrics(entry: CachedModel) -> dict[str, Any]:
     return value
 
 
+def notes(metrics: dict[str, Any]) -> str:
+    """What the status page must not hide about a model: a generated sample, degraded NLTK."""
+    found = []
+    data, nltk = metrics.get("data"), metrics.get("nltk")
+    if isinstance(data, dict) and data.get("fallback"):
+        found.append("TRAINED ON THE GENERATED SAMPLE, NOT ON REPOSITORY DATA")
+    if isinstance(nltk, dict) and nltk.get("degraded"):
+        missing = ", ".join(sorted(nltk.get("missing") or {})) or "some packages"
+        found.append(f"NLTK data missing ({missing}): trained with fallbacks")
+    return "".join(f"; {note}" for note in found)
+
+
 def make_train_stage(deployed_metrics: DeployedMetrics) -> Callable[[BuildContext], Outcome]:
     """The train stage, judging new models against what `deployed_metrics` returns."""
 
@@ -133,6 +145,7 @@ def make_train_stage(deployed_metrics: DeployedMetrics) -> Callable[[BuildContex
         )
         score = metrics.get("macro_f1")
         f1 = f"macro F1 {score:.3f}" if isinstance(score, int | float) else "macro F1 unknown"
+        how += notes(metrics)
         if not decision.deploy:
             raise StageFailed(f"{how}; {f1}; quality gate refused: {decision.reason}")
         return Outcome(detail=f"{how}; {f1}; gate: {decision.reason}", cache=result)

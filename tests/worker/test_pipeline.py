@@ -114,6 +114,7 @@ def test_second_push_with_same_data_reuses_the_model(setup, origin, sample_csv, 
     current = settings.home / "releases" / settings.repos[0].slug / "current"
     assert os.readlink(current) == f"b{first}-{first_sha[:12]}"
     assert "train" in logs(sqlite_engine, first)
+    assert "GENERATED SAMPLE" not in stages["train"]["detail"]
 
     second_sha = origin.commit({"README.md": "# only docs changed\n"})
     second = run(second_sha)
@@ -195,6 +196,7 @@ def test_repository_without_data_trains_on_the_generated_sample(setup, origin, s
     stages = stage_map(sqlite_engine, build_id)
     assert "GENERATED SAMPLE" in stages["hash"]["detail"]
     assert stages["train"]["cache"] == "miss"
+    assert "TRAINED ON THE GENERATED SAMPLE" in stages["train"]["detail"]
 
 
 def test_training_that_runs_too_long_is_killed_and_fails_the_build(
