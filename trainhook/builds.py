@@ -210,6 +210,11 @@ def mark_finished(
     return result.rowcount == 1
 
 
+def set_sha(conn: sa.Connection, build_id: int, sha: str) -> None:
+    """Record the commit a build by ref resolved to (only while it has none)."""
+    conn.execute(builds.update().where(builds.c.id == build_id, builds.c.sha == "").values(sha=sha))
+
+
 def set_cache_key(conn: sa.Connection, build_id: int, key: str) -> None:
     conn.execute(builds.update().where(builds.c.id == build_id).values(cache_key=key))
 

@@ -11,9 +11,11 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from trainhook.builds import set_sha
 from trainhook.repos import RepoConfig
 from worker.context import BuildContext
 from worker.stage import Outcome, StageFailed
@@ -137,6 +139,26 @@ class Mirror:
                 )
             return action
 
+    def resolve(self, ref: str) -> tuple[str, str]:
+        """Fetch, then the commit `ref` names now: (sha, action). Raises StageFailed when the
+        ref does not exist, GitError on git faults. Always fetches: a ref moves."""
+        with self._locked():
+            if self.path.exists():
+                git("fetch", "--prune", "--no-tags", "--", self.repo.clone_url, *REFSPECS,
+                    cwd=self.path)  # fmt: skip
+                action = "fetched"
+            else:
+                self._clone()
+                action = "cloned"
+            try:
+                out = git("rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}",
+                          cwd=self.path)  # fmt: skip
+            except GitError:
+                raise StageFailed(
+                    f"ref {ref!r} not found in {redact(self.repo.clone_url)}"
+                ) from None
+            return out.strip(), action
+
     def _clone(self) -> None:
         # Clone beside the final path and rename: a crash never leaves a half-made mirror.
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
@@ -186,12 +208,21 @@ def export(mirror: Path, sha: str, dest: Path) -> int:
 
 
 def checkout_stage(ctx: BuildContext) -> Outcome:
-    """Mirror, export `ctx.build.sha` into a fresh work dir, remove unused old work dirs."""
-    sha = ctx.build.sha.lower()
-    if not SHA_RE.fullmatch(sha):
-        raise StageFailed(f"{ctx.build.sha!r} is not a commit id (expected 7-64 hex digits)")
+    """Mirror, export `ctx.build.sha` into a fresh work dir, remove unused old work dirs.
+    A build by ref (a rebuild) has no sha yet: the ref is resolved on the fresh mirror and
+    the commit recorded on the build."""
     mirror = Mirror(ctx.settings.mirrors_dir, ctx.repo)
-    action = mirror.ensure(sha)
+    if not ctx.build.sha and ctx.build.ref:
+        resolved, action = mirror.resolve(ctx.build.ref)
+        with ctx.engine.begin() as conn:
+            set_sha(conn, ctx.build.id, resolved)
+        ctx.build = replace(ctx.build, sha=resolved)
+        action += f", {ctx.build.ref} is {resolved[:12]}"
+    else:
+        if not SHA_RE.fullmatch(ctx.build.sha.lower()):
+            raise StageFailed(f"{ctx.build.sha!r} is not a commit id (expected 7-64 hex digits)")
+        action = mirror.ensure(ctx.build.sha.lower())
+    sha = ctx.build.sha.lower()
     workspace = Workspace(ctx.settings.work_dir / ctx.repo.slug, f"b{ctx.build.id}-{sha[:12]}")
     ctx.cleanup.callback(workspace.release)
     try:

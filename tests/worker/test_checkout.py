@@ -14,6 +14,7 @@ from tests.worker.conftest import build_view, context_for, new_build, stage_map,
 from trainhook.runtime import build_runtime
 from worker.checkout import GitError, Mirror, checkout_stage, redact, scrub
 from worker.loop import Worker
+from worker.stage import StageFailed
 from worker.workspace import Workspace
 
 
@@ -168,3 +169,34 @@ def test_credentials_in_a_clone_url_are_never_shown(tmp_path, make_settings, sql
     with pytest.raises(GitError) as failure:
         Mirror(settings.mirrors_dir, settings.repos[0]).ensure("a" * 40)
     assert "s3cret" not in str(failure.value) and "127.0.0.1" in str(failure.value)
+
+
+def test_rebuild_by_ref_checks_out_the_branch_head_and_records_its_sha(
+    origin, make_settings, sqlite_url, sqlite_engine
+):
+    settings = make_settings(sqlite_url, clone_url=origin.url)
+    origin.commit({"app.py": "print('v1')\n"})
+    checkout(settings, sqlite_engine, origin.head())  # the mirror exists and is now stale
+    head = origin.commit({"app.py": "print('v2')\n"})
+    runtime = build_runtime(settings, sqlite_engine)
+    from trainhook.triggers import request_rebuild
+
+    build_id = request_rebuild(runtime, "octo-org/social-score-api", ref="main")
+    ctx = context_for(settings, sqlite_engine, build_id)
+    outcome = checkout_stage(ctx)
+    assert (ctx.source / "app.py").read_text() == "print('v2')\n"
+    assert f"refs/heads/main is {head[:12]}" in outcome.detail
+    assert build_view(sqlite_engine, build_id)["sha"] == head
+
+
+def test_rebuild_of_a_missing_branch_fails_checkout_naming_it(
+    origin, make_settings, sqlite_url, sqlite_engine
+):
+    settings = make_settings(sqlite_url, clone_url=origin.url)
+    origin.commit({"app.py": "1\n"})
+    runtime = build_runtime(settings, sqlite_engine)
+    from trainhook.triggers import request_rebuild
+
+    build_id = request_rebuild(runtime, "octo-org/social-score-api", ref="nope")
+    with pytest.raises(StageFailed, match="refs/heads/nope"):
+        checkout_stage(context_for(settings, sqlite_engine, build_id))
