@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from trainer.text import TweetNormalizer, TweetVectorizer, char_wb_ngrams, smooth_idf
+from trainer.text import TweetNormalizer, TweetVectorizer
+from trainer.tfidf import char_wb_ngrams, chunk_matrix, hstack, smooth_idf, weighted
 
 # Below this many distinct chunks a process pool costs more than it saves (measured on the
 # airline tweets: ~30k distinct chunks tokenise in ~0.8 s on one core).
@@ -38,15 +39,16 @@ def fit_vectorizer(
     pending = _start_tokenising(vec.normalizer, distinct, workers)
     char_block = None
     if vec.char_ngram_range is not None:
-        counts, df = _fit_char(vec, texts)
+        counts, df = _fit_char(vec, chunks_per_doc)
         idf = _idf(vec, "char_idf_", df, len(texts))
-        char_block = vec.weighted_tfidf(counts, idf, vec.char_weight)
+        char_block = weighted(counts, idf, vec.char_weight, vec.sublinear_tf)
     _finish_tokenising(vec.normalizer, distinct, pending)
     counts, df = _fit_word(vec, chunks_per_doc)
-    blocks = [vec.weighted_tfidf(counts, _idf(vec, "word_idf_", df, len(texts)), vec.word_weight)]
+    idf = _idf(vec, "word_idf_", df, len(texts))
+    blocks = [weighted(counts, idf, vec.word_weight, vec.sublinear_tf)]
     if char_block is not None:
         blocks.append(char_block)
-    return sp.hstack(blocks, format="csr")
+    return hstack(blocks)
 
 
 def _idf(vec: TweetVectorizer, name: str, df: Any, documents: int) -> Any:
@@ -134,41 +136,30 @@ def _fit_word(vec: TweetVectorizer, chunks_per_doc: list[list[str]]) -> tuple[An
     order = np.argsort(new_codes, kind="stable")
     vec.bigram_codes_ = new_codes[order]
     vec.bigram_columns_ = (kept_uni.size + np.arange(kept_codes.size, dtype=np.int64))[order]
-    vec.word_terms_ = [by_id[i] for i in kept_uni.tolist()] + [
-        f"{by_id[c // n_tokens]} {by_id[c % n_tokens]}" for c in kept_codes.tolist()
-    ]
-    counts = sp.hstack([uni[:, keep_uni], bi[:, keep_bi]], format="csr")
+    counts = hstack([uni[:, keep_uni], bi[:, keep_bi]])
     return counts, np.concatenate([uni_df[keep_uni], bi_df[keep_bi]])
 
 
-def _fit_char(vec: TweetVectorizer, texts: list[str]) -> tuple[Any, Any]:
+def _fit_char(vec: TweetVectorizer, chunks_per_doc: list[list[str]]) -> tuple[Any, Any]:
     """Character n-gram counts and document frequencies; sets the character vocabulary."""
     assert vec.char_ngram_range is not None
     low, high = vec.char_ngram_range
-    chunk_ids: dict[str, int] = {}
-    doc_rows: list[int] = []
-    doc_cols: list[int] = []
-    for row, text in enumerate(texts):
-        for chunk in text.lower().split():
-            doc_rows.append(row)
-            doc_cols.append(chunk_ids.setdefault(chunk, len(chunk_ids)))
+    # text.lower().split() and lowercasing each chunk of text.split() give the same chunks.
+    docs, chunks = chunk_matrix([[c.lower() for c in chunks] for chunks in chunks_per_doc])
     grams: list[str] = []
     indptr = [0]
-    for chunk in chunk_ids:
+    for chunk in chunks:
         grams += char_wb_ngrams(chunk, low, high)
         indptr.append(len(grams))
     # dict.fromkeys and map run at C speed; a Python-level setdefault per n-gram is 10x slower.
     index = {gram: i for i, gram in enumerate(dict.fromkeys(grams))}
     gram_cols = np.fromiter(map(index.__getitem__, grams), dtype=np.int64, count=len(grams))
     grams_of = sp.csr_matrix(
-        (np.ones(len(gram_cols)), gram_cols, indptr), shape=(len(chunk_ids), len(index))
-    )
-    docs = sp.csr_matrix(
-        (np.ones(len(doc_rows)), (doc_rows, doc_cols)), shape=(len(texts), len(chunk_ids))
+        (np.ones(len(gram_cols)), gram_cols, indptr), shape=(len(chunks), len(index))
     )
     counts = (docs @ grams_of).tocsr()
     df = np.bincount(counts.indices, minlength=len(index))
     keep = df >= vec.min_df
-    vec.char_terms_ = [gram for gram, i in index.items() if keep[i]]
-    vec.char_index_ = {gram: k for k, gram in enumerate(vec.char_terms_)}
+    kept = [gram for gram, i in index.items() if keep[i]]
+    vec.char_index_ = {gram: k for k, gram in enumerate(kept)}
     return counts[:, keep].tocsr(), df[keep]

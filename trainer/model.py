@@ -44,9 +44,12 @@ def build_classifier(params: TrainParams) -> Any:
         )
     from sklearn.svm import LinearSVC
 
+    # dual=True always: scikit-learn's "auto" picks the primal solver once rows outnumber
+    # features, which took 87 s instead of 10 s on 136k synthetic rows.
     return LinearSVC(
         C=params.C,
         class_weight=params.class_weight,
+        dual=True,
         max_iter=params.max_iter,
         random_state=params.seed,
     )

@@ -230,8 +230,8 @@ def _rows(ds: Dataset, train: int, validation: int) -> dict[str, Any]:
 
 
 def _feature_counts(vectorizer: Any) -> dict[str, int]:
-    word = len(vectorizer.word_terms_)
-    char = len(getattr(vectorizer, "char_terms_", []))
+    word = len(vectorizer.word_terms())
+    char = len(getattr(vectorizer, "char_index_", {}))
     return {"word": word, "char": char, "total": word + char}
 
 

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 LABELS = ("positive", "negative", "neutral")
-LABEL_NOISE = 0.06
-MIXED = 0.2
+LABEL_NOISE = 0.08
+MIXED = 0.3
 
 _AIRLINES = ["@SkyJet", "@AeroLink", "@BlueHeronAir", "@NorthWindAir", "@CloudHopper", "@JetPath"]
 _USERS = ["@jess_k", "@mike88", "@travelwithsam", "@dana_r", "@leo", "@priya_t", "@omar_x"]

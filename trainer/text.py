@@ -3,11 +3,13 @@
 The fitted `TweetVectorizer` is pickled with joblib and unpickled by the serving API, so every
 object it references is a top-level class of this module, and this module imports only the
 standard library and NLTK when it is imported (numpy and scipy are imported when features are
-computed). A builder can ship the `trainer` package beside the model and nothing else of ours.
+computed, in trainer.tfidf). A builder ships the `trainer` package beside the model.
 
 Work is memoised per distinct whitespace-separated chunk of text: a chunk is tokenised
 (TweetTokenizer), normalised and stemmed once, and its character n-grams are generated once;
-documents are then assembled from their chunks with sparse matrix products.
+documents are then assembled from their chunks with sparse matrix products. (Tokenising per
+chunk differs from tokenising the whole text only for the rare token that spans whitespace,
+such as ". . .", and is the same at training and serving time.)
 """
 
 from __future__ import annotations
@@ -23,15 +25,21 @@ USER_TOKEN = "<user>"
 URL_TOKEN = "<url>"
 HANDLE_MODES = ("placeholder", "strip", "keep")
 _URL_RE = re.compile(r"^(?:https?://|www\.)", re.IGNORECASE)
+# TweetTokenizer's reduce_len rule: runs of 3+ equal characters become 3. Applied here with a
+# precompiled pattern because nltk 3.10 re-validates that regex on every call (~half of the
+# tokenising time); the tokens are identical (checked on every chunk of the airline tweets).
+_ELONGATED = re.compile(r"(.)\1{2,}")
 # Caches are cleared when they reach this many entries, so a long-running API cannot grow
 # without bound; outputs never depend on the cache state.
-_CACHE_LIMIT = 500_000
+CACHE_LIMIT = 500_000
+_SEP = "\n"  # never inside a token or n-gram: both come from whitespace-split text
 
 
 class TweetNormalizer:
     """Callable turning a text into normalised tokens (a list of strings).
 
-    TweetTokenizer with `reduce_len=True` runs on each whitespace-separated chunk; tokens are
+    TweetTokenizer (with TweetTokenizer's reduce_len rule) runs on each whitespace-separated
+    chunk; tokens are
     lowercased, handles become `<user>` (or are stripped or kept), URLs become `<url>`,
     stopwords are dropped and the rest is Snowball-stemmed, each distinct token exactly once.
     """
@@ -56,7 +64,7 @@ class TweetNormalizer:
         # preserve_case=True skips TweetTokenizer's per-token emoticon regex; we lowercase
         # ourselves, so ":D" becomes ":d" consistently at training and serving time.
         self._tokenizer = TweetTokenizer(
-            preserve_case=True, reduce_len=True, match_phone_numbers=False
+            preserve_case=True, reduce_len=False, match_phone_numbers=False
         )
         self._stemmer = EnglishStemmer()
         self._chunks: dict[str, tuple[str, ...]] = {}
@@ -89,7 +97,7 @@ class TweetNormalizer:
         """Return the normalised tokens of one whitespace-free chunk (memoised)."""
         tokens = self._chunks.get(chunk)
         if tokens is None:
-            if len(self._chunks) >= _CACHE_LIMIT:
+            if len(self._chunks) >= CACHE_LIMIT:
                 self._chunks.clear()
             tokens = self._chunks[chunk] = self._normalise_chunk(chunk)
         return tokens
@@ -99,11 +107,15 @@ class TweetNormalizer:
         self._chunks.update(zip(chunks, tokens, strict=True))
 
     def _normalise_chunk(self, chunk: str) -> tuple[str, ...]:
+        chunk = _ELONGATED.sub(r"\1\1\1", chunk)
+        # A chunk of ASCII letters is a single token for TweetTokenizer; a third of all
+        # chunks take this shortcut (equivalence is tested).
+        raws = [chunk] if chunk.isascii() and chunk.isalpha() else self._tokenizer.tokenize(chunk)
         out = []
-        for raw in self._tokenizer.tokenize(chunk):
+        for raw in raws:
             token = self._tokens.get(raw)
             if token is None:
-                if len(self._tokens) >= _CACHE_LIMIT:
+                if len(self._tokens) >= CACHE_LIMIT:
                     self._tokens.clear()
                 token = self._tokens[raw] = self._normalise_token(raw)
             if token:
@@ -128,20 +140,6 @@ class TweetNormalizer:
         return "#" + word if hashtag else word
 
 
-def char_wb_ngrams(chunk: str, low: int, high: int) -> list[str]:
-    """Character n-grams of one word padded with spaces, as scikit-learn's `char_wb` makes them."""
-    padded = f" {chunk} "
-    size = len(padded)
-    grams = []
-    for n in range(low, high + 1):
-        if size <= n:
-            # A word shorter than n contributes itself once, and longer n add nothing new.
-            grams.append(padded)
-            break
-        grams += [padded[i : i + n] for i in range(size - n + 1)]
-    return grams
-
-
 class TweetVectorizer:
     """TF-IDF features: word n-grams of normalised tokens plus character n-grams of words.
 
@@ -155,10 +153,8 @@ class TweetVectorizer:
     unigram_columns_: Any
     bigram_codes_: Any
     bigram_columns_: Any
-    word_terms_: list[str]
     word_idf_: Any
     char_index_: dict[str, int]
-    char_terms_: list[str]
     char_idf_: Any
 
     def __init__(
@@ -187,9 +183,23 @@ class TweetVectorizer:
         self._char_cache: dict[str, list[int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
+        # joblib pickles dicts entry by entry in Python (seconds for 100k n-grams); one
+        # joined string per vocabulary pickles in milliseconds and is rebuilt on load.
         state = dict(self.__dict__)
         state["_char_cache"] = {}
+        for name in ("token_index_", "char_index_"):
+            vocab = state.get(name)
+            if vocab is not None and not any(_SEP in term for term in vocab):
+                state[name] = _SEP.join(vocab)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in ("token_index_", "char_index_"):
+            vocab = state.get(name)
+            if isinstance(vocab, str):
+                terms = vocab.split(_SEP) if vocab else []
+                state[name] = {term: i for i, term in enumerate(terms)}
+        self.__dict__.update(state)
 
     def fit_transform(
         self, texts: Sequence[str], *, workers: int = 1, pretokenise: Sequence[str] = ()
@@ -213,111 +223,34 @@ class TweetVectorizer:
 
         Raises RuntimeError if the vectorizer has not been fitted.
         """
-        import scipy.sparse as sp
+        from trainer import tfidf
 
         if not hasattr(self, "word_idf_"):
             raise RuntimeError("TweetVectorizer is not fitted")
         texts = list(texts)
-        blocks = [self.weighted_tfidf(self.word_counts(texts), self.word_idf_, self.word_weight)]
+        counts = tfidf.word_counts(self, texts)
+        blocks = [tfidf.weighted(counts, self.word_idf_, self.word_weight, self.sublinear_tf)]
         if self.char_ngram_range is not None:
-            counts = self.char_counts(texts)
-            blocks.append(self.weighted_tfidf(counts, self.char_idf_, self.char_weight))
-        return sp.hstack(blocks, format="csr")
+            counts = tfidf.char_counts(self, texts, self._char_cache)
+            blocks.append(
+                tfidf.weighted(counts, self.char_idf_, self.char_weight, self.sublinear_tf)
+            )
+        return tfidf.hstack(blocks)
+
+    def word_terms(self) -> list[str]:
+        """The word n-gram of each word feature column, in column order."""
+        tokens = list(self.token_index_)
+        names = [""] * (int((self.unigram_columns_ >= 0).sum()) + len(self.bigram_codes_))
+        for token_id, column in enumerate(self.unigram_columns_.tolist()):
+            if column >= 0:
+                names[column] = tokens[token_id]
+        width = len(tokens)
+        for code, column in zip(self.bigram_codes_.tolist(), self.bigram_columns_, strict=True):
+            names[column] = f"{tokens[code // width]} {tokens[code % width]}"
+        return names
 
     def get_feature_names_out(self) -> list[str]:
         """Names of the feature columns in order: `w:` word n-grams, then `c:` char n-grams."""
-        names = ["w:" + term for term in self.word_terms_]
-        names.extend("c:" + gram for gram in getattr(self, "char_terms_", []))
+        names = ["w:" + term for term in self.word_terms()]
+        names.extend("c:" + gram for gram in getattr(self, "char_index_", {}))
         return names
-
-    def word_counts(self, texts: Sequence[str]) -> Any:
-        """Word n-gram counts (CSR) of `texts` over the fitted vocabulary."""
-        import numpy as np
-        import scipy.sparse as sp
-
-        get = self.token_index_.get
-        ids: list[int] = []
-        lengths: list[int] = []
-        for text in texts:
-            tokens = self.normalizer(text)
-            ids.extend([get(token, -1) for token in tokens])
-            lengths.append(len(tokens))
-        arr = np.asarray(ids, dtype=np.int64)
-        doc = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-        rows, cols = [doc[:0]], [arr[:0]]
-        if self.word_ngram_range[0] == 1:
-            known = arr >= 0
-            found = self.unigram_columns_[arr[known]]
-            rows.append(doc[known][found >= 0])
-            cols.append(found[found >= 0])
-        codes = self.bigram_codes_
-        if self.word_ngram_range[1] == 2 and arr.size > 1 and codes.size:
-            left, right = arr[:-1], arr[1:]
-            ok = (doc[:-1] == doc[1:]) & (left >= 0) & (right >= 0)
-            wanted = left[ok] * len(self.token_index_) + right[ok]
-            pos = np.minimum(np.searchsorted(codes, wanted), codes.size - 1)
-            hit = codes[pos] == wanted
-            rows.append(doc[:-1][ok][hit])
-            cols.append(self.bigram_columns_[pos[hit]])
-        row, col = np.concatenate(rows), np.concatenate(cols)
-        shape = (len(lengths), len(self.word_terms_))
-        return sp.csr_matrix((np.ones(row.size), (row, col)), shape=shape)
-
-    def char_counts(self, texts: Sequence[str]) -> Any:
-        """Character n-gram counts (CSR) of `texts`, as a documents x chunks x n-grams product."""
-        import numpy as np
-        import scipy.sparse as sp
-
-        assert self.char_ngram_range is not None
-        low, high = self.char_ngram_range
-        cache, vocab = self._char_cache, self.char_index_
-        chunk_ids: dict[str, int] = {}
-        doc_rows: list[int] = []
-        doc_cols: list[int] = []
-        for row, text in enumerate(texts):
-            for chunk in text.lower().split():
-                index = chunk_ids.get(chunk)
-                if index is None:
-                    index = chunk_ids[chunk] = len(chunk_ids)
-                doc_rows.append(row)
-                doc_cols.append(index)
-        gram_cols: list[int] = []
-        indptr = [0]
-        for chunk in chunk_ids:
-            found = cache.get(chunk)
-            if found is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                grams = char_wb_ngrams(chunk, low, high)
-                found = cache[chunk] = [c for c in map(vocab.get, grams) if c is not None]
-            gram_cols.extend(found)
-            indptr.append(len(gram_cols))
-        shape = (len(chunk_ids), len(self.char_terms_))
-        grams_of = sp.csr_matrix((np.ones(len(gram_cols)), gram_cols, indptr), shape=shape)
-        docs = sp.csr_matrix(
-            (np.ones(len(doc_rows)), (doc_rows, doc_cols)), shape=(len(texts), len(chunk_ids))
-        )
-        return (docs @ grams_of).tocsr()
-
-    def weighted_tfidf(self, counts: Any, idf: Any, weight: float) -> Any:
-        """Turn a count matrix into L2-normalised, weighted TF-IDF rows (in place)."""
-        import numpy as np
-
-        counts = counts.tocsr()
-        counts.sum_duplicates()
-        if self.sublinear_tf:
-            np.log(counts.data, out=counts.data)
-            counts.data += 1.0
-        counts.data *= idf[counts.indices]
-        norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
-        norms[norms == 0.0] = 1.0
-        counts.data *= np.repeat(weight / norms, np.diff(counts.indptr))
-        return counts
-
-
-def smooth_idf(document_frequency: Any, documents: int) -> Any:
-    """Smoothed inverse document frequency, computed as scikit-learn does."""
-    import numpy as np
-
-    df = np.asarray(document_frequency, dtype=np.float64)
-    return np.log((1.0 + documents) / (1.0 + df)) + 1.0
