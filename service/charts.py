@@ -14,7 +14,29 @@ from service.formatting import duration, parse
 # Waterfall: stage names left of LEFT, bars from LEFT to RIGHT, duration labels after the bar.
 WIDTH, LEFT, RIGHT, ROW, TOP = 960, 92, 860, 24, 26
 MIN_BAR = 2.0
-STEPS = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
+STEPS = (
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    14400,
+)
 
 
 @dataclass

@@ -57,6 +57,8 @@ def _train(detail: str) -> list[Fact]:
     if m := re.search(r"cache hit: key (\w+) produced by build #(\d+)", detail):
         facts.append(Fact("model", f"reused from build #{m[2]}", f"/builds/{m[2]}", "good"))
         facts.append(Fact("model key", m[1]))
+    elif "model cache hit" in detail:
+        facts.append(Fact("model", "reused from the cache", None, "good"))
     elif m := re.search(r"trained \(([^)]*)\), stored as key (\w+)", detail):
         facts.append(Fact("model", f"retrained: {m[1]}", None, "warn"))
         facts.append(Fact("model key", m[2]))

@@ -151,6 +151,8 @@ class Hub:
 
     def end_streams(self) -> None:
         """Server going down: end every open stream now (browsers reconnect elsewhere)."""
+        if self.closing:
+            return
         self.closing = True
         for sub in list(self.subscribers):
             sub.offer(None)

@@ -143,19 +143,21 @@ async def build_page(request: Request) -> Response:
         return error_page(404, "Build not found", f"There is no build {raw}.")
     build, now = view["build"], utcnow()
     summary = summarise([b for b in view["history"] if b["id"] != build["id"]])
+    medians = dict(summary.medians)
+    if build["force"] and summary.miss_median is not None:
+        medians["train"] = summary.miss_median  # forced: it will train, not hit the cache
     repo = runtime.settings.repo(build["repo"], build["provider"])
     live = build["status"] not in TERMINAL_BUILD
     return render(
         "build.html",
         build=build,
         total=elapsed(build, now),
-        chart=waterfall(build, now, summary.medians if live else None),
+        chart=waterfall(build, now, medians if live else None),
         facts={s["name"]: stage_facts(s) for s in build["stages"]},
         levels=cache_levels(build),
         logs=_log_views(view["logs"], build["stages"]),
         since=view["since"],
-        medians=summary.medians,
-        eta=stats.eta_seconds(build, summary.medians, now) if live else None,
+        eta=stats.eta_seconds(build, medians, now) if live else None,
         saved=stats.saved_seconds(build, summary.miss_median),
         miss_median=summary.miss_median,
         commit=commit_url(repo.clone_url if repo else None, build["provider"], build["sha"]),

@@ -140,7 +140,7 @@
   }
 
   function drawTicks(svg, span, left, right) {
-    const steps = [0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400];
+    const steps = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400];
     const seconds = span / 1000;
     const step = steps.find((s) => seconds / s <= 6) || Math.ceil(seconds / 6 / 3600) * 3600;
     const group = $("g.ticks", svg);

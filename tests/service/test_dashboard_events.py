@@ -309,3 +309,31 @@ def test_stream_without_database_still_answers_a_stream_that_retries(
         response = down.get("/events?build=1&since=0.0")
     assert response.status_code == 200
     assert response.text == "retry: 2000\n\n: database unavailable\n\n"
+
+
+def test_sigterm_ends_open_streams_then_runs_the_servers_handler(engine: sa.Engine):
+    import signal
+
+    from service.dashboard import end_streams_on_signals
+
+    seen: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda sig, frame: seen.append(sig))
+
+    async def scenario() -> list[Message | None]:
+        hub = Hub(engine)
+        await hub.start()
+        sub, _ = await hub.subscribe(Interest(build=1))
+        restore = end_streams_on_signals(hub)
+        try:
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.sleep(0.05)
+        finally:
+            restore()
+            await hub.close()
+        return drain(sub.queue)
+
+    try:
+        assert run(scenario()) == [None]  # the stream ends at once...
+        assert seen == [signal.SIGTERM]  # ...and the server still gets its signal
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -296,3 +296,21 @@ def test_build_page_carries_its_event_and_log_position(client: TestClient, engin
         log = conn.execute(sa.text("SELECT max(id) FROM stage_logs")).scalar_one()
     card = Tags(client.get(f"/builds/{build_id}").text).find("div", id="build")[0]
     assert card["data-since"] == f"{event}.{log}"
+
+
+def test_forced_rebuild_expects_a_full_training(client: TestClient, engine: sa.Engine):
+    _history(engine, [(40, "miss", "a"), (1, "hit", "b"), (1, "hit", "c")])
+    forced = make_build(
+        engine, status="running", trigger="rebuild", stages={"hash": ("running", None, None)}
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE builds SET force = true WHERE id = {forced}"))
+    page = client.get(f"/builds/{forced}").text
+    train = page[page.index('<g class="wf-row" data-stage="train"') :]
+    assert "~40s" in train[: train.index("</g>")]  # the median of trainings, not of all builds
+    assert "(forced: caches ignored)" in page
+
+
+def test_build_without_a_commit_yet_says_the_worker_resolves_the_ref(client, engine):
+    build_id = make_build(engine, sha="", trigger="rebuild")
+    assert "the worker resolves refs/heads/main" in client.get(f"/builds/{build_id}").text
