@@ -42,9 +42,11 @@ def parse_interest(params: Any) -> Interest:
     ids = frozenset(parse_build_id(p) or MAX_ID for p in raw.split(",") if p)
     if len(ids) > MAX_IDS:
         raise ParamError(f"parameter 'builds' takes at most {MAX_IDS} ids")
-    top = parse_build_id(params["top"]) if params.get("top", "0") != "0" else 0
+    # `top`: the newest build the page shows (0: it shows none); absent: no news wanted.
+    raw_top = params.get("top") or ""
+    top = None if not raw_top else 0 if raw_top == "0" else parse_build_id(raw_top) or MAX_ID
     return Interest(
-        ids=ids, top=top or 0, repo=params.get("repo") or None, branch=params.get("branch") or None
+        ids=ids, top=top, repo=params.get("repo") or None, branch=params.get("branch") or None
     )
 
 

@@ -47,7 +47,9 @@ class Interest:
 
     build: int | None = None
     ids: frozenset[int] = frozenset()
-    top: int = 0  # newest build on the list page; newer builds matching the filters are news
+    # The newest build on the list page (0: an empty page): newer ones matching the filters
+    # are news. None: an older page, which never gains rows.
+    top: int | None = None
     repo: str | None = None
     branch: str | None = None
 
@@ -174,7 +176,7 @@ def catch_up(
     parts = [_builds(b.id.in_(sorted(interest.ids)))]
     if interest.ids:
         parts.append(_events(sa.and_(e.build_id.in_(sorted(interest.ids)), event_range), 5000))
-    if interest.top:
+    if interest.top is not None:
         newer = sa.select(b.id).where(b.id > interest.top).order_by(b.id).limit(20)
         if interest.repo:
             newer = newer.where(b.repo == interest.repo)

@@ -59,7 +59,7 @@ class Subscriber:
             return True
         # A build the list page does not show: news only if newer and matching its filters.
         return (
-            bool(want.top)
+            want.top is not None
             and data["build"] > want.top
             and (not want.repo or data.get("repo") == want.repo)
             and (not want.branch or data.get("branch") == want.branch)

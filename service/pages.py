@@ -87,7 +87,7 @@ async def index(request: Request) -> Response:
         refresh=any(b["status"] not in TERMINAL_BUILD for b in items),
         since=page.last_event_id,
         # Only the newest page announces new builds; an older page never gains rows.
-        top=items[0]["id"] if items and query.before is None else 0,
+        top=(items[0]["id"] if items else 0) if query.before is None else None,
     )
 
 

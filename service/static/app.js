@@ -325,16 +325,17 @@
   // ---- the list page -------------------------------------------------------------------------
 
   function listPage() {
-    const table = $("#builds");
-    if (!table) return;
-    const rows = () => $$("tbody tr[data-build-id]", table);
-    const byId = (id) => $('tbody tr[data-build-id="' + id + '"]', table);
-    const top = Number(table.dataset.top || 0);
+    const list = $("#list");
+    if (!list) return;
+    const rows = () => $$("#builds tbody tr[data-build-id]", list);
+    const byId = (id) => $('#builds tbody tr[data-build-id="' + id + '"]', list);
+    // The newest build shown (0: none yet); empty on an older page, which gains no rows.
+    const top = list.dataset.top === "" ? null : Number(list.dataset.top);
     const fresh = new Set();
     const banner = $("#new-builds");
 
     function announce(id) {
-      if (!top || id <= top || fresh.has(id)) return;
+      if (top === null || id <= top || fresh.has(id)) return;
       fresh.add(id);
       const link = $("a", banner);
       link.textContent = fresh.size + (fresh.size === 1 ? " new build: show it" : " new builds: show them");
@@ -367,9 +368,10 @@
     }
 
     const ids = rows().map((row) => row.dataset.buildId);
-    const params = new URLSearchParams({ builds: ids.join(","), since: table.dataset.since, top: String(top) });
-    if (table.dataset.repo) params.set("repo", table.dataset.repo);
-    if (table.dataset.branch) params.set("branch", table.dataset.branch);
+    const params = new URLSearchParams({ builds: ids.join(","), since: list.dataset.since });
+    if (top !== null) params.set("top", String(top));
+    if (list.dataset.repo) params.set("repo", list.dataset.repo);
+    if (list.dataset.branch) params.set("branch", list.dataset.branch);
     subscribe("/events?" + params.toString(), { stage: onStage, build: onBuild });
     setInterval(() => {
       const now = Date.now();

@@ -146,6 +146,16 @@ def test_list_shows_builds_with_cache_badges(page: Page, site: LiveServer, engin
     assert levels == ["deps hit", "nltk hit", "model hit"]
     page.wait_for("document.querySelector('#live')?.textContent === 'live'")
     save_screenshot(page, "status-list.png", docs=True)
+    # Live: a row's stage cell changes colour, and a new build is announced, without a reload.
+    page.eval("window.__samePage = 7")
+    with engine.begin() as conn:
+        add_event(conn, made["running"], "checkout", "succeeded")
+    cell = f'tr[data-build-id="{made["running"]}"] li[data-stage=checkout]'
+    page.wait_for(f"document.querySelector('{cell}').className === 's-succeeded'")
+    make_build(engine)
+    page.wait_for("!document.querySelector('#new-builds').hidden")
+    assert "1 new build" in page.eval("document.querySelector('#new-builds').textContent")
+    assert page.eval("window.__samePage") == 7
     assert_page_healthy(page)
     page.goto(f"{site.url}/builds/{made['first']}")
     drawn = "document.querySelectorAll('#waterfall rect.bar:not([visibility])').length"

@@ -72,6 +72,8 @@ def test_each_subscriber_gets_only_what_it_follows(engine: sa.Engine):
             "other": Interest(build=other),
             "list": Interest(ids=frozenset({shown}), top=other, repo="octo-org/social-score-api"),
             "all": Interest(ids=frozenset({shown}), top=other),
+            "empty": Interest(top=0, repo="other/repo"),  # a first page with no rows yet
+            "older": Interest(ids=frozenset({shown})),  # an older page: no news
         }
         queues = {k: (await hub.subscribe(v))[0] for k, v in subs.items()}
         await hub.tick()  # first sight of the builds' status
@@ -88,6 +90,8 @@ def test_each_subscriber_gets_only_what_it_follows(engine: sa.Engine):
     assert kinds(got["list"]) == ["stage"]  # the new build is in another repo: not news here
     all_builds = [m.data["build"] for m in got["all"] if m]
     assert got["newer"][0] in all_builds and shown in all_builds
+    assert {m.data["build"] for m in got["empty"] if m} == {got["newer"][0]}
+    assert {m.data["build"] for m in got["older"] if m} == {shown}
     stage = got["shown"][-1]
     assert stage and stage.data["levels"] == {"deps": "hit", "nltk": "miss", "model": "hit"}
 

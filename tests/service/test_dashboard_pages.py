@@ -101,10 +101,12 @@ def test_list_carries_its_position_for_live_updates(client: TestClient, engine: 
     newer = make_build(engine, status="running", stages={"checkout": ("running", None, None)})
     with engine.connect() as conn:
         last = conn.execute(sa.text("SELECT max(id) FROM stage_events")).scalar_one()
-    table = Tags(client.get("/").text).find("table", id="builds")[0]
-    assert table["data-since"] == str(last) and table["data-top"] == str(newer)
-    older_page = Tags(client.get(f"/?before={newer}").text).find("table", id="builds")[0]
-    assert older_page["data-top"] == "0" and older != newer  # an older page gains no rows
+    listing = Tags(client.get("/").text).find("div", id="list")[0]
+    assert listing["data-since"] == str(last) and listing["data-top"] == str(newer)
+    older_page = Tags(client.get(f"/?before={newer}").text).find("div", id="list")[0]
+    assert older_page["data-top"] == "" and older != newer  # an older page gains no rows
+    empty = Tags(client.get("/?repo=nobody/yet").text).find("div", id="list")[0]
+    assert empty["data-top"] == "0"  # an empty first page still hears of new builds
 
 
 def test_list_with_every_filter_still_reads_in_two_queries(client: TestClient, engine):
