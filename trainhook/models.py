@@ -125,6 +125,16 @@ jobs = sa.Table(
     sa.Column("lease_until", UTCDateTime, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("last_error", sa.Text, nullable=True),
+    # The Pub/Sub outbox (migration 0003): when the job's message was published (to the jobs
+    # topic while queued, to the dead-letter topic once dead); NULL = the relay still owes it.
+    sa.Column("published_at", UTCDateTime, nullable=True),
     # Claims scan queued jobs in order and running jobs whose lease expired.
     sa.Index("ix_jobs_status_available_at", "status", "available_at"),
+    # The outbox sweeper reads only the few rows not yet published.
+    sa.Index(
+        "ix_jobs_unpublished",
+        "id",
+        postgresql_where=sa.text("published_at IS NULL"),
+        sqlite_where=sa.text("published_at IS NULL"),
+    ),
 )

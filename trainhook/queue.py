@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import sqlalchemy as sa
@@ -15,39 +15,95 @@ from trainhook.models import jobs, utcnow
 
 @dataclass(frozen=True)
 class Job:
-    """A claimed job: the build to run, which attempt this is, and who holds the lease."""
+    """A claimed job: the build to run, which attempt this is, and who holds the lease.
+    `receipt` is the transport's handle on the message that delivered it (a Pub/Sub ack id),
+    None for the SQL queue."""
 
     id: int
     build_id: int
     attempts: int
     owner: str
+    receipt: str | None = field(default=None, compare=False, repr=False)
 
 
 class Queue(Protocol):
-    """Where builds wait for a worker. Every method is safe to call from several processes."""
+    """Where builds wait for a worker. Every method is safe to call from several processes
+    and threads; the database row of the job is the system of record."""
 
     def notify(self, build_ids: list[int]) -> None:
-        """Tell consumers that these builds' job rows were committed. Never raises: a lost
-        notification only delays a job, which a poll or a sweeper still finds."""
+        """Tell consumers that these builds' job rows were committed. Returns at once and
+        never raises: a lost notification only delays a job, which a poll or a sweeper still
+        finds. Idempotent (notifying twice costs at most a duplicate message)."""
 
     def claim(self, owner: str) -> Job | None:
-        """Take the next runnable job under a lease held by `owner`, or None when there is
-        none. A job whose lease expired is runnable again. Two callers never get one job."""
+        """Take the next runnable job under a lease held by `owner`; returns it, or None when
+        there is none (now, or within the transport's poll time). A job whose lease expired is
+        runnable again. Two callers never get one job. Raises when the database or the
+        transport is unreachable (the caller waits and tries again)."""
 
     def heartbeat(self, job: Job) -> bool:
-        """Extend the lease; False when it was lost (another worker may now run the job)."""
+        """Extend the lease; returns False when it was lost (another worker may now run the
+        job). May raise on a transient outage (the caller retries within the lease)."""
 
     def complete(self, job: Job) -> None:
-        """Finish the job for good. Idempotent; a lost lease makes it a no-op."""
+        """Finish the job for good. Idempotent; a lost lease makes it a no-op. May raise when
+        the database is unreachable (the lease then expires and a redelivery finds the build
+        finished)."""
 
     def release(self, job: Job, *, delay: float = 0.0, error: str | None = None) -> None:
-        """Give the job back to be claimed again after `delay` seconds (retry or shutdown)."""
+        """Give the job back to be claimed again after `delay` seconds (retry or shutdown).
+        A no-op when the lease was lost. May raise like `complete`."""
 
     def bury(self, job: Job, error: str) -> None:
-        """Move the job to the dead-letter list; it is never claimed again."""
+        """Move the job to the dead-letter list; it is never claimed again. A no-op when the
+        lease was lost. May raise like `complete`."""
 
     def wait(self, timeout: float) -> None:
-        """Block up to `timeout` seconds or until `notify` is called in this process."""
+        """Block up to `timeout` seconds or until `notify` is called in this process.
+        Never raises."""
+
+
+def runnable(now: datetime) -> sa.ColumnElement[bool]:
+    """Jobs a worker may take: queued and due, or running under an expired lease."""
+    return sa.or_(
+        sa.and_(jobs.c.status == "queued", jobs.c.available_at <= now),
+        sa.and_(jobs.c.status == "running", jobs.c.lease_until < now),
+    )
+
+
+def claim_row(
+    conn: sa.Connection, owner: str, lease: timedelta, *, build_id: int | None = None
+) -> Job | None:
+    """Claim the oldest runnable job (or the job of `build_id`) in the caller's transaction.
+
+    One guarded UPDATE on SQLite (whose writers are serialised) and `FOR UPDATE SKIP LOCKED`
+    on Postgres (so claimers never wait on each other). Returns None when nothing was taken.
+    """
+    now = utcnow()
+    candidate = sa.select(jobs.c.id).where(runnable(now)).order_by(jobs.c.id)
+    if build_id is not None:
+        candidate = candidate.where(jobs.c.build_id == build_id)
+    if conn.dialect.name == "postgresql":
+        picked = conn.execute(candidate.limit(1).with_for_update(skip_locked=True)).scalar()
+        if picked is None:
+            return None
+        where = jobs.c.id == picked
+    else:
+        where = jobs.c.id == candidate.limit(1).scalar_subquery()
+    row = conn.execute(
+        jobs.update()
+        .where(where, runnable(now))
+        .values(
+            status="running",
+            lease_owner=owner,
+            lease_until=now + lease,
+            attempts=jobs.c.attempts + 1,
+        )
+        .returning(jobs.c.id, jobs.c.build_id, jobs.c.attempts)
+    ).first()
+    if row is None:
+        return None
+    return Job(id=row.id, build_id=row.build_id, attempts=row.attempts, owner=owner)
 
 
 class SqlQueue:
@@ -66,76 +122,40 @@ class SqlQueue:
         self._wakeup.wait(timeout)
         self._wakeup.clear()
 
-    def _runnable(self, now: sa.ColumnElement[object] | object) -> sa.ColumnElement[bool]:
-        return sa.or_(
-            sa.and_(jobs.c.status == "queued", jobs.c.available_at <= now),
-            sa.and_(jobs.c.status == "running", jobs.c.lease_until < now),
-        )
-
     def claim(self, owner: str) -> Job | None:
-        now = utcnow()
         with self.engine.begin() as conn:
-            candidate = sa.select(jobs.c.id).where(self._runnable(now)).order_by(jobs.c.id)
-            if conn.dialect.name == "postgresql":
-                job_id = conn.execute(candidate.limit(1).with_for_update(skip_locked=True))
-                picked = job_id.scalar()
-                if picked is None:
-                    return None
-                where = jobs.c.id == picked
-            else:
-                where = jobs.c.id == candidate.limit(1).scalar_subquery()
-            row = conn.execute(
-                jobs.update()
-                .where(where, self._runnable(now))
-                .values(
-                    status="running",
-                    lease_owner=owner,
-                    lease_until=now + self.lease,
-                    attempts=jobs.c.attempts + 1,
-                )
-                .returning(jobs.c.id, jobs.c.build_id, jobs.c.attempts)
-            ).first()
-        if row is None:
-            return None
-        return Job(id=row.id, build_id=row.build_id, attempts=row.attempts, owner=owner)
+            return claim_row(conn, owner, self.lease)
 
     def _mine(self, job: Job) -> sa.ColumnElement[bool]:
         return sa.and_(
             jobs.c.id == job.id, jobs.c.lease_owner == job.owner, jobs.c.status == "running"
         )
 
-    def heartbeat(self, job: Job) -> bool:
+    def _settle(self, job: Job, **values: object) -> bool:
+        """Update the job while `job.owner` holds it; False when the lease was lost."""
         with self.engine.begin() as conn:
-            result = conn.execute(
-                jobs.update().where(self._mine(job)).values(lease_until=utcnow() + self.lease)
-            )
+            result = conn.execute(jobs.update().where(self._mine(job)).values(**values))
         return result.rowcount == 1
 
+    def heartbeat(self, job: Job) -> bool:
+        return self._settle(job, lease_until=utcnow() + self.lease)
+
     def complete(self, job: Job) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                jobs.update().where(self._mine(job)).values(status="done", lease_until=None)
-            )
+        self._settle(job, status="done", lease_until=None)
 
     def release(self, job: Job, *, delay: float = 0.0, error: str | None = None) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                jobs.update()
-                .where(self._mine(job))
-                .values(
-                    status="queued",
-                    lease_owner=None,
-                    lease_until=None,
-                    available_at=utcnow() + timedelta(seconds=delay),
-                    last_error=error,
-                )
-            )
+        self._settle(
+            job,
+            status="queued",
+            lease_owner=None,
+            lease_until=None,
+            available_at=utcnow() + timedelta(seconds=delay),
+            last_error=error,
+        )
         self._wakeup.set()
 
     def bury(self, job: Job, error: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                jobs.update()
-                .where(self._mine(job))
-                .values(status="dead", lease_until=None, last_error=error)
-            )
+        self._settle(job, status="dead", lease_until=None, last_error=error)
+
+    def close(self) -> None:
+        """Nothing to stop: the engine belongs to the runtime."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trainhook.errors import ConfigError
 from trainhook.repos import RepoConfig, load_repos
@@ -34,6 +36,17 @@ class Settings:
     train_timeout: float = 1800.0
     test_timeout: float = 900.0
     public_url: str = ""
+    # Pub/Sub (TRAINHOOK_QUEUE=pubsub). Empty dead-letter names mean "<topic>-dead" and
+    # "<subscription>-dead" (see the properties below).
+    pubsub_project: str = ""
+    pubsub_topic: str = "trainhook-jobs"
+    pubsub_subscription: str = "trainhook-worker"
+    pubsub_dead_letter_topic: str = ""
+    pubsub_dead_letter_subscription: str = ""
+    pubsub_max_deliveries: int = 20
+    pubsub_publish_timeout: float = 10.0
+    pubsub_sweep_seconds: float = 10.0
+    pubsub_pull_seconds: float = 5.0
 
     def repo(self, name: str, provider: str | None = None) -> RepoConfig | None:
         """The configured repository with this full name (and provider), or None."""
@@ -47,6 +60,14 @@ class Settings:
         return self.secrets.get(repo.secret_env) or None
 
     @property
+    def dead_letter_topic(self) -> str:
+        return self.pubsub_dead_letter_topic or f"{self.pubsub_topic}-dead"
+
+    @property
+    def dead_letter_subscription(self) -> str:
+        return self.pubsub_dead_letter_subscription or f"{self.pubsub_subscription}-dead"
+
+    @property
     def artifacts_path(self) -> Path:
         return Path(self.artifacts)
 
@@ -57,6 +78,45 @@ class Settings:
     @property
     def work_dir(self) -> Path:
         return self.home / "work"
+
+
+PUBSUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
+
+
+def _pubsub_settings(env: Mapping[str, str], queue: str) -> dict[str, Any]:
+    """The TRAINHOOK_PUBSUB_* fields; with the pubsub queue, a project is required and every
+    name must be one Pub/Sub accepts (3-255 characters, starting with a letter)."""
+    project = env.get("TRAINHOOK_PUBSUB_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT") or ""
+    names = {
+        "pubsub_topic": env.get("TRAINHOOK_PUBSUB_TOPIC") or "trainhook-jobs",
+        "pubsub_subscription": env.get("TRAINHOOK_PUBSUB_SUBSCRIPTION") or "trainhook-worker",
+        "pubsub_dead_letter_topic": env.get("TRAINHOOK_PUBSUB_DEAD_LETTER_TOPIC") or "",
+        "pubsub_dead_letter_subscription": env.get("TRAINHOOK_PUBSUB_DEAD_LETTER_SUBSCRIPTION")
+        or "",
+    }
+    deliveries = int(_float(env, "TRAINHOOK_PUBSUB_MAX_DELIVERIES", 20))
+    if queue == "pubsub":
+        if not project:
+            raise ConfigError(
+                "TRAINHOOK_QUEUE=pubsub needs TRAINHOOK_PUBSUB_PROJECT (or GOOGLE_CLOUD_PROJECT)"
+            )
+        for field_name, value in names.items():
+            if value and not PUBSUB_NAME.match(value):
+                var = "TRAINHOOK_" + field_name.upper()
+                raise ConfigError(
+                    f"{var}={value!r} is not a Pub/Sub name (3-255 characters: letters, "
+                    "digits and . _ ~ + % -, starting with a letter)"
+                )
+        if not 5 <= deliveries <= 100:
+            raise ConfigError(f"TRAINHOOK_PUBSUB_MAX_DELIVERIES={deliveries}: Pub/Sub allows 5-100")
+    return {
+        "pubsub_project": project,
+        **names,
+        "pubsub_max_deliveries": deliveries,
+        "pubsub_publish_timeout": _float(env, "TRAINHOOK_PUBSUB_PUBLISH_TIMEOUT", 10.0),
+        "pubsub_sweep_seconds": _float(env, "TRAINHOOK_PUBSUB_SWEEP_SECONDS", 10.0),
+        "pubsub_pull_seconds": _float(env, "TRAINHOOK_PUBSUB_PULL_SECONDS", 5.0),
+    }
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -112,6 +172,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
         train_timeout=_float(env, "TRAINHOOK_TRAIN_TIMEOUT", 1800.0),
         test_timeout=_float(env, "TRAINHOOK_TEST_TIMEOUT", 900.0),
         public_url=(env.get("TRAINHOOK_PUBLIC_URL") or "").rstrip("/"),
+        **_pubsub_settings(env, queue),
     )
     if mode == "prod":
         refuse_insecure_defaults(settings)
