@@ -170,7 +170,7 @@ def train(
             "features": _feature_counts(vectorizer),
             "nltk": {**status.to_dict(), "stopwords_source": source},
             "versions": library_versions(),
-            "timings": timings,
+            "timings": dict(timings),
             "notices": notices,
         }
         with phase("write", "writing artifacts"):

@@ -106,13 +106,18 @@ class TweetNormalizer:
         """Fill the chunk cache with results computed elsewhere (e.g. in worker processes)."""
         self._chunks.update(zip(chunks, tokens, strict=True))
 
-    def _normalise_chunk(self, chunk: str) -> tuple[str, ...]:
+    def raw_tokens(self, chunk: str) -> list[str]:
+        """TweetTokenizer's tokens of one chunk (reduce_len rule applied), not yet normalised."""
         chunk = _ELONGATED.sub(r"\1\1\1", chunk)
-        # A chunk of ASCII letters is a single token for TweetTokenizer; a third of all
-        # chunks take this shortcut (equivalence is tested).
-        raws = [chunk] if chunk.isascii() and chunk.isalpha() else self._tokenizer.tokenize(chunk)
+        if chunk.isascii() and chunk.isalpha():
+            # TweetTokenizer keeps a run of ASCII letters whole; a third of all chunks
+            # take this shortcut (equivalence is tested).
+            return [chunk]
+        return self._tokenizer.tokenize(chunk)
+
+    def _normalise_chunk(self, chunk: str) -> tuple[str, ...]:
         out = []
-        for raw in raws:
+        for raw in self.raw_tokens(chunk):
             token = self._tokens.get(raw)
             if token is None:
                 if len(self._tokens) >= CACHE_LIMIT:
