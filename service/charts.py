@@ -1,6 +1,7 @@
 """Chart geometry for inline SVG drawn on the server: the build waterfall and the history chart.
-Numbers only; the templates draw them (and escape every label). The page script redraws the
-waterfall from the same data-* attributes while a build runs (static/app.js: `layoutWaterfall`)."""
+Numbers only; the templates draw them (and escape every label). While a build runs, the page
+script redraws the waterfall from the same data-* attributes (`layoutWaterfall` in
+static/common.js)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
 # Without JavaScript, a page showing a build in flight reloads itself this often.
 REFRESH_SECONDS = 3
+# The page scripts, in load order (helpers first); the only scripts a page ever runs.
+SCRIPTS = ("common.js", "actions.js", "app.js")
 
 
 @cache
@@ -47,6 +49,7 @@ env.globals.update(
     TERMINAL=TERMINAL_BUILD,
     REFRESH_SECONDS=REFRESH_SECONDS,
     static_url=static_url,
+    SCRIPTS=SCRIPTS,
 )
 
 

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
-from service.rendering import static_url
+from service.rendering import SCRIPTS, static_url
 from tests.service.test_api import count_selects, make_build
 from tests.service.test_pages import Tags, rows
 from trainhook.builds import add_event, append_log
@@ -141,7 +141,7 @@ def test_pages_run_no_inline_code(client: TestClient, engine: sa.Engine, kind: s
     csp = response.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
     tags = Tags(response.text)
-    assert [a.get("src") for a in tags.find("script")] == [static_url("app.js")]
+    assert [a.get("src") for a in tags.find("script")] == [static_url(s) for s in SCRIPTS]
     assert not tags.find("style")
     assert not [
         (t, k) for t, attrs in tags.tags for k in attrs if k == "style" or k.startswith("on")
@@ -149,7 +149,7 @@ def test_pages_run_no_inline_code(client: TestClient, engine: sa.Engine, kind: s
 
 
 def test_static_script_and_style_are_served_with_nosniff(client: TestClient):
-    for name, kind in (("app.js", "javascript"), ("app.css", "text/css")):
+    for name, kind in [*((s, "javascript") for s in SCRIPTS), ("app.css", "text/css")]:
         response = client.get(static_url(name))
         assert response.status_code == 200 and kind in response.headers["content-type"]
         assert response.headers["x-content-type-options"] == "nosniff"

@@ -14,7 +14,7 @@ from markupsafe import escape
 from starlette.testclient import TestClient
 
 from service.pages import duration, env
-from service.rendering import static_url
+from service.rendering import SCRIPTS, static_url
 from tests.service.test_api import DOWN_PASSWORD, broken_engine, count_selects, make_build
 from trainhook.builds import STAGES
 
@@ -182,7 +182,7 @@ def test_commit_message_script_is_shown_as_text(client: TestClient, engine, payl
         assert str(escape(payload)) in page  # shown, as text
         tags = Tags(page)
         # The one script is the page's own static file: nothing from the payload runs.
-        assert [a["src"] or "" for a in tags.find("script")] == [static_url("app.js")]
+        assert [a["src"] or "" for a in tags.find("script")] == [static_url(s) for s in SCRIPTS]
         assert not tags.find("img")
         assert not any(k.startswith("on") for _, attrs in tags.tags for k in attrs)
 
