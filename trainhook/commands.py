@@ -36,10 +36,9 @@ def _serve(runtime: Any, host: str, port: int, on_started: Callable[[], None] | 
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from worker.loop import Worker
-
     from trainhook.demo import DemoSession, prepare_demo
     from trainhook.runtime import build_runtime
+    from worker.loop import Worker
 
     demo: DemoSession | None = None
     if args.demo:
