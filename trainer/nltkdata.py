@@ -84,11 +84,22 @@ class NltkStatus:
         }
 
 
+def nltk_version() -> str:
+    """The installed NLTK's version, read from its distribution metadata: importing nltk
+    takes seconds (it pulls in scipy), and cache keys are computed before any training."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("nltk")
+    except metadata.PackageNotFoundError:  # not installed as a distribution (a source tree)
+        import nltk
+
+        return str(nltk.__version__)
+
+
 def nltk_cache_key_material() -> str:
     """Canonical JSON of the sorted package list and the NLTK version, for cache keys."""
-    import nltk
-
-    material = {"nltk_version": nltk.__version__, "packages": sorted(NLTK_PACKAGES)}
+    material = {"nltk_version": nltk_version(), "packages": sorted(NLTK_PACKAGES)}
     return json.dumps(material, sort_keys=True, separators=(",", ":"))
 
 
