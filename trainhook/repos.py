@@ -9,6 +9,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+from trainhook.deployconfig import (
+    DeployConfig,
+    DeployKeyError,
+    VertexConfig,
+    check_image,
+    parse_deploy,
+    parse_vertex,
+)
 from trainhook.errors import ConfigError
 
 PROVIDERS = ("github", "gitlab", "gitea", "forgejo")
@@ -33,6 +41,11 @@ class RepoConfig:
     label_column: str = "label"
     min_macro_f1: float = 0.0
     max_regression: float = 1.0
+    # Production (TRAINHOOK_BUILDER=cloudbuild): where the image goes and how it is deployed.
+    image: str | None = None
+    deploy: DeployConfig | None = None
+    vertex: VertexConfig | None = None
+    supersede: bool = True  # a newer push cancels this branch's older, not yet deployed build
 
     def wants_branch(self, branch: str) -> bool:
         """True when a push to `branch` should build (glob patterns, as in the file)."""
@@ -61,6 +74,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "label_column": (str,),
     "min_macro_f1": (float, int),
     "max_regression": (float, int),
+    "image": (str,),
+    "deploy": (dict,),
+    "vertex": (dict,),
+    "supersede": (bool,),
 }
 _REQUIRED = ("name", "clone_url", "secret_env")
 
@@ -97,7 +114,8 @@ def parse_repo(path: Path, index: int, table: dict[str, Any]) -> RepoConfig:
         if key not in table:
             raise _fail(path, label, f"missing required key {key!r}")
     for key, value in table.items():
-        if not isinstance(value, _TYPES[key]) or isinstance(value, bool):
+        wrong_bool = isinstance(value, bool) and bool not in _TYPES[key]
+        if not isinstance(value, _TYPES[key]) or wrong_bool:
             raise _fail(path, label, f"key {key!r} has the wrong type ({type(value).__name__})")
     if table.get("provider", "github") not in PROVIDERS:
         raise _fail(path, label, f"key 'provider': {table['provider']!r} not in {PROVIDERS}")
@@ -115,6 +133,15 @@ def parse_repo(path: Path, index: int, table: dict[str, Any]) -> RepoConfig:
     for key in ("min_macro_f1", "max_regression"):
         if key in kwargs:
             kwargs[key] = float(kwargs[key])
+    try:
+        if "image" in kwargs:
+            check_image(kwargs["image"])
+        if "deploy" in kwargs:
+            kwargs["deploy"] = parse_deploy(kwargs["deploy"])
+        if "vertex" in kwargs:
+            kwargs["vertex"] = parse_vertex(kwargs["vertex"])
+    except DeployKeyError as exc:
+        raise _fail(path, label, str(exc)) from None
     return RepoConfig(**kwargs)
 
 

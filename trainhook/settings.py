@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainhook.cloudsettings import check_cloudbuild, cloudbuild_env
 from trainhook.errors import ConfigError
 from trainhook.repos import RepoConfig, load_repos
 
@@ -47,6 +48,15 @@ class Settings:
     pubsub_publish_timeout: float = 10.0
     pubsub_sweep_seconds: float = 10.0
     pubsub_pull_seconds: float = 5.0
+    # Cloud Build (TRAINHOOK_BUILDER=cloudbuild; see trainhook/cloudsettings.py)
+    gcp_project: str | None = None
+    gcp_region: str | None = None
+    source_bucket: str | None = None  # gs://bucket[/prefix] where source bundles go
+    cloudbuild_endpoint: str | None = None  # http://host:port: REST, anonymous (fakes)
+    cloudbuild_timeout: float = 3600.0
+    cloudbuild_queue_ttl: float = 3600.0
+    cloudbuild_poll_interval: float = 5.0
+    cloudbuild_service_account: str | None = None
 
     def repo(self, name: str, provider: str | None = None) -> RepoConfig | None:
         """The configured repository with this full name (and provider), or None."""
@@ -173,7 +183,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
         test_timeout=_float(env, "TRAINHOOK_TEST_TIMEOUT", 900.0),
         public_url=(env.get("TRAINHOOK_PUBLIC_URL") or "").rstrip("/"),
         **_pubsub_settings(env, queue),
+        **cloudbuild_env(env, _float),
     )
+    if builder == "cloudbuild":
+        check_cloudbuild(settings)
     if mode == "prod":
         refuse_insecure_defaults(settings)
     return settings

@@ -1,0 +1,111 @@
+"""The Cloud Build settings (TRAINHOOK_GCP_*, TRAINHOOK_SOURCE_BUCKET, TRAINHOOK_CLOUDBUILD_*)
+and their start-up check when TRAINHOOK_BUILDER=cloudbuild."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from trainhook.deployconfig import IMAGE_FORMAT
+from trainhook.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainhook.settings import Settings
+
+PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
+
+
+def split_bucket(value: str) -> tuple[str, str]:
+    """`gs://bucket/some/prefix` -> ("bucket", "some/prefix"); raises ValueError if malformed."""
+    if not value.startswith("gs://"):
+        raise ValueError("must start with gs://")
+    bucket, _, prefix = value[len("gs://") :].partition("/")
+    prefix = prefix.strip("/")
+    if not BUCKET_RE.match(bucket) or ".." in bucket:
+        raise ValueError(f"{bucket!r} is not a bucket name")
+    if not PREFIX_RE.match(prefix) or ".." in prefix.split("/"):
+        raise ValueError(f"prefix {prefix!r} has characters outside A-Z a-z 0-9 . _ / -")
+    return bucket, prefix
+
+
+def cloudbuild_env(env: Mapping[str, str], number: Any) -> dict[str, Any]:
+    """The Settings fields read from the environment (`number` parses a float variable)."""
+
+    def text(name: str) -> str | None:
+        return (env.get(name) or "").strip().rstrip("/") or None
+
+    return {
+        "gcp_project": text("TRAINHOOK_GCP_PROJECT") or text("GOOGLE_CLOUD_PROJECT"),
+        "gcp_region": text("TRAINHOOK_GCP_REGION"),
+        "source_bucket": text("TRAINHOOK_SOURCE_BUCKET"),
+        "cloudbuild_endpoint": text("TRAINHOOK_CLOUDBUILD_ENDPOINT"),
+        "cloudbuild_timeout": number(env, "TRAINHOOK_CLOUDBUILD_TIMEOUT", 3600.0),
+        "cloudbuild_queue_ttl": number(env, "TRAINHOOK_CLOUDBUILD_QUEUE_TTL", 3600.0),
+        "cloudbuild_poll_interval": number(env, "TRAINHOOK_CLOUDBUILD_POLL_INTERVAL", 5.0),
+        "cloudbuild_service_account": text("TRAINHOOK_CLOUDBUILD_SERVICE_ACCOUNT"),
+    }
+
+
+def _env_problems(settings: Settings) -> list[str]:
+    problems = []
+    project, region, bucket = settings.gcp_project, settings.gcp_region, settings.source_bucket
+    if not project:
+        problems.append("TRAINHOOK_GCP_PROJECT is not set (the project that runs the builds)")
+    elif not PROJECT_RE.match(project):
+        problems.append(f"TRAINHOOK_GCP_PROJECT={project!r} is not a project id")
+    if not region:
+        problems.append("TRAINHOOK_GCP_REGION is not set (the Cloud Build region)")
+    elif not REGION_RE.match(region):
+        problems.append(f"TRAINHOOK_GCP_REGION={region!r} is not a region (europe-west1)")
+    if not bucket:
+        problems.append("TRAINHOOK_SOURCE_BUCKET is not set (gs://bucket[/prefix] for sources)")
+    else:
+        try:
+            split_bucket(bucket)
+        except ValueError as exc:
+            problems.append(f"TRAINHOOK_SOURCE_BUCKET={bucket!r} {exc}")
+    endpoint = settings.cloudbuild_endpoint
+    if endpoint:
+        url = urlparse(endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname or url.path or url.query:
+            problems.append(
+                f"TRAINHOOK_CLOUDBUILD_ENDPOINT={endpoint!r} is not http(s)://host[:port]"
+            )
+    for name, value in (
+        ("TRAINHOOK_CLOUDBUILD_TIMEOUT", settings.cloudbuild_timeout),
+        ("TRAINHOOK_CLOUDBUILD_QUEUE_TTL", settings.cloudbuild_queue_ttl),
+    ):
+        if not 60 <= value <= 86400:
+            problems.append(f"{name}={value:g}: Cloud Build accepts 60..86400 seconds")
+    if not 0 < settings.cloudbuild_poll_interval <= 300:
+        problems.append("TRAINHOOK_CLOUDBUILD_POLL_INTERVAL must be in (0, 300] seconds")
+    account = settings.cloudbuild_service_account
+    if account and "@" not in account:
+        problems.append(f"TRAINHOOK_CLOUDBUILD_SERVICE_ACCOUNT={account!r} is not an email")
+    return problems
+
+
+def cloudbuild_problems(settings: Settings) -> list[str]:
+    """Everything missing or wrong for TRAINHOOK_BUILDER=cloudbuild, one line each."""
+    problems = _env_problems(settings)
+    for repo in settings.repos:
+        where = f"{settings.config_path}: repository {repo.name!r}"
+        if repo.image is None:
+            problems.append(f"{where}: missing key 'image' ({IMAGE_FORMAT})")
+        if repo.deploy is None:
+            problems.append(f"{where}: missing table [repos.deploy] (cluster, location, ...)")
+    return problems
+
+
+def check_cloudbuild(settings: Settings) -> None:
+    """Raise ConfigError listing every problem, or return when the builder can start."""
+    problems = cloudbuild_problems(settings)
+    if problems:
+        raise ConfigError(
+            "TRAINHOOK_BUILDER=cloudbuild is not configured:\n  - " + "\n  - ".join(problems)
+        )
