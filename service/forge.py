@@ -51,6 +51,9 @@ class Push:
     deleted: bool
     commit_message: str | None
     author: str | None
+    # Every file the push changed, when the payload is known to list them all (filled by
+    # ingest for repositories with path filters; see service/pathfilter.py), else None.
+    files: frozenset[str] | None = None
 
     @property
     def branch(self) -> str | None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from service.forge import Forge, ForgeEvent, NotConfigured, Unauthorized, bounded
+from service.pathfilter import payload_files
 from service.writer import DeliveryWriter
 from trainhook.builds import BuildSpec, Delivery
 from trainhook.intake import Incoming
@@ -50,6 +51,9 @@ def ignore_reason(repo: RepoConfig, event: ForgeEvent) -> str | None:
         return f"{push.ref} is not a branch or a tag"
     if not repo.wants_branch(branch):
         return f"branch {branch!r} is not configured (branches = {list(repo.branches)})"
+    if push.files is not None:
+        # Known from the payload; otherwise the worker decides from the mirror's diff.
+        return repo.path_filter.ignore_reason(push.files)
     return None
 
 
@@ -69,7 +73,10 @@ def verify(
     if not secret:
         raise Unauthorized(f"no webhook secret is set for {name!r} ({repo.secret_env})")
     forge.verify(headers, body, secret)
-    return repo, bounded(forge.event(headers, payload))
+    event = bounded(forge.event(headers, payload))
+    if event.push is not None and repo.path_filter.active:
+        event = replace(event, push=replace(event.push, files=payload_files(forge.name, payload)))
+    return repo, event
 
 
 def incoming(

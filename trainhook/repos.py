@@ -18,6 +18,7 @@ from trainhook.deployconfig import (
     parse_vertex,
 )
 from trainhook.errors import ConfigError
+from trainhook.pathfilter import PathFilter, PatternError, check_pattern
 
 PROVIDERS = ("github", "gitlab", "gitea", "forgejo")
 DEFAULT_DATA = ("data/cleaned_training_sample.csv", "data/prod.csv", "data/train.csv")
@@ -41,6 +42,11 @@ class RepoConfig:
     label_column: str = "label"
     min_macro_f1: float = 0.0
     max_regression: float = 1.0
+    paths: tuple[str, ...] = ()  # globs: a push builds only when it changes a matching file
+    paths_ignore: tuple[str, ...] = ()  # globs: changes to these never make a push build
+    forge_token_env: str | None = None  # env var with a forge API token (statuses, reconcile)
+    forge_api_url: str | None = None  # the forge's API base; default: from clone_url's host
+    hook_id: int | None = None  # the forge's id of trainhook's webhook (reconcile)
     # Production (TRAINHOOK_BUILDER=cloudbuild): where the image goes and how it is deployed.
     image: str | None = None
     deploy: DeployConfig | None = None
@@ -54,6 +60,10 @@ class RepoConfig:
     def wants_tag(self, tag: str) -> bool:
         """True when pushing tag `tag` should build (glob patterns; none configured: never)."""
         return any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.tags)
+
+    @property
+    def path_filter(self) -> PathFilter:
+        return PathFilter(self.paths, self.paths_ignore)
 
     @property
     def slug(self) -> str:
@@ -74,11 +84,17 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "label_column": (str,),
     "min_macro_f1": (float, int),
     "max_regression": (float, int),
+    "paths": (list,),
+    "paths_ignore": (list,),
+    "forge_token_env": (str,),
+    "forge_api_url": (str,),
+    "hook_id": (int,),
     "image": (str,),
     "deploy": (dict,),
     "vertex": (dict,),
     "supersede": (bool,),
 }
+_LISTS = ("branches", "tags", "data", "paths", "paths_ignore")
 _REQUIRED = ("name", "clone_url", "secret_env")
 
 
@@ -104,6 +120,26 @@ def _check_clone_url(path: Path, repo: str, url: str) -> None:
         )
 
 
+def _check_forge_keys(path: Path, repo: str, table: dict[str, Any]) -> None:
+    for key in ("paths", "paths_ignore"):
+        for pattern in table.get(key, []):
+            try:
+                check_pattern(pattern)
+            except PatternError as exc:
+                raise _fail(path, repo, f"key {key!r}: {exc}") from None
+    api = table.get("forge_api_url")
+    if api is not None and (
+        urlparse(api).scheme not in ("https", "http") or not urlparse(api).hostname
+    ):
+        raise _fail(path, repo, f"key 'forge_api_url': {api!r} is not an http(s) URL")
+    hook_id = table.get("hook_id")
+    if hook_id is not None and hook_id <= 0:
+        raise _fail(path, repo, f"key 'hook_id': {hook_id} is not a positive number")
+    env = table.get("forge_token_env")
+    if env is not None and not env:
+        raise _fail(path, repo, "key 'forge_token_env' must name an environment variable")
+
+
 def parse_repo(path: Path, index: int, table: dict[str, Any]) -> RepoConfig:
     """Validate one table; raise ConfigError naming the file, the repository and the key."""
     label = repr(table.get("name")) if isinstance(table.get("name"), str) else f"#{index + 1}"
@@ -119,15 +155,16 @@ def parse_repo(path: Path, index: int, table: dict[str, Any]) -> RepoConfig:
             raise _fail(path, label, f"key {key!r} has the wrong type ({type(value).__name__})")
     if table.get("provider", "github") not in PROVIDERS:
         raise _fail(path, label, f"key 'provider': {table['provider']!r} not in {PROVIDERS}")
-    for key in ("branches", "tags", "data"):
+    for key in _LISTS:
         items = table.get(key, [])
         if not all(isinstance(item, str) and item for item in items):
             raise _fail(path, label, f"key {key!r} must be a list of non-empty strings")
     for item in table.get("data", []):
         _check_data_path(path, label, item)
     _check_clone_url(path, label, table["clone_url"])
+    _check_forge_keys(path, label, table)
     kwargs: dict[str, Any] = dict(table)
-    for key in ("branches", "tags", "data"):
+    for key in _LISTS:
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
     for key in ("min_macro_f1", "max_regression"):
