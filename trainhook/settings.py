@@ -37,6 +37,7 @@ class Settings:
     train_timeout: float = 1800.0
     test_timeout: float = 900.0
     public_url: str = ""
+    reconcile_interval: float = 0.0  # seconds between missed-delivery checks; 0: off
     # Pub/Sub (TRAINHOOK_QUEUE=pubsub). Empty dead-letter names mean "<topic>-dead" and
     # "<subscription>-dead" (see the properties below).
     pubsub_project: str = ""
@@ -68,6 +69,10 @@ class Settings:
     def secret_for(self, repo: RepoConfig) -> str | None:
         """The webhook secret of a repository, read from its `secret_env` variable."""
         return self.secrets.get(repo.secret_env) or None
+
+    def forge_token(self, repo: RepoConfig) -> str | None:
+        """The forge API token of a repository, read from its `forge_token_env` variable."""
+        return self.secrets.get(repo.forge_token_env or "") or None
 
     @property
     def dead_letter_topic(self) -> str:
@@ -164,6 +169,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
     repos = load_repos(config_path) if config_path.exists() or require_repos else ()
 
     secrets = {r.secret_env: env[r.secret_env] for r in repos if env.get(r.secret_env)}
+    secrets.update({e: env[e] for r in repos if (e := r.forge_token_env) and env.get(e)})
     settings = Settings(
         home=home,
         database_url=database_url,
@@ -182,6 +188,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
         train_timeout=_float(env, "TRAINHOOK_TRAIN_TIMEOUT", 1800.0),
         test_timeout=_float(env, "TRAINHOOK_TEST_TIMEOUT", 900.0),
         public_url=(env.get("TRAINHOOK_PUBLIC_URL") or "").rstrip("/"),
+        reconcile_interval=_float(env, "TRAINHOOK_RECONCILE_INTERVAL", 0.0),
         **_pubsub_settings(env, queue),
         **cloudbuild_env(env, _float),
     )
