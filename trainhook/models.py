@@ -138,3 +138,20 @@ jobs = sa.Table(
         sqlite_where=sa.text("published_at IS NULL"),
     ),
 )
+
+# Commit statuses sent to the forge (migration 0004): one row per build of a repository with a
+# forge token, holding the build status last reported, so a restart neither loses nor repeats
+# a report. A reporter claims a row by lease before sending (several service replicas).
+status_reports = sa.Table(
+    "status_reports",
+    metadata,
+    sa.Column("build_id", sa.ForeignKey("builds.id"), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=True),  # build status reported (or given up)
+    sa.Column("state", sa.String(16), nullable=True),  # the forge's state sent for it
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("claimed_by", sa.String(64), nullable=True),
+    sa.Column("claimed_until", UTCDateTime, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
