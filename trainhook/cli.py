@@ -1,4 +1,5 @@
-"""The `trainhook` command line (contract): up, serve, worker, migrate, train, rebuild, replay."""
+"""The `trainhook` command line (contract): up, serve, worker, migrate, train, rebuild, replay;
+and setup-pubsub, snapshot, dead-letters for the Pub/Sub queue."""
 
 from __future__ import annotations
 
@@ -55,8 +56,24 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--status", help="only builds with this status")
     replay.add_argument("--repo", help="only this repository")
     replay.add_argument("--force", action="store_true", help="re-run succeeded builds too")
-    replay.add_argument("--seek", action="store_true", help="seek the Pub/Sub subscription")
+    replay.add_argument(
+        "--seek",
+        action="store_true",
+        help="instead, seek the Pub/Sub subscription to --since (or --snapshot) so Pub/Sub "
+        "delivers those jobs again; finished ones are acked without work",
+    )
+    replay.add_argument("--snapshot", help="with --seek: a snapshot made by `trainhook snapshot`")
     replay.add_argument("--dry-run", action="store_true", help="say what would be replayed")
+
+    sub.add_parser(
+        "setup-pubsub",
+        help="create the Pub/Sub topic, subscription and dead-letter pair (idempotent)",
+    )
+    snapshot = sub.add_parser("snapshot", help="snapshot the Pub/Sub subscription (for replay)")
+    snapshot.add_argument("name", help="snapshot name (3-255 characters, starting with a letter)")
+    dead = sub.add_parser("dead-letters", help="list jobs that gave up, or requeue one")
+    dead.add_argument("--requeue", type=int, metavar="BUILD_ID", help="queue a new attempt")
+    dead.add_argument("--limit", type=int, default=200, help="list at most this many [200]")
     return parser
 
 

@@ -46,6 +46,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = load_settings()
     db.upgrade(settings.database_url)
     runtime = build_runtime(settings)
+    runtime.start_background()
     stop = threading.Event()
     threads = [
         threading.Thread(
@@ -93,6 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     runtime = build_runtime(settings)
+    runtime.start_background()
     try:
         _serve(runtime, args.host, args.port, lambda: print_banner(settings, _base(args)))
     finally:
@@ -143,19 +145,116 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from trainhook.outbox import unpublished
     from trainhook.replay import ReplayFilter, replay
     from trainhook.runtime import build_runtime
 
-    if args.seek:
-        raise TrainhookError("--seek needs TRAINHOOK_QUEUE=pubsub (not available yet)")
+    if args.seek or args.snapshot:
+        return _seek(args)
     runtime = build_runtime(load_settings())
     try:
         flt = ReplayFilter.parse(args.since, args.until, args.status, args.repo)
         report = replay(runtime, flt, force=args.force, dry_run=args.dry_run)
     finally:
-        runtime.close()
+        runtime.close()  # with Pub/Sub: publishes the new builds' jobs first
     for line in report.lines():
         print(line)
+    if runtime.settings.queue == "pubsub" and report.queued and not args.dry_run:
+        left = unpublished(runtime.engine, [new for _, new in report.queued])
+        if left:
+            print(f"{len(left)} not yet on Pub/Sub (the service's sweeper publishes them): {left}")
+        runtime.engine.dispose()
+    return 0
+
+
+def _seek(args: argparse.Namespace) -> int:
+    from trainhook.pubsub import PubSubClients
+    from trainhook.pubsub_admin import published_since, seek
+    from trainhook.replay import parse_time
+
+    settings = load_settings()
+    if settings.queue != "pubsub":
+        raise TrainhookError("--seek needs TRAINHOOK_QUEUE=pubsub (the SQL queue has no history)")
+    if args.seek and not (args.since or args.snapshot):
+        raise TrainhookError("--seek needs --since TIME or --snapshot NAME")
+    if args.until or args.status or args.repo or args.force or args.dry_run:
+        raise TrainhookError("--seek replays everything after a point: no other filters")
+    since = parse_time(args.since) if args.since and not args.snapshot else None
+    clients = PubSubClients.from_settings(settings)
+    try:
+        print(seek(clients, to_time=since, snapshot=args.snapshot))
+    finally:
+        clients.close()
+    if since is not None:
+        engine = db.make_engine(settings.database_url)
+        try:
+            by_status = published_since(engine, since)
+        finally:
+            engine.dispose()
+        print(_seek_report(by_status))
+    return 0
+
+
+def _seek_report(by_status: dict[str, int]) -> str:
+    finished = by_status.get("done", 0) + by_status.get("dead", 0)
+    live = by_status.get("queued", 0) + by_status.get("running", 0)
+    return (
+        f"{sum(by_status.values())} job message(s) published since then will be delivered "
+        f"again: {finished} finished (acked without work), {live} queued or running (run once)"
+    )
+
+
+def cmd_setup_pubsub(args: argparse.Namespace) -> int:
+    from trainhook.pubsub import PubSubClients
+    from trainhook.pubsub_admin import setup_pubsub
+
+    settings = load_settings(require_repos=False)
+    if not settings.pubsub_project:
+        raise TrainhookError("set TRAINHOOK_PUBSUB_PROJECT (or GOOGLE_CLOUD_PROJECT)")
+    clients = PubSubClients.from_settings(settings)
+    try:
+        for resource in setup_pubsub(settings, clients):
+            print(resource.line())
+    finally:
+        clients.close()
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from trainhook.pubsub import PubSubClients
+    from trainhook.pubsub_admin import create_snapshot
+
+    settings = load_settings(require_repos=False)
+    if not settings.pubsub_project:
+        raise TrainhookError("set TRAINHOOK_PUBSUB_PROJECT (or GOOGLE_CLOUD_PROJECT)")
+    clients = PubSubClients.from_settings(settings)
+    try:
+        print(f"created {create_snapshot(clients, args.name)}")
+    finally:
+        clients.close()
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from trainhook.deadletters import list_dead, reconcile, requeue
+    from trainhook.runtime import build_runtime
+
+    runtime = build_runtime(load_settings())
+    try:
+        if args.requeue is not None:
+            new_id = requeue(runtime, args.requeue)
+            print(f"requeued build {args.requeue} as build {new_id}: /builds/{new_id}")
+            return 0
+        queue: Any = runtime.queue
+        if runtime.settings.queue == "pubsub":
+            for line in reconcile(runtime.engine, queue.clients, runtime.settings):
+                print(f"dead-letter subscription: {line}")
+        dead = list_dead(runtime.engine, limit=args.limit)
+        for job in dead:
+            print(job.line())
+        print(f"{len(dead)} dead job(s)")
+    finally:
+        runtime.close()
     return 0
 
 
@@ -166,6 +265,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "migrate": cmd_migrate,
     "rebuild": cmd_rebuild,
     "replay": cmd_replay,
+    "setup-pubsub": cmd_setup_pubsub,
+    "snapshot": cmd_snapshot,
+    "dead-letters": cmd_dead_letters,
 }
 
 

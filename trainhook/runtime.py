@@ -21,14 +21,29 @@ class Runtime:
     queue: Queue
     metrics: Metrics = field(default_factory=Metrics)
 
+    def start_background(self) -> None:
+        """Start what a serving process runs beside requests: with Pub/Sub, the outbox
+        sweeper (publishes jobs left unpublished; records Pub/Sub's dead letters)."""
+        start = getattr(self.queue, "start_sweeper", None)
+        if start is not None:
+            start()
+
     def close(self) -> None:
+        """Flush and stop the queue's background work, then release the engine."""
+        close = getattr(self.queue, "close", None)
+        if close is not None:
+            close()
         self.engine.dispose()
 
 
 def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
     """Create the runtime for `settings`; `engine` may be given (tests share one)."""
     engine = engine or make_engine(settings.database_url)
+    queue: Queue
     if settings.queue == "pubsub":
-        raise NotImplementedError("TRAINHOOK_QUEUE=pubsub is not available yet")
-    queue = SqlQueue(engine, lease_seconds=settings.lease_seconds)
+        from trainhook.pubsub import PubSubQueue  # google-cloud-pubsub: only when configured
+
+        queue = PubSubQueue(engine, settings)
+    else:
+        queue = SqlQueue(engine, lease_seconds=settings.lease_seconds)
     return Runtime(settings=settings, engine=engine, queue=queue)
