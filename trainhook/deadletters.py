@@ -51,7 +51,12 @@ class DeadJob:
 
 def list_dead(engine: Engine, limit: int = 200) -> list[DeadJob]:
     """Dead jobs, newest first (the database is the list; the topic is a copy)."""
-    again = sa.select(sa.func.max(builds.c.id)).where(builds.c.replay_of == jobs.c.build_id)
+    later = builds.alias("later")
+    again = (
+        sa.select(sa.func.max(later.c.id))
+        .where(later.c.replay_of == jobs.c.build_id)
+        .correlate(jobs)
+    )
     query = (
         sa.select(
             jobs.c.build_id,

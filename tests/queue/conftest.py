@@ -217,12 +217,19 @@ def run_workers(
     pipeline: Pipeline,
     until: Callable[[], bool],
     timeout: float = 60.0,
+    *,
+    backoff: float = 10.0,
 ) -> None:
     """Run one worker thread per runtime until `until()` holds; fail after `timeout`."""
     stop = threading.Event()
     threads = [
         threading.Thread(
-            target=Worker(rt, owner=f"w{i}-{uuid.uuid4().hex[:4]}", pipeline=pipeline).run,
+            target=Worker(
+                rt,
+                owner=f"w{i}-{uuid.uuid4().hex[:4]}",
+                pipeline=pipeline,
+                backoff=lambda attempt: backoff,
+            ).run,
             args=(stop,),
             daemon=True,
         )
