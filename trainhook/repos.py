@@ -52,6 +52,9 @@ class RepoConfig:
     deploy: DeployConfig | None = None
     vertex: VertexConfig | None = None
     supersede: bool = True  # a newer push cancels this branch's older, not yet deployed build
+    # Training hyperparameters over the trainer's defaults (`params = { C = 0.5 }`); they are
+    # part of the model cache key. The columns have their own keys above.
+    params: tuple[tuple[str, Any], ...] = ()
 
     def wants_branch(self, branch: str) -> bool:
         """True when a push to `branch` should build (glob patterns, as in the file)."""
@@ -64,6 +67,12 @@ class RepoConfig:
     @property
     def path_filter(self) -> PathFilter:
         return PathFilter(self.paths, self.paths_ignore)
+
+    @property
+    def train_params(self) -> dict[str, Any]:
+        """The training parameters for the trainer (`TrainParams.from_dict`), columns included."""
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in self.params}
+        return {**values, "text_column": self.text_column, "label_column": self.label_column}
 
     @property
     def slug(self) -> str:
@@ -93,6 +102,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "deploy": (dict,),
     "vertex": (dict,),
     "supersede": (bool,),
+    "params": (dict,),
 }
 _LISTS = ("branches", "tags", "data", "paths", "paths_ignore")
 _REQUIRED = ("name", "clone_url", "secret_env")
@@ -103,9 +113,43 @@ def _fail(path: Path, repo: str, message: str) -> ConfigError:
 
 
 def _check_data_path(path: Path, repo: str, value: str) -> None:
+    if value.startswith("gs://"):
+        from trainhook.artifacts import parse_gs_url
+
+        try:
+            _, name = parse_gs_url(value)
+        except ValueError as exc:
+            raise _fail(path, repo, f"key 'data': {exc}") from None
+        if not name or name.endswith("/"):
+            raise _fail(
+                path, repo, f"key 'data': {value!r} must name an object (gs://bucket/file.csv)"
+            )
+        return
+    if "://" in value:
+        raise _fail(path, repo, f"key 'data': {value!r}: only gs:// URLs are supported")
     pure = PurePosixPath(value)
     if not value or pure.is_absolute() or ".." in pure.parts or "\\" in value:
-        raise _fail(path, repo, f"key 'data': {value!r} must be a relative path inside the repo")
+        raise _fail(
+            path, repo, f"key 'data': {value!r} must be a relative path inside the repo or gs://"
+        )
+
+
+def _check_params(path: Path, repo: str, table: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    from trainer.params import ParamsError, TrainParams
+
+    params = dict(table.get("params", {}))
+    for column in ("text_column", "label_column"):
+        if column in params:
+            raise _fail(path, repo, f"key 'params': set {column!r} as a key of its own")
+    columns: dict[str, Any] = {k: table[k] for k in ("text_column", "label_column") if k in table}
+    try:
+        TrainParams.from_dict({**params, **columns})
+    except ParamsError as exc:
+        raise _fail(path, repo, f"key 'params': {exc}") from None
+    return tuple(
+        (key, tuple(value) if isinstance(value, list) else value)
+        for key, value in sorted(params.items())
+    )
 
 
 def _check_clone_url(path: Path, repo: str, url: str) -> None:
@@ -164,6 +208,8 @@ def parse_repo(path: Path, index: int, table: dict[str, Any]) -> RepoConfig:
     _check_clone_url(path, label, table["clone_url"])
     _check_forge_keys(path, label, table)
     kwargs: dict[str, Any] = dict(table)
+    if "params" in kwargs:
+        kwargs["params"] = _check_params(path, label, table)
     for key in _LISTS:
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
