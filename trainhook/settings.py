@@ -38,6 +38,7 @@ class Settings:
     test_timeout: float = 900.0
     public_url: str = ""
     reconcile_interval: float = 0.0  # seconds between missed-delivery checks; 0: off
+    nltk_index: str | None = None  # NLTK data index URL (TRAINHOOK_NLTK_INDEX); None: NLTK's
     # Pub/Sub (TRAINHOOK_QUEUE=pubsub). Empty dead-letter names mean "<topic>-dead" and
     # "<subscription>-dead" (see the properties below).
     pubsub_project: str = ""
@@ -84,6 +85,11 @@ class Settings:
 
     @property
     def artifacts_path(self) -> Path:
+        """The local artifacts directory: TRAINHOOK_ARTIFACTS, or `$TRAINHOOK_HOME/artifacts`
+        when that is a gs:// URL (the cache entries are then in the bucket; local files such
+        as the local builder's bundles stay on this machine)."""
+        if self.artifacts.startswith("gs://"):
+            return self.home / "artifacts"
         return Path(self.artifacts)
 
     @property
@@ -161,6 +167,13 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
 
     if queue not in ("sql", "pubsub"):
         raise ConfigError(f"TRAINHOOK_QUEUE={queue!r}: expected 'sql' or 'pubsub'")
+    if artifacts.startswith("gs://"):
+        from trainhook.artifacts import parse_gs_url
+
+        try:
+            parse_gs_url(artifacts)
+        except ValueError as exc:
+            raise ConfigError(f"TRAINHOOK_ARTIFACTS: {exc} (expected gs://bucket/prefix)") from None
     if builder not in ("local", "cloudbuild"):
         raise ConfigError(f"TRAINHOOK_BUILDER={builder!r}: expected 'local' or 'cloudbuild'")
     if mode not in ("dev", "prod"):
@@ -189,6 +202,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
         test_timeout=_float(env, "TRAINHOOK_TEST_TIMEOUT", 900.0),
         public_url=(env.get("TRAINHOOK_PUBLIC_URL") or "").rstrip("/"),
         reconcile_interval=_float(env, "TRAINHOOK_RECONCILE_INTERVAL", 0.0),
+        nltk_index=env.get("TRAINHOOK_NLTK_INDEX") or None,
         **_pubsub_settings(env, queue),
         **cloudbuild_env(env, _float),
     )

@@ -44,3 +44,11 @@ def test_training_params_are_validated_at_start_and_include_the_columns(make_set
         make_settings(extra='params = { text_column = "x" }')
     with pytest.raises(ConfigError, match="key 'params': invalid training parameters: need C > 0"):
         make_settings(extra="params = { C = -1 }")
+
+
+def test_a_gs_artifacts_location_is_checked_at_start(make_settings):
+    settings = make_settings(env={"TRAINHOOK_ARTIFACTS": "gs://team-cache/trainhook"})
+    assert settings.artifacts == "gs://team-cache/trainhook"
+    assert settings.artifacts_path == settings.home / "artifacts"  # local files stay local
+    with pytest.raises(ConfigError, match="TRAINHOOK_ARTIFACTS: .*not a valid bucket name"):
+        make_settings(env={"TRAINHOOK_ARTIFACTS": "gs://"})
