@@ -129,6 +129,12 @@ def seek(
         clients.subscriber.seek(request=request)
     except gexc.NotFound as exc:
         raise TrainhookError(f"seek failed: {exc.message}") from None
+    except gexc.MethodNotImplemented:
+        # The emulator cannot seek an ordered subscription to a time (Pub/Sub itself can).
+        raise TrainhookError(
+            "this Pub/Sub cannot seek the subscription to a time; take snapshots with "
+            "`trainhook snapshot NAME` and use `replay --seek --snapshot NAME`"
+        ) from None
     target = f"snapshot {snapshot}" if snapshot else f"{to_time:%Y-%m-%dT%H:%M:%SZ}"
     return f"seeked {clients.subscription} to {target}"
 

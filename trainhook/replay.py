@@ -74,12 +74,33 @@ def _why_skip(status: str, force: bool) -> str | None:
     return None
 
 
+def _replayed(conn: sa.Connection, ids: list[int]) -> dict[int, tuple[int, str]]:
+    """Build id -> (its newest replay, that replay's status), for those already replayed."""
+    if not ids:
+        return {}
+    newest = (
+        sa.select(builds.c.replay_of, sa.func.max(builds.c.id).label("child"))
+        .where(builds.c.replay_of.in_(ids))
+        .group_by(builds.c.replay_of)
+        .subquery()
+    )
+    rows = conn.execute(
+        sa.select(newest.c.replay_of, newest.c.child, builds.c.status).join(
+            builds, builds.c.id == newest.c.child
+        )
+    )
+    return {row.replay_of: (row.child, row.status) for row in rows}
+
+
 def replay(
     runtime: Runtime, flt: ReplayFilter, *, force: bool = False, dry_run: bool = False
 ) -> ReplayReport:
     """Queue a new `replay` build for each matching failed/cancelled build (all with force).
 
-    Idempotent for builds still in progress (skipped); never touches the original rows.
+    Idempotent: builds still in progress, builds already replayed (replay their replay
+    instead) and a second build of a commit already replayed in this run are skipped, each
+    with the reason. Never touches the original rows. The new builds' jobs go through the
+    queue's `notify` (with Pub/Sub: the outbox).
     """
     query = sa.select(builds).order_by(builds.c.id)
     if flt.since:
@@ -93,13 +114,22 @@ def replay(
     report = ReplayReport()
     with runtime.engine.connect() as conn:
         rows = conn.execute(query).all()
+        replayed = _replayed(conn, [row.id for row in rows])
+    commits: dict[tuple[str, str, str, str, bool], int] = {}
     for row in rows:
         why = _why_skip(row.status, force)
         if why is None and runtime.settings.repo(row.repo, row.provider) is None:
             why = "repository is no longer configured"
+        if why is None and row.id in replayed:
+            child, status = replayed[row.id]
+            why = f"already replayed as build {child} ({status})"
+        commit = (row.provider, row.repo, row.ref, row.sha, bool(row.force or force))
+        if why is None and commit in commits:
+            why = f"same commit as build {commits[commit]}, replayed once"
         if why is not None:
             report.skipped.append((row.id, why))
             continue
+        commits[commit] = row.id
         if dry_run:
             report.queued.append((row.id, 0))
             continue
