@@ -10,16 +10,25 @@ from starlette.routing import BaseRoute
 
 from service import api, dashboard, health, rebuild, webhooks
 from service.writer import DeliveryWriter
+from trainhook.notify import StatusReporter
+from trainhook.reconcile import Reconciler
 from trainhook.runtime import Runtime
 
 
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    runtime: Runtime = app.state.runtime
+    # Feedback to the forges, in the background: commit statuses (repositories with a forge
+    # token) and, with TRAINHOOK_RECONCILE_INTERVAL, redelivery of missed GitHub deliveries.
+    reporter = StatusReporter(runtime.settings, runtime.engine).start()
+    reconciler = Reconciler(runtime.settings, runtime.engine).start()
     async with dashboard.lifespan(app):
         try:
             yield
         finally:
             app.state.writer.stop()
+            reporter.stop()
+            reconciler.stop()
 
 
 def create_app(runtime: Runtime) -> Starlette:

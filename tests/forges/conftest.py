@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+
+from tests.forges.fakeforge import FakeForge, running
 from tests.worker.conftest import sqlite_engine
 
 __all__ = ["sqlite_engine"]
+
+
+@pytest.fixture
+def forge() -> Iterator[FakeForge]:
+    """A fake forge API on a free loopback port."""
+    yield from running()

@@ -1,0 +1,232 @@
+"""The commit-status reporter: a background thread that tails builds and sends each change of
+status to the forge, for every repository with a `forge_token_env` whose token is set.
+
+It needs nothing from the worker. Each tick it reads, from a moving floor of build ids, the
+builds whose status differs from the one `status_reports` says was last reported, claims each
+row by lease (several service replicas may run a reporter), sends the status and records it.
+A forge that is down, rate-limited (403/429 with Retry-After or X-RateLimit-Reset) or slow is
+retried later with backoff; a permanent refusal (bad token, no access) or MAX_ATTEMPTS
+failures give that status up (logged, kept in `status_reports.error`). None of this ever
+touches the build.
+
+Delivery is at least once: a crash between the forge's answer and the recorded report sends
+that status once more after the restart (harmless: the same state again). Intermediate
+states a build passed through between two ticks are not sent, only where it is now.
+
+The floor starts at the first build created in the last HORIZON (a restart after a long
+outage reports that far back, no further) and moves past builds that are finished and
+reported, keeping builds created in the last few minutes in view (a transaction may commit
+a lower id after a higher one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from trainhook.db import reading
+from trainhook.forgeapi import ApiError, ForgeApi, client
+from trainhook.models import builds, status_reports, utcnow
+from trainhook.settings import Settings
+from trainhook.statuses import report_for, send
+
+log = logging.getLogger(__name__)
+
+HORIZON = timedelta(days=3)
+RECENT = timedelta(minutes=10)
+LEASE = timedelta(seconds=60)
+MAX_ATTEMPTS = 8
+BATCH = 100
+OPEN = ("queued", "running")
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before retry `attempt` when the forge did not say: 5, 10, 20 … ≤ 600."""
+    return float(min(600, 5 * 2 ** max(0, attempt - 1)))
+
+
+class StatusReporter:
+    """Reports build statuses to forges; `tick()` once, or `start()` a thread doing it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        interval: float = 1.0,
+        http: httpx.Client | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings, self.engine, self.interval, self.clock = settings, engine, interval, clock
+        self.apis: dict[tuple[str, str], ForgeApi] = {}
+        for repo in settings.repos:
+            api = ForgeApi.of(repo, settings.forge_token(repo))
+            if api is not None:
+                self.apis[(repo.provider, repo.name)] = api
+        self._http = http
+        self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.floor: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.apis)
+
+    @property
+    def http(self) -> httpx.Client:
+        if self._http is None:
+            self._http = client()
+        return self._http
+
+    def start(self) -> StatusReporter:
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="status-reporter", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        if self._http is not None:
+            self._http.close()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.tick()
+                failures = 0
+            except Exception as exc:  # the database is down: keep trying, quietly
+                failures += 1
+                log.warning("status reporter: tick failed (%s)", type(exc).__name__)
+            self._stop.wait(min(self.interval * 2**failures, 60.0))
+
+    def _watched(self) -> sa.ColumnElement[bool]:
+        return sa.or_(*(sa.and_(builds.c.provider == p, builds.c.repo == r) for p, r in self.apis))
+
+    def _pending(self) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            self._watched(),
+            builds.c.sha != "",
+            sa.or_(status_reports.c.status.is_(None), status_reports.c.status != builds.c.status),
+        )
+
+    def tick(self) -> int:
+        """Send what is due; returns how many statuses the forges accepted."""
+        if not self.enabled:
+            return 0
+        now = self.clock()
+        with reading(self.engine) as conn:
+            if self.floor is None:
+                first = conn.execute(
+                    sa.select(sa.func.min(builds.c.id)).where(builds.c.created_at >= now - HORIZON)
+                ).scalar()
+                self.floor = int(first) if first is not None else self._after_last(conn)
+            rows = conn.execute(
+                sa.select(builds, status_reports.c.attempts.label("report_attempts"),
+                          status_reports.c.next_attempt_at, status_reports.c.claimed_until)
+                .select_from(builds.outerjoin(status_reports))
+                .where(builds.c.id >= self.floor, self._pending())
+                .order_by(builds.c.id)
+                .limit(BATCH)
+            ).all()  # fmt: skip
+        sent = 0
+        for row in rows:
+            due = row.next_attempt_at is None or row.next_attempt_at <= now
+            free = row.claimed_until is None or row.claimed_until <= now
+            if due and free and self._claim(row.id, now):
+                sent += self._report(row, now)
+        with reading(self.engine) as conn:
+            self.floor = self._advance(conn, self.floor, now)
+        return sent
+
+    @staticmethod
+    @staticmethod
+    def _after_last(conn: sa.Connection) -> int:
+        last = conn.execute(sa.select(sa.func.coalesce(sa.func.max(builds.c.id), 0))).scalar_one()
+        return int(last) + 1
+
+    def _advance(self, conn: sa.Connection, floor: int, now: datetime) -> int:
+        held = conn.execute(
+            sa.select(sa.func.min(builds.c.id))
+            .select_from(builds.outerjoin(status_reports))
+            .where(
+                builds.c.id >= floor,
+                sa.or_(
+                    builds.c.status.in_(OPEN), builds.c.created_at >= now - RECENT, self._pending()
+                ),
+            )
+        ).scalar()
+        return int(held) if held is not None else max(floor, self._after_last(conn))
+
+    def _claim(self, build_id: int, now: datetime) -> bool:
+        until = now + LEASE
+        with self.engine.begin() as conn:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            inserted = conn.execute(
+                dialect.insert(status_reports)
+                .values(build_id=build_id, attempts=0, claimed_by=self.owner,
+                        claimed_until=until, updated_at=now)
+                .on_conflict_do_nothing(index_elements=[status_reports.c.build_id])
+                .returning(status_reports.c.build_id)
+            ).first()  # fmt: skip
+            if inserted is not None:
+                return True
+            taken = conn.execute(
+                status_reports.update()
+                .where(
+                    status_reports.c.build_id == build_id,
+                    sa.or_(status_reports.c.claimed_until.is_(None),
+                           status_reports.c.claimed_until <= now),
+                    sa.or_(status_reports.c.next_attempt_at.is_(None),
+                           status_reports.c.next_attempt_at <= now),
+                )
+                .values(claimed_by=self.owner, claimed_until=until)
+            )  # fmt: skip
+            return taken.rowcount == 1
+
+    def _settle(self, build_id: int, **values: object) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                status_reports.update()
+                .where(status_reports.c.build_id == build_id,
+                       status_reports.c.claimed_by == self.owner)
+                .values(claimed_by=None, claimed_until=None, updated_at=self.clock(), **values)
+            )  # fmt: skip
+
+    def _report(self, row: sa.Row[object], now: datetime) -> int:
+        api = self.apis[(row.provider, row.repo)]
+        with reading(self.engine) as conn:
+            report = report_for(conn, api.provider, row, self.settings.public_url)
+        try:
+            send(self.http, api, report)
+        except ApiError as exc:
+            attempts = (row.report_attempts or 0) + 1
+            if exc.retry_after is None or attempts >= MAX_ATTEMPTS:
+                log.warning("build %d: status %s given up: %s", row.id, report.state, exc)
+                self._settle(row.id, status=report.status, attempts=attempts,
+                             next_attempt_at=None, error=f"gave up: {exc}")  # fmt: skip
+            else:
+                delay = max(exc.retry_after, backoff(attempts))
+                log.info(
+                    "build %d: status %s retried in %.0fs: %s", row.id, report.state, delay, exc
+                )
+                self._settle(row.id, attempts=attempts, error=str(exc),
+                             next_attempt_at=now + timedelta(seconds=delay))  # fmt: skip
+            return 0
+        self._settle(row.id, status=report.status, state=report.state, attempts=0,
+                     next_attempt_at=None, error=None)  # fmt: skip
+        log.debug("build %d: status %s sent to %s", row.id, report.state, api.provider)
+        return 1
