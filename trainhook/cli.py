@@ -74,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     dead = sub.add_parser("dead-letters", help="list jobs that gave up, or requeue one")
     dead.add_argument("--requeue", type=int, metavar="BUILD_ID", help="queue a new attempt")
     dead.add_argument("--limit", type=int, default=200, help="list at most this many [200]")
+
+    reconcile = sub.add_parser(
+        "reconcile",
+        help="redeliver GitHub webhook deliveries that failed or that trainhook has no record of",
+    )
+    reconcile.add_argument("--since", default="3d", help="ISO time or a duration [3d]")
+    reconcile.add_argument("--repo", help="only this repository")
+    reconcile.add_argument("--dry-run", action="store_true", help="say what would be redelivered")
     return parser
 
 

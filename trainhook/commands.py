@@ -258,6 +258,26 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from trainhook.reconcile import reconcile
+    from trainhook.replay import parse_time
+
+    settings = load_settings()
+    if args.repo and not any(r.name == args.repo for r in settings.repos):
+        raise TrainhookError(f"repository {args.repo!r} is not configured")
+    engine = db.make_engine(settings.database_url)
+    try:
+        reports = reconcile(
+            settings, engine, parse_time(args.since), repo=args.repo, dry_run=args.dry_run
+        )
+    finally:
+        engine.dispose()
+    for report in reports:
+        for line in report.lines:
+            print(line)
+    return 1 if any(report.failed for report in reports) else 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up,
     "serve": cmd_serve,
@@ -268,6 +288,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "setup-pubsub": cmd_setup_pubsub,
     "snapshot": cmd_snapshot,
     "dead-letters": cmd_dead_letters,
+    "reconcile": cmd_reconcile,
 }
 
 
