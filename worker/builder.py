@@ -42,10 +42,14 @@ class Builder(Protocol):
 
 
 def builder_for(settings: Settings) -> Builder:
-    """The builder selected by TRAINHOOK_BUILDER. Raises NotImplementedError for a builder
-    that is not available yet."""
+    """The builder selected by TRAINHOOK_BUILDER (`local`, or `cloudbuild` with its Google
+    clients made from the settings). Raises NotImplementedError for an unknown builder."""
     if settings.builder == "local":
         from worker.localbuilder import LocalBuilder
 
         return LocalBuilder()
+    if settings.builder == "cloudbuild":
+        from worker.cloudbuild import make_cloud_builder
+
+        return make_cloud_builder(settings)
     raise NotImplementedError(f"TRAINHOOK_BUILDER={settings.builder} is not available yet")
