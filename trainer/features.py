@@ -144,8 +144,15 @@ def _fit_char(vec: TweetVectorizer, chunks_per_doc: list[list[str]]) -> tuple[An
     """Character n-gram counts and document frequencies; sets the character vocabulary."""
     assert vec.char_ngram_range is not None
     low, high = vec.char_ngram_range
-    # text.lower().split() and lowercasing each chunk of text.split() give the same chunks.
-    docs, chunks = chunk_matrix([[c.lower() for c in chunks] for chunks in chunks_per_doc])
+    docs, raw_chunks = chunk_matrix(chunks_per_doc)
+    # Lowercase each distinct chunk once (text.lower().split() gives the same chunks as
+    # lowercasing those of text.split()), then point the document columns at them.
+    lowered = [chunk.lower() for chunk in raw_chunks]
+    chunks = list(dict.fromkeys(lowered))
+    position = {chunk: i for i, chunk in enumerate(chunks)}
+    to_lower = np.fromiter(map(position.__getitem__, lowered), np.int64, len(lowered))
+    shape = (docs.shape[0], len(chunks))
+    docs = sp.csr_matrix((docs.data, to_lower[docs.indices], docs.indptr), shape=shape)
     grams: list[str] = []
     indptr = [0]
     for chunk in chunks:

@@ -41,7 +41,7 @@ class TrainParams:
     char_ngram_range: tuple[int, int] | None = (2, 5)
     min_df: int = 2
     sublinear_tf: bool = True
-    word_weight: float = 1.5
+    word_weight: float = 1.1
     char_weight: float = 1.0
     # Classifier.
     classifier: str = "linear_svc"
