@@ -82,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--since", default="3d", help="ISO time or a duration [3d]")
     reconcile.add_argument("--repo", help="only this repository")
     reconcile.add_argument("--dry-run", action="store_true", help="say what would be redelivered")
+
+    config = sub.add_parser(
+        "cloudbuild-config",
+        help="print the Cloud Build request trainhook submits for a repository (to read it)",
+    )
+    config.add_argument("repo", help="repository full name, as in the repositories file")
+    config.add_argument("--format", choices=("yaml", "json"), default="yaml", help="[yaml]")
+    config.add_argument("--sha", help="commit to show (default: a COMMIT_SHA placeholder)")
+    config.add_argument("--build-id", type=int, default=0, help="trainhook build id to show [0]")
     return parser
 
 

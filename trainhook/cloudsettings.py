@@ -26,9 +26,9 @@ def split_bucket(value: str) -> tuple[str, str]:
         raise ValueError("must start with gs://")
     bucket, _, prefix = value[len("gs://") :].partition("/")
     prefix = prefix.strip("/")
-    if not BUCKET_RE.match(bucket) or ".." in bucket:
+    if not BUCKET_RE.fullmatch(bucket) or ".." in bucket:
         raise ValueError(f"{bucket!r} is not a bucket name")
-    if not PREFIX_RE.match(prefix) or ".." in prefix.split("/"):
+    if not PREFIX_RE.fullmatch(prefix) or ".." in prefix.split("/"):
         raise ValueError(f"prefix {prefix!r} has characters outside A-Z a-z 0-9 . _ / -")
     return bucket, prefix
 
@@ -56,11 +56,11 @@ def _env_problems(settings: Settings) -> list[str]:
     project, region, bucket = settings.gcp_project, settings.gcp_region, settings.source_bucket
     if not project:
         problems.append("TRAINHOOK_GCP_PROJECT is not set (the project that runs the builds)")
-    elif not PROJECT_RE.match(project):
+    elif not PROJECT_RE.fullmatch(project):
         problems.append(f"TRAINHOOK_GCP_PROJECT={project!r} is not a project id")
     if not region:
         problems.append("TRAINHOOK_GCP_REGION is not set (the Cloud Build region)")
-    elif not REGION_RE.match(region):
+    elif not REGION_RE.fullmatch(region):
         problems.append(f"TRAINHOOK_GCP_REGION={region!r} is not a region (europe-west1)")
     if not bucket:
         problems.append("TRAINHOOK_SOURCE_BUCKET is not set (gs://bucket[/prefix] for sources)")

@@ -278,6 +278,29 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 1 if any(report.failed for report in reports) else 0
 
 
+def cmd_cloudbuild_config(args: argparse.Namespace) -> int:
+    import json
+
+    from trainhook.cloudsettings import check_cloudbuild
+    from worker.cloudbuild_request import build_request, example_inputs
+    from worker.cloudbuild_yaml import to_yaml
+
+    settings = load_settings()
+    check_cloudbuild(settings)
+    repo = settings.repo(args.repo)
+    if repo is None:
+        raise TrainhookError(f"repository {args.repo!r} is not configured")
+    inputs = example_inputs(settings, repo, sha=args.sha, build_id=args.build_id)
+    request = build_request(settings, repo, inputs)
+    if args.format == "json":
+        print(json.dumps(request, indent=2, ensure_ascii=False))
+    else:
+        print(f"# The Cloud Build request trainhook submits for {repo.name} (build")
+        print(f"# {inputs.build_id}, commit {inputs.sha}); per-build values are substitutions.")
+        print(to_yaml(request), end="")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up,
     "serve": cmd_serve,
@@ -289,6 +312,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "snapshot": cmd_snapshot,
     "dead-letters": cmd_dead_letters,
     "reconcile": cmd_reconcile,
+    "cloudbuild-config": cmd_cloudbuild_config,
 }
 
 

@@ -61,7 +61,7 @@ class VertexConfig:
 
 
 def check_image(value: Any) -> str:
-    if not isinstance(value, str) or not IMAGE_RE.match(value):
+    if not isinstance(value, str) or not IMAGE_RE.fullmatch(value):
         raise DeployKeyError(f"key 'image': {value!r} is not {IMAGE_FORMAT} (no tag or digest)")
     return value
 
@@ -73,7 +73,7 @@ def _table(name: str, value: Any) -> dict[str, Any]:
 
 
 def _string(table: str, key: str, value: Any, pattern: re.Pattern[str], what: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise DeployKeyError(f"key '{table}.{key}': {value!r} is not {what}")
     return value
 

@@ -93,6 +93,15 @@ class BuildInputs:
     source: str
 
 
+def example_inputs(
+    settings: Settings, repo: RepoConfig, *, sha: str | None = None, build_id: int = 0
+) -> BuildInputs:
+    """Inputs for showing a request outside a build: placeholders for what only a build
+    knows (the commit unless given, the deps key, the uploaded bundle's digest)."""
+    source = f"{settings.source_bucket}/sources/{repo.slug}/BUNDLE_SHA256.tar.gz"
+    return BuildInputs(build_id, sha or "COMMIT_SHA", "DEPS_KEY", source)
+
+
 def build_tag(build_id: int) -> str:
     """The Cloud Build tag that identifies trainhook build `build_id` (the idempotency key)."""
     return f"trainhook-build-{build_id}"

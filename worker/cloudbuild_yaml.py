@@ -9,16 +9,23 @@ import re
 from typing import Any
 
 PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-BLOCK_SAFE = re.compile(r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
+RESERVED = {"true", "false", "yes", "no", "on", "off", "y", "n", "null"}  # YAML 1.1 reads these
+# Characters YAML will not read raw (or reads as line breaks): written as \u escapes.
+UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")
+
+
+def _quote(text: str) -> str:
+    return UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(text, ensure_ascii=False))
 
 
 def _key(key: str) -> str:
-    return key if PLAIN_KEY.match(key) else json.dumps(key, ensure_ascii=False)
+    plain = PLAIN_KEY.fullmatch(key) and key.lower() not in RESERVED
+    return key if plain else _quote(key)
 
 
 def _block(text: str) -> str | None:
     """The literal block indicator for `text`, or None when it must be quoted instead."""
-    if "\n" not in text or not BLOCK_SAFE.match(text) or text[:1] in (" ", "\n"):
+    if "\n" not in text or UNSAFE.search(text) or text[:1] in (" ", "\n", "\t"):
         return None
     if any(line != line.rstrip(" \t") for line in text.split("\n")):
         return None
@@ -35,7 +42,7 @@ def _scalar(value: Any) -> str:
     if isinstance(value, int | float):
         return json.dumps(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return _quote(value)
     if value == {} or value == []:
         return "{}" if isinstance(value, dict) else "[]"
     raise TypeError(f"cannot write {type(value).__name__} as YAML")

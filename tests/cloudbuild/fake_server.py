@@ -353,3 +353,24 @@ class ServerThread:
 
 def dump(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True)
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    """`text` after Cloud Build's substitution: `$$` is a literal `$`, `$X`/`${X}` a value."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(1) == "$":
+            return "$"
+        return values[match.group(2) or match.group(3)]
+
+    return REFERENCE.sub(one, text)
+
+
+def step_environment(
+    request: dict[str, Any], step_id: str, project: str
+) -> tuple[str, dict[str, str]]:
+    """What a step's container sees: its script (args[-1]) and environment, substituted."""
+    values = {**request.get("substitutions", {}), "PROJECT_ID": project}
+    step = next(s for s in request["steps"] if s["id"] == step_id)
+    env = dict(substitute(item, values).split("=", 1) for item in step.get("env", []))
+    return substitute(step["args"][-1], values), env
