@@ -153,7 +153,6 @@ class StatusReporter:
         return sent
 
     @staticmethod
-    @staticmethod
     def _after_last(conn: sa.Connection) -> int:
         last = conn.execute(sa.select(sa.func.coalesce(sa.func.max(builds.c.id), 0))).scalar_one()
         return int(last) + 1
@@ -165,7 +164,9 @@ class StatusReporter:
             .where(
                 builds.c.id >= floor,
                 sa.or_(
-                    builds.c.status.in_(OPEN), builds.c.created_at >= now - RECENT, self._pending()
+                    sa.and_(self._watched(), builds.c.status.in_(OPEN)),
+                    builds.c.created_at >= now - RECENT,
+                    self._pending(),
                 ),
             )
         ).scalar()

@@ -344,3 +344,22 @@ def test_an_explicit_api_url_wins():
     repo = RepoConfig(name="o/r", clone_url="https://github.com/o/r.git", secret_env="S",
                       forge_api_url="https://proxy.example/github/")  # fmt: skip
     assert api_base(repo) == "https://proxy.example/github"
+
+
+def test_finished_and_reported_builds_are_not_read_again(
+    sqlite_url, sqlite_engine, configure, forge
+):
+    settings = configure(sqlite_url)
+    clock = Clock()
+    reporter = StatusReporter(settings, sqlite_engine, clock=clock)
+    done = [new_build(sqlite_engine, settings, c * 40) for c in "abc"]
+    for build_id in done:
+        finish(sqlite_engine, build_id, "succeeded")
+    assert reporter.tick() == 3
+    assert reporter.floor == done[0]  # just created: a lower id may still commit late
+    clock.advance(11 * 60)
+    reporter.tick()
+    assert reporter.floor == done[-1] + 1
+    later = new_build(sqlite_engine, settings, "d" * 40)
+    assert reporter.tick() == 1 and reporter.floor == later
+    assert len(forge.seen) == 4
