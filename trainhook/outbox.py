@@ -11,6 +11,7 @@ the consumer's database claim makes harmless. Dead jobs go the same way to the d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -124,21 +125,21 @@ class Relay:
             # While Pub/Sub is down, leave new rows to the next sweep instead of waiting
             # out a publish timeout per notification (the rows are safe in the database).
             if ids and (healthy or not self._sweeping or stopping):
-                healthy = self._guarded(functools.partial(self.publish, ids))
+                healthy = self._guarded("publish", functools.partial(self.publish, ids))
             if self._sweeping and time.monotonic() >= next_sweep and not stopping:
-                healthy = self._guarded(self.sweep)
+                healthy = self._guarded("sweep", self.sweep)
                 for hook in self.on_sweep:
-                    self._guarded(hook)
+                    self._guarded("dead-letter check", hook)
                 next_sweep = time.monotonic() + self.sweep_seconds
             if stopping:
                 return
 
     @staticmethod
-    def _guarded(fn: Callable[[], object]) -> bool:
+    def _guarded(what: str, fn: Callable[[], object]) -> bool:
         try:
             result = fn()
         except Exception as exc:  # the thread must survive a database or Pub/Sub outage
-            log.warning("outbox: %s failed: %s: %s", fn, type(exc).__name__, exc)
+            log.warning("outbox: %s failed: %s: %s", what, type(exc).__name__, exc)
             return False
         return not isinstance(result, PublishResult) or result.ok
 
@@ -176,6 +177,11 @@ class Relay:
         for row, topic, key, future in futures:
             try:
                 future.result(timeout=max(0.1, deadline - time.monotonic()))
+            except TimeoutError as exc:
+                # Still in flight: if it lands after all, mark it then (else the sweeper
+                # publishes it again, a harmless duplicate).
+                future.add_done_callback(functools.partial(self._landed, row.build_id))
+                self._failed(row, topic, key, exc, result)
             except Exception as exc:
                 self._failed(row, topic, key, exc, result)
             else:
@@ -184,11 +190,18 @@ class Relay:
             self._mark_published(result.published)
         return result
 
+    def _landed(self, build_id: int, future: Any) -> None:
+        if future.exception() is None:
+            with contextlib.suppress(Exception):
+                self._mark_published([build_id])
+
     def _failed(self, row: Any, topic: str, key: str, exc: Exception, out: PublishResult) -> None:
         out.failed.append(row.build_id)
         if key:
-            # With ordering keys, one failed publish pauses the key until resumed.
-            self.publisher.resume_publish(topic, key)
+            # With ordering keys, one failed publish pauses the key until resumed. (A publish
+            # we stopped waiting for may still be in flight: then the key is not paused.)
+            with contextlib.suppress(RuntimeError):
+                self.publisher.resume_publish(topic, key)
         log.warning(
             "outbox: build %d not published yet (%s); the sweeper retries",
             row.build_id,

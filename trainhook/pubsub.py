@@ -52,9 +52,9 @@ class PubSubClients:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PubSubClients:
+        import google.cloud.pubsub_v1 as pubsub_v1
         from google.api_core import exceptions as gexc
         from google.api_core.retry import Retry, if_exception_type
-        from google.cloud import pubsub_v1
 
         transient = if_exception_type(
             gexc.Aborted,
@@ -167,7 +167,9 @@ class PubSubQueue(SqlQueue):
             return None
         try:
             with self.engine.begin() as conn:
-                job = claim_row(conn, owner, self.lease, build_id=build_id)
+                # A delivered message proves the publish, whatever the relay could record.
+                published = sa.func.coalesce(jobs.c.published_at, utcnow())
+                job = claim_row(conn, owner, self.lease, build_id=build_id, published_at=published)
                 state = None
                 if job is None:
                     state = conn.execute(

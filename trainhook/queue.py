@@ -72,9 +72,15 @@ def runnable(now: datetime) -> sa.ColumnElement[bool]:
 
 
 def claim_row(
-    conn: sa.Connection, owner: str, lease: timedelta, *, build_id: int | None = None
+    conn: sa.Connection,
+    owner: str,
+    lease: timedelta,
+    *,
+    build_id: int | None = None,
+    **also: object,
 ) -> Job | None:
-    """Claim the oldest runnable job (or the job of `build_id`) in the caller's transaction.
+    """Claim the oldest runnable job (or the job of `build_id`) in the caller's transaction,
+    setting the columns in `also` too.
 
     One guarded UPDATE on SQLite (whose writers are serialised) and `FOR UPDATE SKIP LOCKED`
     on Postgres (so claimers never wait on each other). Returns None when nothing was taken.
@@ -98,6 +104,7 @@ def claim_row(
             lease_owner=owner,
             lease_until=now + lease,
             attempts=jobs.c.attempts + 1,
+            **also,
         )
         .returning(jobs.c.id, jobs.c.build_id, jobs.c.attempts)
     ).first()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -75,13 +76,14 @@ class Stack:
     make_settings: Callable[..., Settings]
     env: dict[str, str]
     opened: list[Runtime] = field(default_factory=list)
+    branches: tuple[str, ...] = ("*",)
 
     @property
     def pubsub(self) -> bool:
         return self.kind.startswith("pubsub")
 
     def settings(self, **env: str) -> Settings:
-        return self.make_settings(self.url, env={**self.env, **env})
+        return self.make_settings(self.url, branches=self.branches, env={**self.env, **env})
 
     def runtime(self, **env: str) -> Runtime:
         """A runtime of its own (its own Pub/Sub clients), like another process's."""
@@ -221,6 +223,18 @@ def run_workers(
     backoff: float = 10.0,
 ) -> None:
     """Run one worker thread per runtime until `until()` holds; fail after `timeout`."""
+    with workers_running(runtimes, pipeline, backoff=backoff):
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert time.monotonic() < deadline, f"not done within {timeout}s"
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def workers_running(
+    runtimes: list[Runtime], pipeline: Pipeline, *, backoff: float = 10.0
+) -> Iterator[None]:
+    """One worker thread per runtime while the block runs; stopped (and joined) after it."""
     stop = threading.Event()
     threads = [
         threading.Thread(
@@ -237,11 +251,8 @@ def run_workers(
     ]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + timeout
     try:
-        while not until():
-            assert time.monotonic() < deadline, f"not done within {timeout}s"
-            time.sleep(0.1)
+        yield
     finally:
         stop.set()
         for thread in threads:
