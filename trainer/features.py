@@ -19,7 +19,7 @@ from trainer.tfidf import char_wb_ngrams, chunk_matrix, hstack, smooth_idf, weig
 
 # Below this many distinct chunks a process pool costs more than it saves (measured on the
 # airline tweets: ~30k distinct chunks tokenise in ~0.8 s on one core).
-PARALLEL_MIN_CHUNKS = 20_000
+PARALLEL_MIN_CHUNKS = 10_000
 
 
 def fit_vectorizer(

@@ -127,17 +127,19 @@ def train(
                 english_stopwords(status) if params.stopwords else (frozenset(), None)
             )
             if status.degraded:
-                notices.append(f"NLTK data missing, using fallbacks: {status.missing}")
-        # Imported here: numpy/scikit-learn are slow to import and the checks above should
-        # fail fast without them.
-        from trainer.model import (
-            build_classifier,
-            build_vectorizer,
-            evaluate,
-            fit_classifier,
-            split,
-            top_features,
-        )
+                missing = "; ".join(f"{k}: {v}" for k, v in status.missing.items())
+                notices.append(f"NLTK data missing, using fallbacks ({missing})")
+        with phase("libraries", "loading NLTK and scikit-learn"):
+            # Imported only now: they take seconds to import, and the checks above should
+            # fail fast without them.
+            from trainer.model import (
+                build_classifier,
+                build_vectorizer,
+                evaluate,
+                fit_classifier,
+                split,
+                top_features,
+            )
 
         with phase("split", "splitting"):
             try:

@@ -38,9 +38,8 @@ _SEP = "\n"  # never inside a token or n-gram: both come from whitespace-split t
 class TweetNormalizer:
     """Callable turning a text into normalised tokens (a list of strings).
 
-    TweetTokenizer (with TweetTokenizer's reduce_len rule) runs on each whitespace-separated
-    chunk; tokens are
-    lowercased, handles become `<user>` (or are stripped or kept), URLs become `<url>`,
+    TweetTokenizer (with its reduce_len rule) runs on each whitespace-separated chunk; tokens
+    are lowercased, handles become `<user>` (or are stripped or kept), URLs become `<url>`,
     stopwords are dropped and the rest is Snowball-stemmed, each distinct token exactly once.
     """
 
