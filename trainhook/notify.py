@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from trainhook.db import reading
-from trainhook.forgeapi import ApiError, ForgeApi, api_base, client
+from trainhook.forgeapi import ApiError, ForgeApi, client
 from trainhook.models import builds, status_reports, utcnow
 from trainhook.settings import Settings
 from trainhook.statuses import report_for, send
@@ -73,7 +73,8 @@ class StatusReporter:
             if api is not None:
                 self.apis[(repo.provider, repo.name)] = api
             elif repo.forge_token_env:
-                why = "is not set" if api_base(repo) else "is set but no forge_api_url is known"
+                unset = not settings.forge_token(repo)
+                why = "is not set" if unset else "is set, but the forge API URL is unknown"
                 log.warning("%s: %s %s: no commit statuses",
                             repo.name, repo.forge_token_env, why)  # fmt: skip
         self._http = http
