@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -13,6 +13,9 @@ from trainhook.models import builds
 from trainhook.repos import RepoConfig
 from trainhook.settings import Settings
 from worker.recorder import Recorder
+
+if TYPE_CHECKING:
+    from worker.cachekeys import CacheDecision
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,23 @@ class BuildInfo:
 
 @dataclass(frozen=True)
 class DataChoice:
-    """The training data the hash stage picked: a path in the checkout and its content id,
-    or `path=None` when no configured file exists and the trainer generates a sample."""
+    """The training data the hash stage picked: a path in the checkout (or a gs:// URL) and
+    its content id, or `path=None` when no configured file exists and the trainer generates
+    a sample.
+
+    `source` says how the content id was obtained: git (blob id), lfs (LFS oid), gs (object
+    metadata), file (streaming hash: not tracked, or changed after checkout) or sample.
+    `local` is the file to train on when it is on this machine; None when it must be fetched
+    first (`remote`, a gs:// object) or is not available (an LFS object never fetched)."""
 
     path: str | None
     content_id: str
     candidates: tuple[str, ...]
+    source: str = "git"
+    local: Path | None = None
+    size: int | None = None
+    remote: Any = None
+    bytes_read: int = 0  # data bytes read to compute the content id
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,7 @@ class BuildContext:
     source: Path | None = None  # the exported commit, a fresh directory under work_dir
     data: DataChoice | None = None
     keys: CacheKeys | None = None
+    cache: CacheDecision | None = None  # per level: hit or miss, why, the stored entry
     model_dir: Path | None = None  # model.joblib, vectorizer.joblib, metrics.json, meta.json
     metrics: dict[str, Any] | None = None
     bundle: Bundle | None = None

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from trainhook.builds import STAGES
 from trainhook.settings import Settings
 from worker.builder import Builder, builder_for
 from worker.context import BuildContext
 from worker.stage import SingleStage, StageFailed, Step
+
+if TYPE_CHECKING:
+    from trainhook.artifacts import ArtifactStore
 
 NOT_REPORTED = "not reported by its step"
 
@@ -52,10 +56,14 @@ class Pipeline:
         return None
 
 
-def default_pipeline(settings: Settings, builder: Builder | None = None) -> Pipeline:
-    """checkout → test → hash → train → the configured builder (build, push, deploy, vertex)."""
+def default_pipeline(
+    settings: Settings, builder: Builder | None = None, store: ArtifactStore | None = None
+) -> Pipeline:
+    """checkout → test → hash → train → the configured builder (build, push, deploy, vertex).
+    The cache levels live in `store` (default: the one TRAINHOOK_ARTIFACTS names)."""
     # Imported here: these stages load the trainer library, which toy pipelines never need.
-    from worker.cachekeys import hash_stage
+    from trainhook.artifacts import open_store
+    from worker.cachekeys import make_hash_stage
     from worker.checkout import checkout_stage
     from worker.testcommand import repo_tests_stage
     from worker.training import make_train_stage
@@ -65,7 +73,7 @@ def default_pipeline(settings: Settings, builder: Builder | None = None) -> Pipe
         [
             SingleStage("checkout", checkout_stage),
             SingleStage("test", repo_tests_stage),
-            SingleStage("hash", hash_stage),
+            SingleStage("hash", make_hash_stage(store or open_store(settings.artifacts))),
             SingleStage("train", make_train_stage(builder.deployed_metrics)),
             builder,
         ]

@@ -50,5 +50,5 @@ def test_a_gs_artifacts_location_is_checked_at_start(make_settings):
     settings = make_settings(env={"TRAINHOOK_ARTIFACTS": "gs://team-cache/trainhook"})
     assert settings.artifacts == "gs://team-cache/trainhook"
     assert settings.artifacts_path == settings.home / "artifacts"  # local files stay local
-    with pytest.raises(ConfigError, match="TRAINHOOK_ARTIFACTS: .*not a valid bucket name"):
+    with pytest.raises(ConfigError, match=r"TRAINHOOK_ARTIFACTS: .*not a valid bucket name"):
         make_settings(env={"TRAINHOOK_ARTIFACTS": "gs://"})

@@ -1,74 +1,16 @@
-"""Model cache entries, bundles and the local registry: atomic, deterministic, idempotent."""
+"""Bundles and the local registry: deterministic, idempotent. (Cache entries: tests/cache.)"""
 
 from __future__ import annotations
 
 import json
 import os
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
 
 from worker.bundle import MANIFEST, bundle_entries, write_bundle
-from worker.modelcache import ModelCache
 from worker.release import LocalRegistry, Releases
-
-KEY = "ab" * 32
-
-
-def staged(cache: ModelCache, marker: str) -> Path:
-    path = cache.staging(KEY)
-    for name in ("model.joblib", "vectorizer.joblib"):
-        (path / name).write_text(marker)
-    (path / "metrics.json").write_text(json.dumps({"macro_f1": 0.8, "marker": marker}))
-    return path
-
-
-def test_a_model_cache_entry_is_only_seen_complete(tmp_path):
-    cache = ModelCache(tmp_path / "models")
-    partial = cache.path(KEY)
-    partial.mkdir(parents=True)
-    (partial / "model.joblib").write_text("half written")
-    assert cache.lookup(KEY) is None
-
-    entry, won = cache.publish(KEY, staged(cache, "mine"), {"build_id": 7})
-
-    assert won and entry.build_id == 7
-    assert cache.lookup(KEY) == entry
-    assert (entry.path / "model.joblib").read_text() == "mine"  # the broken leftover is gone
-
-
-def test_racing_workers_store_one_model_and_all_use_it(tmp_path):
-    cache = ModelCache(tmp_path / "models")
-    stagings = [staged(cache, f"worker-{i}") for i in range(8)]
-    barrier = threading.Barrier(len(stagings))
-    results: list[tuple[str, bool]] = []
-
-    def publish(i: int) -> None:
-        barrier.wait()
-        entry, won = cache.publish(KEY, stagings[i], {"build_id": i})
-        results.append(((entry.path / "model.joblib").read_text(), won))
-
-    threads = [threading.Thread(target=publish, args=(i,)) for i in range(len(stagings))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    winners = [marker for marker, won in results if won]
-    assert len(winners) == 1
-    assert {marker for marker, _ in results} == set(winners)  # losers use the winner's model
-    assert sorted(p.name for p in cache.root.iterdir()) == [KEY]  # no temp dirs left
-
-
-def test_publishing_without_a_model_file_is_refused(tmp_path):
-    cache = ModelCache(tmp_path / "models")
-    path = cache.staging(KEY)
-    (path / "model.joblib").write_text("m")
-    with pytest.raises(ValueError, match=r"vectorizer\.joblib, metrics\.json"):
-        cache.publish(KEY, path, {})
-    assert cache.lookup(KEY) is None and not path.exists()
 
 
 @pytest.fixture

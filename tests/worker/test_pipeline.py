@@ -108,7 +108,7 @@ def test_second_push_with_same_data_reuses_the_model(setup, origin, sample_csv, 
     ]
     key = view["cache_key"]
     entry = settings.artifacts_path / "models" / key
-    assert {"model.joblib", "vectorizer.joblib", "metrics.json", "meta.json"} <= {
+    assert {"model.joblib", "vectorizer.joblib", "metrics.json", "manifest.json"} <= {
         p.name for p in entry.iterdir()
     }
     current = settings.home / "releases" / settings.repos[0].slug / "current"

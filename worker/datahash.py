@@ -1,0 +1,399 @@
+"""Content ids of training data, reading as little of it as possible.
+
+- tracked by git: the blob id from the pushed tree (no data byte read: one `git cat-file
+  --batch-command` process answers every question the cache decision has of the commit);
+- a Git LFS pointer: the LFS oid (sha256 of the real content) from the pointer itself;
+- `gs://` data: the object's md5 (or crc32c and generation) from its metadata;
+- anything else (a file the test stage produced or changed): a streaming blake3 digest,
+  remembered in a stat cache keyed by (path, device, inode, mtime, ctime, size).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import re
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from worker.checkout import GIT_OPTIONS, GitError, git_env, scrub
+
+if TYPE_CHECKING:
+    from google.cloud.storage import Client
+
+log = logging.getLogger(__name__)
+
+POINTER_MAX = 1024  # a Git LFS pointer is ~130 bytes; larger blobs are never read
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_LFS_OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.MULTILINE)
+_LFS_SIZE = re.compile(rb"^size ([0-9]+)$", re.MULTILINE)
+MMAP_MIN = 1 << 20  # smaller files are read in one go; larger ones mmapped, multi-threaded
+GIT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class GitBlob:
+    oid: str
+    kind: str  # blob, tree, commit (a submodule)
+    size: int
+
+
+@dataclass(frozen=True)
+class LfsPointer:
+    oid: str  # sha256 of the real content
+    size: int
+
+    @property
+    def content_id(self) -> str:
+        return f"lfs:sha256:{self.oid}"
+
+
+@dataclass(frozen=True)
+class TreeFacts:
+    """What the cache decision needs to know about one commit."""
+
+    commit_time: int  # committer time: `git archive` gives every exported file this mtime
+    root: dict[str, tuple[str, str]]  # root entry name -> (mode, object id)
+    paths: dict[str, GitBlob | None]  # asked path -> its object, None when not in the tree
+    pointers: dict[str, LfsPointer]  # asked paths whose blob is a Git LFS pointer
+
+
+def parse_lfs_pointer(data: bytes) -> LfsPointer | None:
+    """The pointer in `data` (the blob of a file tracked by Git LFS), or None."""
+    if not data.startswith(LFS_POINTER) or len(data) > POINTER_MAX:
+        return None
+    oid, size = _LFS_OID.search(data), _LFS_SIZE.search(data)
+    if oid is None or size is None:
+        return None
+    return LfsPointer(oid.group(1).decode(), int(size.group(1)))
+
+
+def parse_tree(data: bytes, oid_bytes: int) -> dict[str, tuple[str, str]]:
+    """The entries of a raw tree object: name -> (mode, hex object id)."""
+    entries = {}
+    at = 0
+    while at < len(data):
+        space = data.index(b" ", at)
+        nul = data.index(b"\0", space)
+        mode = data[at:space].decode()
+        name = data[space + 1 : nul].decode("utf-8", "surrogateescape")
+        entries[name] = (mode, data[nul + 1 : nul + 1 + oid_bytes].hex())
+        at = nul + 1 + oid_bytes
+    return entries
+
+
+class _Batch:
+    """One `git cat-file --batch-command` process, spoken to interactively."""
+
+    def __init__(self, mirror: Path) -> None:
+        self.proc = subprocess.Popen(
+            ["git", *GIT_OPTIONS, "cat-file", "--batch-command"],
+            cwd=mirror,
+            env=git_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+
+    def send(self, commands: Iterable[str]) -> None:
+        self.stdin.write("".join(f"{c}\n" for c in commands).encode("utf-8", "surrogateescape"))
+        self.stdin.flush()
+
+    def header(self) -> tuple[str, str, int] | None:
+        line = self.stdout.readline()
+        if not line:
+            raise GitError("git cat-file ended early: " + self._stderr())
+        parts = line.decode().rstrip("\n").rsplit(" ", 2)
+        if len(parts) != 3 or parts[2] in ("missing", "ambiguous") or not parts[2].isdigit():
+            return None
+        return parts[0], parts[1], int(parts[2])
+
+    def body(self, size: int) -> bytes:
+        data = self.stdout.read(size + 1)  # the content and its trailing newline
+        if len(data) != size + 1:
+            raise GitError("git cat-file ended early: " + self._stderr())
+        return data[:-1]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+        try:
+            self.proc.wait(timeout=GIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.stdout.close()
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+    def _stderr(self) -> str:
+        assert self.proc.stderr is not None
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+        self.proc.wait(timeout=GIT_TIMEOUT)
+        return scrub(self.proc.stderr.read().decode("utf-8", "replace").strip()[-500:])
+
+
+def tree_facts(mirror: Path, sha: str, paths: Iterable[str]) -> TreeFacts:
+    """Read, in ONE git process and without touching any large blob: the commit's time, its
+    root tree (for the dependency files), the object of every path in `paths`, and the
+    content of those blobs small enough to be Git LFS pointers."""
+    asked = [p for p in dict.fromkeys(paths) if "\n" not in p]
+    batch = _Batch(mirror)
+    try:
+        batch.send([f"contents {sha}", f"contents {sha}^{{tree}}"])
+        batch.send(f"info {sha}:{path}" for path in asked)
+        commit = batch.header()
+        if commit is None or commit[1] != "commit":
+            raise GitError(f"{sha} is not a commit in the mirror")
+        text = batch.body(commit[2])
+        found = re.search(rb"^committer .* (\d+) [+-]\d{4}$", text, re.MULTILINE)
+        commit_time = int(found.group(1)) if found else 0
+        tree = batch.header()
+        if tree is None:
+            raise GitError(f"the tree of {sha} is missing from the mirror")
+        root = parse_tree(batch.body(tree[2]), len(tree[0]) // 2)
+        objects: dict[str, GitBlob | None] = {}
+        for path in asked:
+            head = batch.header()
+            objects[path] = None if head is None else GitBlob(head[0], head[1], head[2])
+        small = [
+            p
+            for p, o in objects.items()
+            if o is not None and o.kind == "blob" and o.size < POINTER_MAX
+        ]
+        pointers: dict[str, LfsPointer] = {}
+        if small:
+            batch.send(f"contents {objects[p].oid}" for p in small)  # type: ignore[union-attr]
+            for path in small:
+                head = batch.header()
+                if head is None:
+                    continue
+                pointer = parse_lfs_pointer(batch.body(head[2]))
+                if pointer is not None:
+                    pointers[path] = pointer
+    finally:
+        batch.close()
+    return TreeFacts(commit_time, root, objects, pointers)
+
+
+def exported_unchanged(path: Path, blob: GitBlob, commit_time: int) -> bool:
+    """True when the checkout's copy of a tracked file is still what `git archive` wrote:
+    its size is the blob's and its mtime the commit time (archive sets exactly that). A
+    test command that rewrote the file fails this, and the file is hashed instead."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return info.st_size == blob.size and info.st_mtime_ns == commit_time * 1_000_000_000
+
+
+def lfs_object(mirror: Path, pointer: LfsPointer) -> Path | None:
+    """The LFS object for `pointer` in the mirror's LFS store, if it was fetched there."""
+    oid = pointer.oid
+    path = mirror / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+    try:
+        return path if path.stat().st_size == pointer.size else None
+    except OSError:
+        return None
+
+
+# --- streaming hash and the stat cache -----------------------------------------------------
+
+
+def blake3_file(path: Path, size: int | None = None) -> str:
+    """blake3 of a file: memory-mapped and multi-threaded when large (as fast as b3sum)."""
+    import blake3
+
+    size = path.stat().st_size if size is None else size
+    if size < MMAP_MIN:
+        return blake3.blake3(path.read_bytes()).hexdigest()
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    hasher.update_mmap(str(path))
+    return hasher.hexdigest()
+
+
+Signature = tuple[int, int, int, int, int]  # device, inode, mtime_ns, ctime_ns, size
+
+
+def signature(info: os.stat_result) -> Signature:
+    return (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+
+
+class StatCache:
+    """Digests of files by their stat signature, in a small SQLite file shared by every
+    worker on the machine (WAL; each call opens its own short transaction).
+
+    A row is trusted only when the file's mtime and ctime are older than the moment it was
+    hashed by more than `racy_ns` (a file changed again within the timestamp granularity
+    keeps its signature: "racy" in git's terms, so it is hashed again). `VERSION` is part of
+    the schema: a new version starts an empty cache."""
+
+    VERSION = 1
+    ALGORITHM = "blake3"
+
+    def __init__(self, path: Path, racy_ns: int = 2_000_000_000) -> None:
+        self.path = path
+        self.racy_ns = racy_ns
+        self._local = threading.local()
+        self.hashed_bytes = 0  # bytes read by this object (for tests and figures)
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        try:
+            if conn is None:
+                conn = self._open()
+                self._local.conn = conn
+            yield conn
+        except sqlite3.DatabaseError as exc:
+            log.warning("stat cache %s unusable (%s): starting a new one", self.path, exc)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._local.conn = None
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            raise
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != self.VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            if conn.execute("PRAGMA user_version").fetchone()[0] != self.VERSION:
+                conn.execute("DROP TABLE IF EXISTS digests")
+                conn.execute(
+                    "CREATE TABLE digests (path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER,"
+                    " mtime_ns INTEGER, ctime_ns INTEGER, size INTEGER, digest TEXT,"
+                    " hashed_ns INTEGER) WITHOUT ROWID"
+                )
+                conn.execute(f"PRAGMA user_version={self.VERSION}")
+            conn.execute("COMMIT")
+        return conn
+
+    def _known(self, paths: list[str]) -> dict[str, tuple[Signature, str, int]]:
+        known: dict[str, tuple[Signature, str, int]] = {}
+        try:
+            with self._db() as conn:
+                for at in range(0, len(paths), 500):
+                    chunk = paths[at : at + 500]
+                    marks = ",".join("?" * len(chunk))
+                    rows = conn.execute(
+                        "SELECT path, dev, ino, mtime_ns, ctime_ns, size, digest, hashed_ns"
+                        f" FROM digests WHERE path IN ({marks})",
+                        chunk,
+                    )
+                    for path, dev, ino, mtime, ctime, size, digest, hashed in rows:
+                        known[path] = ((dev, ino, mtime, ctime, size), digest, hashed)
+        except sqlite3.DatabaseError:
+            return {}
+        return known
+
+    def digest_files(self, paths: Iterable[Path]) -> dict[Path, tuple[str, bool]]:
+        """`blake3:<hex>` of each file and whether it came from the cache."""
+        wanted = [Path(os.path.abspath(p)) for p in paths]
+        known = self._known([str(p) for p in wanted])
+        out: dict[Path, tuple[str, bool]] = {}
+        fresh: list[tuple[str, Signature, str, int]] = []
+        for path in wanted:
+            info = path.stat()
+            sig = signature(info)
+            row = known.get(str(path))
+            if row is not None and row[0] == sig and self._settled(sig, row[2]):
+                out[path] = (f"{self.ALGORITHM}:{row[1]}", True)
+                continue
+            digest, sig, hashed_ns = self._hash(path, info)
+            out[path] = (f"{self.ALGORITHM}:{digest}", False)
+            if self._settled(sig, hashed_ns):
+                fresh.append((str(path), sig, digest, hashed_ns))
+        if fresh:
+            self._remember(fresh)
+        return out
+
+    def digest(self, path: Path) -> tuple[str, bool]:
+        return next(iter(self.digest_files([path]).values()))
+
+    def _settled(self, sig: Signature, hashed_ns: int) -> bool:
+        return max(sig[2], sig[3]) < hashed_ns - self.racy_ns
+
+    def _hash(self, path: Path, info: os.stat_result) -> tuple[str, Signature, int]:
+        for _ in range(3):
+            hashed_ns = time.time_ns()
+            digest = blake3_file(path, info.st_size)
+            self.hashed_bytes += info.st_size
+            after = path.stat()
+            if signature(after) == signature(info):
+                return digest, signature(info), hashed_ns
+            info = after  # changed while being hashed: again
+        raise OSError(f"{path} keeps changing while it is hashed")
+
+    def _remember(self, rows: list[tuple[str, Signature, str, int]]) -> None:
+        with contextlib.suppress(sqlite3.DatabaseError), self._db() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(path, *sig, digest, hashed) for path, sig, digest, hashed in rows],
+            )
+            conn.execute("COMMIT")
+
+
+# --- gs:// data ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GcsObject:
+    url: str
+    bucket: str
+    name: str
+    generation: int
+    size: int
+    md5: str | None  # hex
+    crc32c: str | None  # hex
+
+    @property
+    def content_id(self) -> str:
+        """md5 names the content exactly; without it (composite objects) crc32c is only 32
+        bits, so the generation is added (a rewrite of the same bytes then retrains)."""
+        if self.md5:
+            return f"gs:md5:{self.md5}"
+        return f"gs:crc32c:{self.crc32c}@{self.generation}"
+
+
+def _hex(value: str | None) -> str | None:
+    return base64.b64decode(value).hex() if value else None
+
+
+def gcs_object(client: Client, url: str) -> GcsObject | None:
+    """The metadata of `gs://bucket/name` (no content read), or None when it does not exist."""
+    from trainhook.artifacts import parse_gs_url
+
+    bucket, name = parse_gs_url(url)
+    blob: Any = client.bucket(bucket).get_blob(name)
+    if blob is None:
+        return None
+    return GcsObject(
+        url, bucket, name, int(blob.generation), int(blob.size or 0), _hex(blob.md5_hash),
+        _hex(blob.crc32c),
+    )  # fmt: skip
+
+
+def download_object(client: Client, obj: GcsObject, dest: Path) -> Path:
+    """Download exactly the generation that was keyed (a newer upload is not this data)."""
+    blob = client.bucket(obj.bucket).blob(obj.name, generation=obj.generation)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    blob.download_to_filename(str(dest))
+    return dest
