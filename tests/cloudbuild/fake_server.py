@@ -55,6 +55,7 @@ class Plan:
     get_faults: int = 0  # this many GETs answer 503 first
     stale_gets: frozenset[int] = frozenset()  # the n-th GETs of a build answer its first snapshot
     refuse: tuple[int, str, str] | None = None  # every create answers this error
+    cancel_after_gets: int | None = None  # someone cancels it (console) at this GET
     faults_used: dict[str, int] = field(default_factory=lambda: {"create": 0, "get": 0})
 
 
@@ -316,6 +317,8 @@ class FakeCloudBuild:
             if build.gets in build.plan.stale_gets:
                 return JSONResponse(build.snapshot(at=0.0))
             build.elapsed += build.plan.tick
+            if build.gets == build.plan.cancel_after_gets and not build.terminal:
+                build.cancelled_at = build.elapsed
             return JSONResponse(build.snapshot())
 
 
