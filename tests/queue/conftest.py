@@ -108,6 +108,20 @@ class Stack:
                 close()
 
 
+def process_env(stack: Stack, tmp_path: Path) -> dict[str, str]:
+    """The environment a `trainhook` process would get for this stack (and its database)."""
+    from tests.conftest import SECRET
+
+    stack.settings()  # writes the repositories file
+    return {
+        **stack.env,
+        "TRAINHOOK_HOME": str(tmp_path / "home"),
+        "TRAINHOOK_CONFIG": str(tmp_path / "trainhook.toml"),
+        "TRAINHOOK_DATABASE_URL": stack.url,
+        "TEST_WEBHOOK_SECRET": SECRET,
+    }
+
+
 def open_stack(
     kind: str, request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
 ) -> Stack:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SECRET
 from tests.queue.conftest import (
     Counter,
     Stack,
@@ -17,6 +16,7 @@ from tests.queue.conftest import (
     build_status,
     job,
     new_build,
+    process_env,
     publish,
     run_workers,
 )
@@ -31,14 +31,7 @@ from worker.stage import Outcome
 
 def cli_env(stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The environment a `trainhook` command would see for this stack."""
-    stack.settings()  # writes the repositories file
-    for key, value in {
-        **stack.env,
-        "TRAINHOOK_HOME": str(tmp_path / "home"),
-        "TRAINHOOK_CONFIG": str(tmp_path / "trainhook.toml"),
-        "TRAINHOOK_DATABASE_URL": stack.url,
-        "TEST_WEBHOOK_SECRET": SECRET,
-    }.items():
+    for key, value in process_env(stack, tmp_path).items():
         monkeypatch.setenv(key, value)
 
 
