@@ -67,7 +67,16 @@ def data_file(ctx: BuildContext, scratch: Path) -> Path | None:
             from trainhook.artifacts import make_gcs_client
 
             client = make_gcs_client()
-        return download_object(client, data.remote, scratch / "data" / name)
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return download_object(client, data.remote, scratch / "data" / name)
+        except NotFound:
+            raise StageFailed(
+                f"{data.path} changed after the cache decision: generation "
+                f"{data.remote.generation} is gone (overwritten in a bucket without "
+                "versioning); rebuild to train on the current object"
+            ) from None
     if data.source == "lfs":
         raise StageFailed(
             f"{data.path} is a Git LFS pointer ({data.content_id}, {data.size} bytes) and the "
