@@ -25,6 +25,8 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tests.cloudbuild.rules import invalid
+
 BASE_TIME = datetime(2030, 1, 1, tzinfo=UTC)
 BUILD_PATH = re.compile(
     r"^/v1/projects/(?P<project>[^/]+)(?:/locations/(?P<location>[^/]+))?/builds"
@@ -57,46 +59,6 @@ class Plan:
     refuse: tuple[int, str, str] | None = None  # every create answers this error
     cancel_after_gets: int | None = None  # someone cancels it (console) at this GET
     faults_used: dict[str, int] = field(default_factory=lambda: {"create": 0, "get": 0})
-
-
-BUILT_IN = {"PROJECT_ID", "PROJECT_NUMBER", "BUILD_ID", "LOCATION", "SERVICE_ACCOUNT_EMAIL"}
-REFERENCE = re.compile(r"\$(\$|\{(\w+)\}|(\w+))")
-TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return [value] if isinstance(value, str) else []
-
-
-def invalid(body: dict[str, Any]) -> str | None:
-    """Why Cloud Build would refuse `body` (the checks it makes on substitutions, step ids,
-    waitFor and tags), or None."""
-    template = {k: v for k, v in body.items() if k != "substitutions"}
-    used = {
-        m.group(2) or m.group(3)
-        for text in _strings(template)
-        for m in REFERENCE.finditer(text)
-        if m.group(1) != "$"
-    }
-    defined = set(body.get("substitutions", {}))
-    if missing := sorted(used - defined - BUILT_IN):
-        return f'invalid build: key in the template "{missing[0]}" is not a valid substitution'
-    if unused := sorted(defined - used):
-        return f'invalid build: key "{unused[0]}" in the substitution data is not matched'
-    seen: set[str] = set()
-    for step in body.get("steps", []):
-        if step.get("id") in seen:
-            return f"invalid build: duplicate step id {step['id']!r}"
-        if any(w not in seen and w != "-" for w in step.get("waitFor", [])):
-            return f"invalid build: step {step.get('id')!r} waits for an unknown step"
-        seen.add(step.get("id", ""))
-    if bad := [t for t in body.get("tags", []) if not TAG_RE.match(t)]:
-        return f"invalid build: invalid tag {bad[0]!r}"
-    return None
 
 
 def _ts(value: datetime) -> str:
@@ -356,24 +318,3 @@ class ServerThread:
 
 def dump(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True)
-
-
-def substitute(text: str, values: dict[str, str]) -> str:
-    """`text` after Cloud Build's substitution: `$$` is a literal `$`, `$X`/`${X}` a value."""
-
-    def one(match: re.Match[str]) -> str:
-        if match.group(1) == "$":
-            return "$"
-        return values[match.group(2) or match.group(3)]
-
-    return REFERENCE.sub(one, text)
-
-
-def step_environment(
-    request: dict[str, Any], step_id: str, project: str
-) -> tuple[str, dict[str, str]]:
-    """What a step's container sees: its script (args[-1]) and environment, substituted."""
-    values = {**request.get("substitutions", {}), "PROJECT_ID": project}
-    step = next(s for s in request["steps"] if s["id"] == step_id)
-    env = dict(substitute(item, values).split("=", 1) for item in step.get("env", []))
-    return substitute(step["args"][-1], values), env

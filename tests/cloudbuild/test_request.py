@@ -18,7 +18,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from tests.cloudbuild.conftest import IMAGE, REPO_KEYS, VERTEX
-from tests.cloudbuild.fake_server import invalid, step_environment
+from tests.cloudbuild.rules import invalid, step_environment
 from trainhook.cli import main
 from trainhook.settings import Settings
 from worker.cloudbuild_request import BuildInputs, build_request
