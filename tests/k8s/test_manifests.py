@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -151,3 +153,25 @@ def test_the_secret_example_holds_placeholders_only():
     secret = documents("secret.example.yaml")[0]
     assert secret["metadata"]["name"] == "trainhook-secrets"
     assert all("REPLACE_ME" in value for value in secret["stringData"].values())
+
+
+def test_kustomize_renders_every_container_with_the_registry_image(kustomization):
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (its built-in kustomize renders the base)")
+    done = subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    rendered = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    wanted = f"{kustomization['images'][0]['newName']}:{kustomization['images'][0]['newTag']}"
+    images = [
+        c["image"]
+        for doc in rendered
+        if doc["kind"] in ("Deployment", "Job")
+        for c in doc["spec"]["template"]["spec"]["containers"]
+    ]
+    assert images and set(images) == {wanted}
+    assert {doc["metadata"].get("namespace") for doc in rendered if doc["kind"] != "Namespace"} == {
+        "trainhook"
+    }
