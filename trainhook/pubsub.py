@@ -203,7 +203,7 @@ class PubSubQueue(SqlQueue):
         if state.status == "running" and state.lease_until and state.lease_until >= now:
             wait = (state.lease_until - now).total_seconds() + 1
             return wait, f"is for a job held by another worker: nacked for {wait:.0f}s"
-        return min(10.0, self.lease.total_seconds()), "raced another claimer: nacked"
+        return 1.0, "raced another claimer: nacked for 1s"
 
     def heartbeat(self, job: Job) -> bool:
         held = super().heartbeat(job)

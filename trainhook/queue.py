@@ -83,14 +83,17 @@ def claim_row(
     setting the columns in `also` too.
 
     One guarded UPDATE on SQLite (whose writers are serialised) and `FOR UPDATE SKIP LOCKED`
-    on Postgres (so claimers never wait on each other). Returns None when nothing was taken.
+    on Postgres (so claimers never wait on each other). For one given build the row lock is
+    waited for instead (its holders are short: another claimer, the outbox marking it
+    published), then the guard is checked again. Returns None when nothing was taken.
     """
     now = utcnow()
     candidate = sa.select(jobs.c.id).where(runnable(now)).order_by(jobs.c.id)
     if build_id is not None:
         candidate = candidate.where(jobs.c.build_id == build_id)
     if conn.dialect.name == "postgresql":
-        picked = conn.execute(candidate.limit(1).with_for_update(skip_locked=True)).scalar()
+        locked = candidate.limit(1).with_for_update(skip_locked=build_id is None)
+        picked = conn.execute(locked).scalar()
         if picked is None:
             return None
         where = jobs.c.id == picked
