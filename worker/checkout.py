@@ -194,6 +194,10 @@ def export(mirror: Path, sha: str, dest: Path) -> int:
                         f"(only files inside the repository may be exported)"
                     ) from None
                 count += 1
+        # Read to the end: tarfile stops at the first end-of-archive block, and git, still
+        # writing the record padding, would die of SIGPIPE (seen with large files).
+        while proc.stdout.read(1 << 16):
+            pass
     except tarfile.ReadError as exc:
         proc.kill()
         raise GitError(f"git archive produced an unreadable stream: {exc}") from None
