@@ -30,12 +30,12 @@ from trainhook.builds import set_cache_key
 from trainhook.repos import RepoConfig
 from worker.context import BuildContext, CacheKeys, DataChoice
 from worker.datahash import (
-    GitBlob,
     StatCache,
     TreeFacts,
     exported_unchanged,
     gcs_object,
     lfs_object,
+    read_pointer,
     tree_facts,
 )
 from worker.stage import Outcome, StageFailed
@@ -95,9 +95,9 @@ def is_deps_file(name: str) -> bool:
 def deps_files(facts: TreeFacts) -> list[tuple[str, str]]:
     """(name, blob id) of the lock and requirements files at the root of the commit."""
     return sorted(
-        (name, oid)
-        for name, (mode, oid) in facts.root.items()
-        if is_deps_file(name) and mode != "40000" and mode != "160000"
+        (name, entry.oid)
+        for name, entry in facts.root.items()
+        if is_deps_file(name) and entry.mode not in ("40000", "160000")
     )
 
 
@@ -187,24 +187,28 @@ def choose_data(
         return sample, None, facts
     configured, real = chosen
     path = source / real
-    blob = facts.paths.get(real)
-    pointer = facts.pointers.get(real)
-    if isinstance(blob, GitBlob) and blob.kind == "blob" and pointer is not None:
-        # The checkout holds the pointer: the content is in the mirror's LFS store, if anywhere.
-        local = lfs_object(mirror, pointer)
-        choice = DataChoice(real, pointer.content_id, candidates, "lfs", local, pointer.size)
-        return choice, configured, facts
-    if (
-        isinstance(blob, GitBlob)
-        and blob.kind == "blob"
-        and exported_unchanged(path, blob, facts.commit_time)
-    ):
-        choice = DataChoice(real, f"git:{blob.oid}", candidates, "git", path, blob.size)
+    info = path.stat()
+    entry = facts.paths.get(real)
+    if entry is not None and entry.is_file and exported_unchanged(info, facts.commit_time):
+        # The file is the blob `git archive` wrote for this commit, untouched since.
+        pointer = read_pointer(path, info)
+        if pointer is not None:
+            # The content lives in Git LFS: the mirror's LFS store has it, or nothing does.
+            local = lfs_object(mirror, pointer)
+            choice = DataChoice(real, pointer.content_id, candidates, "lfs", local, pointer.size)
+            return choice, configured, facts
+        content_id = f"git:{entry.oid}"
+        attributes = facts.attributes.get(real) or ()
+        if attributes:
+            # .gitattributes can change what archive writes (eol, ident, export-subst) while
+            # the blob stays the same: they are part of the id.
+            content_id += "@" + canonical_hash(list(attributes))[:16]
+        choice = DataChoice(real, content_id, candidates, "git", path, info.st_size)
         return choice, configured, facts
     # Not tracked, or changed after the checkout (say, by the test stage): hash the file.
     digest, cached = sources.stat_cache.digest(path)
-    size = path.stat().st_size
-    choice = DataChoice(real, digest, candidates, "file", path, size, None, 0 if cached else size)
+    read = 0 if cached else info.st_size
+    choice = DataChoice(real, digest, candidates, "file", path, info.st_size, None, read)
     return choice, configured, facts
 
 

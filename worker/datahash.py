@@ -40,10 +40,13 @@ GIT_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
-class GitBlob:
+class TreeEntry:
+    mode: str  # 100644/100755 file, 120000 symlink, 40000 tree, 160000 submodule
     oid: str
-    kind: str  # blob, tree, commit (a submodule)
-    size: int
+
+    @property
+    def is_file(self) -> bool:
+        return self.mode in ("100644", "100755")
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,13 @@ class LfsPointer:
 
 @dataclass(frozen=True)
 class TreeFacts:
-    """What the cache decision needs to know about one commit."""
+    """What the cache decision needs to know about one commit, read from its commit and tree
+    objects only: no blob is touched, not even its header."""
 
     commit_time: int  # committer time: `git archive` gives every exported file this mtime
-    root: dict[str, tuple[str, str]]  # root entry name -> (mode, object id)
-    paths: dict[str, GitBlob | None]  # asked path -> its object, None when not in the tree
-    pointers: dict[str, LfsPointer]  # asked paths whose blob is a Git LFS pointer
+    root: dict[str, TreeEntry]  # the root tree's entries
+    paths: dict[str, TreeEntry | None]  # asked path -> its entry, None when not in the tree
+    attributes: dict[str, tuple[str, ...]]  # asked path -> blob ids of .gitattributes above it
 
 
 def parse_lfs_pointer(data: bytes) -> LfsPointer | None:
@@ -76,8 +80,8 @@ def parse_lfs_pointer(data: bytes) -> LfsPointer | None:
     return LfsPointer(oid.group(1).decode(), int(size.group(1)))
 
 
-def parse_tree(data: bytes, oid_bytes: int) -> dict[str, tuple[str, str]]:
-    """The entries of a raw tree object: name -> (mode, hex object id)."""
+def parse_tree(data: bytes, oid_bytes: int) -> dict[str, TreeEntry]:
+    """The entries of a raw tree object."""
     entries = {}
     at = 0
     while at < len(data):
@@ -85,7 +89,7 @@ def parse_tree(data: bytes, oid_bytes: int) -> dict[str, tuple[str, str]]:
         nul = data.index(b"\0", space)
         mode = data[at:space].decode()
         name = data[space + 1 : nul].decode("utf-8", "surrogateescape")
-        entries[name] = (mode, data[nul + 1 : nul + 1 + oid_bytes].hex())
+        entries[name] = TreeEntry(mode, data[nul + 1 : nul + 1 + oid_bytes].hex())
         at = nul + 1 + oid_bytes
     return entries
 
@@ -145,57 +149,75 @@ class _Batch:
 
 
 def tree_facts(mirror: Path, sha: str, paths: Iterable[str]) -> TreeFacts:
-    """Read, in ONE git process and without touching any large blob: the commit's time, its
-    root tree (for the dependency files), the object of every path in `paths`, and the
-    content of those blobs small enough to be Git LFS pointers."""
-    asked = [p for p in dict.fromkeys(paths) if "\n" not in p]
+    """Read, in ONE git process, the commit's time, its root tree (for the dependency files)
+    and the tree entry of every path in `paths`, descending through tree objects only (the
+    blob ids come from the trees: no blob is opened, so no data byte is read)."""
     batch = _Batch(mirror)
+    trees: dict[str, dict[str, TreeEntry]] = {}
+
+    def read_tree(spec: str) -> dict[str, TreeEntry] | None:
+        if spec not in trees:
+            batch.send([f"contents {spec}"])
+            head = batch.header()
+            if head is None:
+                return None
+            body = batch.body(head[2])
+            if head[1] != "tree":
+                raise GitError(f"{spec} is a {head[1]}, not a tree")
+            trees[spec] = parse_tree(body, len(head[0]) // 2)
+        return trees[spec]
+
     try:
-        batch.send([f"contents {sha}", f"contents {sha}^{{tree}}"])
-        batch.send(f"info {sha}:{path}" for path in asked)
+        batch.send([f"contents {sha}"])
         commit = batch.header()
         if commit is None or commit[1] != "commit":
             raise GitError(f"{sha} is not a commit in the mirror")
         text = batch.body(commit[2])
         found = re.search(rb"^committer .* (\d+) [+-]\d{4}$", text, re.MULTILINE)
         commit_time = int(found.group(1)) if found else 0
-        tree = batch.header()
-        if tree is None:
+        root = read_tree(f"{sha}^{{tree}}")
+        if root is None:
             raise GitError(f"the tree of {sha} is missing from the mirror")
-        root = parse_tree(batch.body(tree[2]), len(tree[0]) // 2)
-        objects: dict[str, GitBlob | None] = {}
-        for path in asked:
-            head = batch.header()
-            objects[path] = None if head is None else GitBlob(head[0], head[1], head[2])
-        small = [
-            p
-            for p, o in objects.items()
-            if o is not None and o.kind == "blob" and o.size < POINTER_MAX
-        ]
-        pointers: dict[str, LfsPointer] = {}
-        if small:
-            batch.send(f"contents {objects[p].oid}" for p in small)  # type: ignore[union-attr]
-            for path in small:
-                head = batch.header()
-                if head is None:
-                    continue
-                pointer = parse_lfs_pointer(batch.body(head[2]))
-                if pointer is not None:
-                    pointers[path] = pointer
+        entries: dict[str, TreeEntry | None] = {}
+        attributes: dict[str, tuple[str, ...]] = {}
+        for path in dict.fromkeys(paths):
+            *folders, name = path.split("/")
+            level: dict[str, TreeEntry] | None = root
+            attrs: list[str] = []
+            for folder in [*folders, None]:
+                assert level is not None
+                if ".gitattributes" in level:
+                    attrs.append(level[".gitattributes"].oid)
+                if folder is None:
+                    break
+                entry = level.get(folder)
+                # Only ever descend into trees: a blob in the way is never read.
+                level = read_tree(entry.oid) if entry and entry.mode == "40000" else None
+                if level is None:
+                    break
+            entries[path] = level.get(name) if level is not None else None
+            attributes[path] = tuple(attrs)
     finally:
         batch.close()
-    return TreeFacts(commit_time, root, objects, pointers)
+    return TreeFacts(commit_time, root, entries, attributes)
 
 
-def exported_unchanged(path: Path, blob: GitBlob, commit_time: int) -> bool:
+def exported_unchanged(info: os.stat_result, commit_time: int) -> bool:
     """True when the checkout's copy of a tracked file is still what `git archive` wrote:
-    its size is the blob's and its mtime the commit time (archive sets exactly that). A
-    test command that rewrote the file fails this, and the file is hashed instead."""
+    its mtime is the commit time, which archive gives every file it writes. A test command
+    that rewrote the file fails this, and the file is hashed instead."""
+    return info.st_mtime_ns == commit_time * 1_000_000_000
+
+
+def read_pointer(path: Path, info: os.stat_result) -> LfsPointer | None:
+    """The Git LFS pointer in the checkout file `path`, when it is one (only a file of at
+    most POINTER_MAX bytes is opened)."""
+    if info.st_size > POINTER_MAX:
+        return None
     try:
-        info = path.stat()
+        return parse_lfs_pointer(path.read_bytes())
     except OSError:
-        return False
-    return info.st_size == blob.size and info.st_mtime_ns == commit_time * 1_000_000_000
+        return None
 
 
 def lfs_object(mirror: Path, pointer: LfsPointer) -> Path | None:
@@ -224,6 +246,7 @@ def blake3_file(path: Path, size: int | None = None) -> str:
 
 
 Signature = tuple[int, int, int, int, int]  # device, inode, mtime_ns, ctime_ns, size
+PathLike = str | os.PathLike[str]
 
 
 def signature(info: os.stat_result) -> Signature:
@@ -285,46 +308,60 @@ class StatCache:
             conn.execute("COMMIT")
         return conn
 
-    def _known(self, paths: list[str]) -> dict[str, tuple[Signature, str, int]]:
-        known: dict[str, tuple[Signature, str, int]] = {}
+    def _known(self, paths: list[str]) -> dict[str, tuple[Any, ...]]:
+        """Rows for `paths`: (path, dev, ino, mtime_ns, ctime_ns, size, digest, hashed_ns).
+        Many paths are read in one range scan of their common directory."""
+        query = "SELECT path, dev, ino, mtime_ns, ctime_ns, size, digest, hashed_ns FROM digests"
         try:
             with self._db() as conn:
-                for at in range(0, len(paths), 500):
-                    chunk = paths[at : at + 500]
-                    marks = ",".join("?" * len(chunk))
+                if len(paths) > 64:
+                    prefix = os.path.commonpath(paths).rstrip("/") + "/"
                     rows = conn.execute(
-                        "SELECT path, dev, ino, mtime_ns, ctime_ns, size, digest, hashed_ns"
-                        f" FROM digests WHERE path IN ({marks})",
-                        chunk,
-                    )
-                    for path, dev, ino, mtime, ctime, size, digest, hashed in rows:
-                        known[path] = ((dev, ino, mtime, ctime, size), digest, hashed)
+                        query + " WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0")
+                    ).fetchall()
+                else:
+                    rows = []
+                    for at in range(0, len(paths), 500):
+                        chunk = paths[at : at + 500]
+                        marks = ",".join("?" * len(chunk))
+                        rows += conn.execute(f"{query} WHERE path IN ({marks})", chunk).fetchall()
         except sqlite3.DatabaseError:
             return {}
-        return known
+        return {row[0]: row for row in rows}
 
-    def digest_files(self, paths: Iterable[Path]) -> dict[Path, tuple[str, bool]]:
-        """`blake3:<hex>` of each file and whether it came from the cache."""
-        wanted = [Path(os.path.abspath(p)) for p in paths]
-        known = self._known([str(p) for p in wanted])
-        out: dict[Path, tuple[str, bool]] = {}
+    def digest_files(self, paths: Iterable[PathLike]) -> dict[PathLike, tuple[str, bool]]:
+        """`blake3:<hex>` of each file and whether it came from the cache, keyed by the
+        paths as given. Unchanged, settled files cost one stat and a dict lookup."""
+        given = list(paths)
+        names = [os.path.abspath(p) for p in given]
+        known = self._known(names)
+        out: dict[PathLike, tuple[str, bool]] = {}
         fresh: list[tuple[str, Signature, str, int]] = []
-        for path in wanted:
-            info = path.stat()
-            sig = signature(info)
-            row = known.get(str(path))
-            if row is not None and row[0] == sig and self._settled(sig, row[2]):
-                out[path] = (f"{self.ALGORITHM}:{row[1]}", True)
+        prefix = self.ALGORITHM + ":"
+        racy = self.racy_ns
+        for original, name in zip(given, names, strict=True):
+            info = os.stat(name)
+            row = known.get(name)
+            if (
+                row is not None
+                and row[1] == info.st_dev
+                and row[2] == info.st_ino
+                and row[3] == info.st_mtime_ns
+                and row[4] == info.st_ctime_ns
+                and row[5] == info.st_size
+                and max(row[3], row[4]) < row[7] - racy
+            ):
+                out[original] = (prefix + row[6], True)
                 continue
-            digest, sig, hashed_ns = self._hash(path, info)
-            out[path] = (f"{self.ALGORITHM}:{digest}", False)
+            digest, sig, hashed_ns = self._hash(Path(name), info)
+            out[original] = (prefix + digest, False)
             if self._settled(sig, hashed_ns):
-                fresh.append((str(path), sig, digest, hashed_ns))
+                fresh.append((name, sig, digest, hashed_ns))
         if fresh:
             self._remember(fresh)
         return out
 
-    def digest(self, path: Path) -> tuple[str, bool]:
+    def digest(self, path: PathLike) -> tuple[str, bool]:
         return next(iter(self.digest_files([path]).values()))
 
     def _settled(self, sig: Signature, hashed_ns: int) -> bool:

@@ -326,3 +326,16 @@ def test_gs_data_is_keyed_by_the_objects_md5_and_falls_through_when_absent(
     ctx2, detail2 = builds(extra, gcs=gcs_client).hash(sha)
     assert ctx2.keys is not None and ctx.keys is not None and ctx2.keys.model != ctx.keys.model
     assert f"gs://{bucket}/tweets/v3.csv changed: md5" in detail2
+
+
+def test_gitattributes_above_the_data_file_are_part_of_its_content_id(builds, origin):
+    b = builds()
+    plain, _ = b.hash(origin.commit({"data/train.csv": DATA}))
+    attributed, _ = b.hash(origin.commit({"data/.gitattributes": "*.csv eol=crlf\n"}))
+    other, _ = b.hash(origin.commit({"data/.gitattributes": "*.csv eol=lf\n"}))
+
+    assert plain.data and attributed.data and other.data
+    blob = plain.data.content_id
+    assert blob == "git:" + git(origin.path, "rev-parse", "HEAD:data/train.csv")
+    assert attributed.data.content_id.startswith(blob + "@")
+    assert len({blob, attributed.data.content_id, other.data.content_id}) == 3
