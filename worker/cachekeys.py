@@ -68,6 +68,12 @@ def deps_key(files: list[tuple[str, str]]) -> str:
 
 
 @functools.cache
+def installed_nltk_version() -> str:
+    """The NLTK version, read once per process (distribution metadata costs milliseconds)."""
+    return nltk_version()
+
+
+@functools.cache
 def nltk_key() -> str:
     """The nltk level: the trainer's NLTK packages and the NLTK version."""
     return canonical_hash(nltk_cache_key_material())
@@ -295,9 +301,10 @@ def decide(
     data byte for data tracked by git; runs one git process; no training, no download."""
     started = time.perf_counter()
     data, configured, facts = choose_data(mirror, sha, source, repo.data, sources)
-    params = train_params(repo).to_dict()
+    chosen_params = train_params(repo)
+    params = chosen_params.to_dict()
     deps_list = deps_files(facts)
-    packages = nltk_needed(TrainParams.from_dict(params))
+    packages = nltk_needed(chosen_params)
     keys = CacheKeys(
         deps=deps_key(deps_list),
         nltk=nltk_key(),
@@ -329,7 +336,7 @@ def decide(
         "deps": {"key": keys.deps, "files": dict(deps_list)},
         "nltk": {
             "key": keys.nltk,
-            "nltk_version": nltk_version(),
+            "nltk_version": installed_nltk_version(),
             "packages": sorted(NLTK_PACKAGES),
             "needed": list(packages),
         },

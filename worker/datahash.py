@@ -131,11 +131,12 @@ class _Batch:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.stdin.close()
-        try:
-            self.proc.wait(timeout=GIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        # git exits at the end of its input: its stdout ends, then a blocking wait is instant
+        # (a wait with a timeout would poll in sleeps of milliseconds).
+        with contextlib.suppress(OSError):
+            while self.stdout.read(1 << 16):
+                pass
+        self.proc.wait()
         self.stdout.close()
         assert self.proc.stderr is not None
         self.proc.stderr.close()
