@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sqlite3
+import struct
 import subprocess
 import threading
 import time
@@ -255,22 +256,30 @@ def signature(info: os.stat_result) -> Signature:
 
 
 class StatCache:
-    """Digests of files by their stat signature, in a small SQLite file shared by every
-    worker on the machine (WAL; each call opens its own short transaction).
+    """Digests of files by their stat signature (device, inode, mtime, ctime, size), in a
+    small SQLite file shared by every worker on the machine (WAL, short transactions).
 
-    A row is trusted only when the file's mtime and ctime are older than the moment it was
-    hashed by more than `racy_ns` (a file changed again within the timestamp granularity
-    keeps its signature: "racy" in git's terms, so it is hashed again). `VERSION` is part of
-    the schema: a new version starts an empty cache."""
+    A digest is remembered only when the file's mtime and ctime were older than the moment
+    it was hashed by more than `racy_ns`: a file changed again within the timestamp
+    granularity keeps its signature ("racy" in git's terms), so it is hashed every time until
+    it settles. `VERSION` is part of the schema: a new version starts an empty cache.
 
-    VERSION = 1
+    Rows read or written are also kept in memory (at most `MEMO_MAX`): a row is only ever
+    used when the file's signature still matches it, so the memory copy is as good as the
+    file's, and a warm pass costs a stat per file."""
+
+    VERSION = 2
     ALGORITHM = "blake3"
+    _SIG = struct.Struct("<QQqqQ")
+    MEMO_MAX = 200_000
 
     def __init__(self, path: Path, racy_ns: int = 2_000_000_000) -> None:
         self.path = path
         self.racy_ns = racy_ns
         self._local = threading.local()
         self.hashed_bytes = 0  # bytes read by this object (for tests and figures)
+        self._memo: dict[str, tuple[bytes, str]] = {}
+        self._memo_lock = threading.Lock()
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -301,18 +310,17 @@ class StatCache:
             if conn.execute("PRAGMA user_version").fetchone()[0] != self.VERSION:
                 conn.execute("DROP TABLE IF EXISTS digests")
                 conn.execute(
-                    "CREATE TABLE digests (path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER,"
-                    " mtime_ns INTEGER, ctime_ns INTEGER, size INTEGER, digest TEXT,"
-                    " hashed_ns INTEGER) WITHOUT ROWID"
+                    "CREATE TABLE digests (path TEXT PRIMARY KEY, sig BLOB, digest TEXT)"
+                    " WITHOUT ROWID"
                 )
                 conn.execute(f"PRAGMA user_version={self.VERSION}")
             conn.execute("COMMIT")
         return conn
 
-    def _known(self, paths: list[str]) -> dict[str, tuple[Any, ...]]:
-        """Rows for `paths`: (path, dev, ino, mtime_ns, ctime_ns, size, digest, hashed_ns).
-        Many paths are read in one range scan of their common directory."""
-        query = "SELECT path, dev, ino, mtime_ns, ctime_ns, size, digest, hashed_ns FROM digests"
+    def _known(self, paths: list[str]) -> dict[str, tuple[bytes, str]]:
+        """path -> (signature, digest) for `paths`; many paths are read in one range scan
+        of their common directory."""
+        query = "SELECT path, sig, digest FROM digests"
         try:
             with self._db() as conn:
                 if len(paths) > 64:
@@ -328,45 +336,50 @@ class StatCache:
                         rows += conn.execute(f"{query} WHERE path IN ({marks})", chunk).fetchall()
         except sqlite3.DatabaseError:
             return {}
-        return {row[0]: row for row in rows}
+        return {path: (sig, digest) for path, sig, digest in rows}
 
     def digest_files(self, paths: Iterable[PathLike]) -> dict[PathLike, tuple[str, bool]]:
         """`blake3:<hex>` of each file and whether it came from the cache, keyed by the
-        paths as given. Unchanged, settled files cost one stat and a dict lookup."""
+        paths as given. An unchanged, settled file costs one stat and a dict lookup."""
         given = list(paths)
-        names = [os.path.abspath(p) for p in given]
-        known = self._known(names)
+        names = []
+        for path in given:
+            name = os.fspath(path)
+            names.append(name if name.startswith("/") else os.path.abspath(name))
+        memo = self._memo
+        missing = [name for name in names if name not in memo]
+        known = self._known(missing) if missing else {}
+        if known:
+            self._keep(known)
         out: dict[PathLike, tuple[str, bool]] = {}
-        fresh: list[tuple[str, Signature, str, int]] = []
+        fresh: list[tuple[str, bytes, str]] = []
         prefix = self.ALGORITHM + ":"
-        racy = self.racy_ns
+        pack = self._SIG.pack
         for original, name in zip(given, names, strict=True):
             info = os.stat(name)
-            row = known.get(name)
-            if (
-                row is not None
-                and row[1] == info.st_dev
-                and row[2] == info.st_ino
-                and row[3] == info.st_mtime_ns
-                and row[4] == info.st_ctime_ns
-                and row[5] == info.st_size
-                and max(row[3], row[4]) < row[7] - racy
+            row = memo.get(name) or known.get(name)
+            if row is not None and row[0] == pack(
+                info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size
             ):
-                out[original] = (prefix + row[6], True)
+                out[original] = (prefix + row[1], True)
                 continue
             digest, sig, hashed_ns = self._hash(Path(name), info)
             out[original] = (prefix + digest, False)
-            if self._settled(sig, hashed_ns):
-                fresh.append((name, sig, digest, hashed_ns))
+            if max(sig[2], sig[3]) < hashed_ns - self.racy_ns:
+                fresh.append((name, pack(*sig), digest))
         if fresh:
             self._remember(fresh)
+            self._keep({name: (sig, digest) for name, sig, digest in fresh})
         return out
+
+    def _keep(self, rows: dict[str, tuple[bytes, str]]) -> None:
+        with self._memo_lock:
+            if len(self._memo) + len(rows) > self.MEMO_MAX:
+                self._memo = {}
+            self._memo.update(rows)
 
     def digest(self, path: PathLike) -> tuple[str, bool]:
         return next(iter(self.digest_files([path]).values()))
-
-    def _settled(self, sig: Signature, hashed_ns: int) -> bool:
-        return max(sig[2], sig[3]) < hashed_ns - self.racy_ns
 
     def _hash(self, path: Path, info: os.stat_result) -> tuple[str, Signature, int]:
         for _ in range(3):
@@ -379,13 +392,10 @@ class StatCache:
             info = after  # changed while being hashed: again
         raise OSError(f"{path} keeps changing while it is hashed")
 
-    def _remember(self, rows: list[tuple[str, Signature, str, int]]) -> None:
+    def _remember(self, rows: list[tuple[str, bytes, str]]) -> None:
         with contextlib.suppress(sqlite3.DatabaseError), self._db() as conn:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(path, *sig, digest, hashed) for path, sig, digest, hashed in rows],
-            )
+            conn.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?)", rows)
             conn.execute("COMMIT")
 
 
