@@ -24,6 +24,7 @@ from worker.cloudbuild_submit import (
     CALL_TIMEOUT,
     LOOKUP_DELAYS,
     Submitter,
+    read_json,
     transient_retry,
     upload_source,
 )
@@ -170,7 +171,7 @@ class CloudBuilder:
                 "sha": ctx.build.sha,
                 "image": f"{ctx.repo.image}:{ctx.build.sha}",
                 "cloud_build": final.id,
-                "metrics": ctx.metrics,
+                "metrics": ctx.metrics or read_json(ctx.need_model() / "metrics.json"),
             }
             self.store.record_deployed(ctx.repo.slug, record)
             return

@@ -56,7 +56,7 @@ def upload_source(ctx: BuildContext, store: SourceStore) -> BuildInputs:
     """Bundle the checkout with the model (worker/bundle.py, as the local builder does) in a
     scratch dir removed with the build, upload it under its digest; returns the inputs of the
     build request. Deterministic: the same commit and model give the same object."""
-    meta = _read_json(ctx.need_model() / "meta.json")
+    meta = read_json(ctx.need_model() / "meta.json")
     deps = ctx.keys.deps if ctx.keys else "unknown"
     manifest = {
         "repo": ctx.repo.name,
@@ -171,7 +171,7 @@ class Submitter:
         )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

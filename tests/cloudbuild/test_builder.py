@@ -230,3 +230,11 @@ def test_a_refused_request_fails_the_build_instead_of_retrying(settings, db, fak
         make_builder(settings)(ctx)
 
     assert posts(fake) == 1 and fake.builds == {}
+
+
+def test_the_deployed_record_falls_back_to_the_models_own_metrics(settings, db, fake, tmp_path):
+    ctx = ready(settings, db, tmp_path)
+    ctx.metrics = None  # a train stage that left only the model directory
+    builder = make_builder(settings)
+    builder(ctx)
+    assert builder.deployed_metrics(ctx) == METRICS
