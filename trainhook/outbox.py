@@ -71,7 +71,6 @@ class Relay:
         self.publish_timeout = publish_timeout
         self.sweep_seconds = sweep_seconds
         self.grace = timedelta(seconds=grace_seconds)
-        self.on_sweep: list[Callable[[], object]] = []
         self._ids: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._sweeping = False
@@ -128,8 +127,6 @@ class Relay:
                 healthy = self._guarded("publish", functools.partial(self.publish, ids))
             if self._sweeping and time.monotonic() >= next_sweep and not stopping:
                 healthy = self._guarded("sweep", self.sweep)
-                for hook in self.on_sweep:
-                    self._guarded("dead-letter check", hook)
                 next_sweep = time.monotonic() + self.sweep_seconds
             if stopping:
                 return

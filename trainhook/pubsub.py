@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -115,17 +116,30 @@ class PubSubQueue(SqlQueue):
         # Held messages are kept a second past the lease, so after a crash the redelivery
         # usually finds the lease already expired and claims the job at once.
         self.ack_extension = ack_seconds(max(10.0, settings.lease_seconds + 1))
+        self._closing = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def notify(self, build_ids: list[int]) -> None:
         self.relay.submit(build_ids)
 
     def start_sweeper(self) -> None:
-        """Run the outbox sweep (and the dead-letter reconciliation) in the background."""
+        """Run the outbox sweep, and in a thread of its own (its pull waits) the dead-letter
+        reconciliation, every TRAINHOOK_PUBSUB_SWEEP_SECONDS. Idempotent."""
+        self.relay.start(sweep=True)
+        if self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch_dead_letters, name="dead-letters", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch_dead_letters(self) -> None:
         from trainhook.deadletters import reconcile
 
-        if not self.relay.on_sweep:
-            self.relay.on_sweep.append(lambda: reconcile(self.engine, self.clients, self.settings))
-        self.relay.start(sweep=True)
+        while not self._closing.wait(self.settings.pubsub_sweep_seconds):
+            try:
+                reconcile(self.engine, self.clients, self.settings)
+            except Exception as exc:  # Pub/Sub or the database away: next round
+                log.warning("dead-letter check failed: %s: %s", type(exc).__name__, exc)
 
     def wait(self, timeout: float) -> None:
         # claim() already waited in its pull; just yield a moment.
@@ -256,5 +270,8 @@ class PubSubQueue(SqlQueue):
 
     def close(self) -> None:
         """Publish what was notified, then close the clients."""
+        self._closing.set()
         self.relay.stop()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
         self.clients.close()

@@ -182,6 +182,7 @@ def run_queue(kind: str, pg: PostgresServer, emulator: PubSubEmulator | None, ar
         "start_p50_ms": pct(idle, 0.5),
         "start_p99_ms": pct(idle, 0.99),
         "published_p50_ms": pct(published, 0.5) if published else None,
+        "published_p99_ms": pct(published, 0.99) if published else None,
     }
 
 
