@@ -105,7 +105,7 @@ def changes(level: str, now: dict[str, Any], before: dict[str, Any]) -> list[str
         old_data, new_data = before.get("data") or {}, now.get("data") or {}
         path = new_data.get("path") or "generated sample"
         if old_data.get("path") != new_data.get("path"):
-            found.append(f"data file {old_data.get('path') or 'generated sample'}→{path}")
+            found.append(f"training file {old_data.get('path') or 'generated sample'}→{path}")
         elif old_data.get("id") != new_data.get("id"):
             old_id, new_id = old_data.get("id") or "", new_data.get("id") or ""
             if _same_kind(old_id, new_id):

@@ -421,8 +421,9 @@ def make_hash_stage(
         metrics = ctx.recorder.metrics.cache
         metrics.labels(level="deps", result=decision.deps.result).inc()
         ctx.log("hash", log_text(decision))
+        # The data first: the dashboard reads the first "data <path>" as the data file.
         data = data_line(decision.data, decision.configured)
-        return Outcome(detail=f"{decision.summary()}; {data}")
+        return Outcome(detail=f"{data} · {decision.summary()}")
 
     return hash_stage
 

@@ -155,7 +155,7 @@ def test_changed_data_is_named_with_both_blob_ids(builds, origin):
 def test_a_push_changing_only_code_hits_every_level_and_says_why(builds, origin):
     b = builds()
     ctx1, detail1 = b.hash(origin.commit({"data/train.csv": DATA, "uv.lock": "v1\n"}))
-    assert detail1.startswith("deps: miss (first recorded build of main)")
+    assert " · deps: miss (first recorded build of main) · " in detail1
     assert ctx1.keys is not None
     store_model(b, ctx1.keys.model, build_id=ctx1.build.id)
 
@@ -339,3 +339,17 @@ def test_gitattributes_above_the_data_file_are_part_of_its_content_id(builds, or
     assert blob == "git:" + git(origin.path, "rev-parse", "HEAD:data/train.csv")
     assert attributed.data.content_id.startswith(blob + "@")
     assert len({blob, attributed.data.content_id, other.data.content_id}) == 3
+
+
+def test_the_dashboard_reads_the_levels_and_the_data_file_from_the_detail(builds, origin):
+    from service.details import cache_levels, stage_facts
+
+    b = builds('data = ["datasets/v3.csv"]')
+    ctx1, _ = b.hash(origin.commit({"datasets/v3.csv": DATA}))
+    assert ctx1.keys is not None
+    store_model(b, ctx1.keys.model)
+    _, detail = b.hash(origin.commit({"README.md": "x\n"}))
+
+    stage = {"name": "hash", "detail": detail, "cache": None}
+    assert cache_levels({"stages": [stage]}) == {"deps": "hit", "model": "hit"}
+    assert ("data file", "datasets/v3.csv") in [(f.label, f.value) for f in stage_facts(stage)]

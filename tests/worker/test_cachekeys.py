@@ -49,8 +49,8 @@ def test_hash_uses_the_git_blob_id_of_the_first_configured_file_that_exists(
     assert ctx.data is not None and ctx.keys is not None
     assert ctx.data.path == "data/prod.csv"  # cleaned_training_sample.csv is absent
     assert ctx.data.content_id == "git:" + git(origin.path, "rev-parse", f"{sha}:data/prod.csv")
-    assert "; data data/prod.csv git:" in detail
-    assert detail.startswith("deps: miss") and "model: miss" in detail
+    assert detail.startswith("data data/prod.csv git:")
+    assert " · deps: miss" in detail and "model: miss" in detail
     with sqlite_engine.connect() as conn:
         stored = conn.execute(
             sa.select(builds.c.cache_key).where(builds.c.id == ctx.build.id)
