@@ -393,6 +393,13 @@ def make_hash_stage(
     from worker.cacheexplain import explain, previous_inputs
 
     caches: dict[Path, StatCache] = {}
+    made: dict[str, Client] = {}
+
+    def shared_client() -> Client:
+        """One client for gs:// data over the life of this stage (made on first use)."""
+        if "client" not in made:
+            made["client"] = make_gcs_client()
+        return made["client"]
 
     def hash_stage(ctx: BuildContext) -> Outcome:
         source = ctx.need_source()
@@ -402,7 +409,7 @@ def make_hash_stage(
         client = gcs_client if gcs_client is not None else getattr(used_store, "client", None)
         stat_path = ctx.settings.home / "cache" / "stat-cache.sqlite"
         stat_cache = caches.setdefault(stat_path, StatCache(stat_path))
-        sources = Sources(stat_cache, _gcs=client)
+        sources = Sources(stat_cache, shared_client, client)
         decision = decide(
             ctx.mirror,
             ctx.build.sha,

@@ -4,7 +4,6 @@ machine has none, downloaded only when neither has it (and then stored)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -117,7 +116,11 @@ def _download(
     with tempfile.TemporaryDirectory(prefix=".tarball-", dir=root) as scratch:
         make_tarball(staged, Path(scratch) / TARBALL)
         meta = {"build_id": ctx.build.id, "packages": list(packages), "repo": ctx.repo.name}
-        with contextlib.suppress(Exception):  # storing is best effort; training goes on
+        try:
             level.entry, _ = decision.store.publish("nltk", level.key, Path(scratch), meta)
-    level.why = f"{why}; downloaded " + ", ".join(packages) + " and stored"
+            stored = " and stored"
+        except Exception as exc:  # storing is best effort: training goes on
+            ctx.log("train", f"warning: NLTK data not stored: {exc}\n")
+            stored = " (not stored: see log)"
+    level.why = f"{why}; downloaded " + ", ".join(packages) + stored
     return _install(staged, final)

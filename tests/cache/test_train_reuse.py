@@ -229,3 +229,22 @@ def test_nltk_data_is_downloaded_once_then_restored_from_the_store(
     assert (
         ctx3.cache is not None and ctx3.cache.nltk.why == "data directory already on this machine"
     )
+
+
+def test_an_nltk_download_that_fails_stores_nothing_and_training_degrades(
+    builds, origin, sample_csv, tmp_path
+):
+    index = nltk_index(tmp_path / "index")
+    (tmp_path / "index" / "stopwords.zip").write_bytes(b"not the zip the index describes")
+    extra = 'data = ["data/train.csv"]\nparams = { stopwords = true }'
+    b = builds(extra, env={"TRAINHOOK_NLTK_INDEX": index})
+    ctx, _ = b.hash(origin.commit({"data/train.csv": sample_csv}))
+
+    folder = prepare_nltk(ctx)
+
+    assert ctx.cache is not None and ctx.keys is not None
+    assert ctx.cache.nltk.result == "miss"
+    assert ctx.cache.nltk.why == "not stored yet; download failed, training uses fallbacks"
+    assert folder is not None and not (folder / "corpora" / "stopwords").exists()
+    assert b.store.lookup("nltk", ctx.keys.nltk) is None
+    assert not (b.settings.home / "cache" / "nltk" / ctx.keys.nltk).exists()
