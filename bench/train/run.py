@@ -111,6 +111,7 @@ def airline(tmp: Path, reps: int, quiet: float, patience: float) -> dict:
             "trainer_s": round(trainer_s, 2),
             "baseline_s": round(baseline_s, 2),
             "ratio": round(trainer_s / baseline_s, 3),
+            "fastest_ratio": round(min(times["trainer"]) / min(times["baseline"]), 3),
             "runs": times,
         }
     metrics = json.loads((tmp / "warm-t" / "metrics.json").read_text())
@@ -163,10 +164,15 @@ def table(res: dict) -> str:
     ]
     for name, w in a["wall"].items():
         ok = "met" if w["ratio"] <= TARGET_RATIO else "**MISSED**"
+        fast_t, fast_b = min(w["runs"]["trainer"]), min(w["runs"]["baseline"])
         lines.append(
-            f"| wall time, {name}: trainer / baseline (median of {len(w['runs']['trainer'])}) | "
+            f"| wall time, {name}: trainer / baseline, median of {len(w['runs']['trainer'])} | "
             f"{w['trainer_s']:.2f} s / {w['baseline_s']:.2f} s = **{w['ratio']:.2f}×** | "
             f"≤ {TARGET_RATIO}× — {ok} |"
+        )
+        lines.append(
+            f"| wall time, {name}: fastest run of each | {fast_t:.2f} s / {fast_b:.2f} s = "
+            f"**{fast_t / fast_b:.2f}×** | |"
         )
     lines += [
         f"| synthetic {s['rows']:,} rows: rows/s (whole process, {s['wall_s']} s) | "
