@@ -32,11 +32,11 @@ from worker.context import BuildContext, CacheKeys, DataChoice
 from worker.datahash import (
     StatCache,
     TreeFacts,
+    TreeReader,
     exported_unchanged,
     gcs_object,
     lfs_object,
     read_pointer,
-    tree_facts,
 )
 from worker.stage import Outcome, StageFailed
 
@@ -173,16 +173,21 @@ def choose_data(
     and the commit's facts (read in one git process, shared with the deps level)."""
     chosen: tuple[str, str] | None = None
     remote = None
-    for candidate in candidates:
-        if candidate.startswith("gs://"):
-            remote = gcs_object(sources.gcs, candidate)
-            if remote is not None:
+    reader = TreeReader(mirror, sha)  # git starts while the checkout is looked at
+    try:
+        for candidate in candidates:
+            if candidate.startswith("gs://"):
+                remote = gcs_object(sources.gcs, candidate)
+                if remote is not None:
+                    break
+                continue
+            chosen = _pick_one(source, candidate)
+            if chosen is not None:
                 break
-            continue
-        chosen = _pick_one(source, candidate)
-        if chosen is not None:
-            break
-    facts = tree_facts(mirror, sha, [chosen[1]] if chosen else [])
+    except BaseException:
+        reader.close()
+        raise
+    facts = reader.facts([chosen[1]] if chosen else [])
     if remote is not None:
         choice = DataChoice(
             remote.url, remote.content_id, candidates, "gs", None, remote.size, remote

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.checkout import GIT_OPTIONS, GitError, git_env, scrub
+from worker.checkout import GIT_OPTIONS, GitError, scrub
 
 if TYPE_CHECKING:
     from google.cloud.storage import Client
@@ -95,6 +95,20 @@ def parse_tree(data: bytes, oid_bytes: int) -> dict[str, TreeEntry]:
     return entries
 
 
+_ENV: dict[str, str] = {}
+
+
+def batch_env() -> dict[str, str]:
+    """A small environment for the batch git process, made once per process: a large one
+    costs more to pass at every spawn than the whole query takes. No system config; the
+    user's config stays readable (safe.directory)."""
+    if not _ENV:
+        keep = ("PATH", "HOME", "XDG_CONFIG_HOME", "GIT_CONFIG_GLOBAL", "TMPDIR")
+        _ENV.update({k: os.environ[k] for k in keep if k in os.environ})
+        _ENV.update(GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+    return _ENV
+
+
 class _Batch:
     """One `git cat-file --batch-command` process, spoken to interactively."""
 
@@ -102,7 +116,7 @@ class _Batch:
         self.proc = subprocess.Popen(
             ["git", *GIT_OPTIONS, "cat-file", "--batch-command"],
             cwd=mirror,
-            env=git_env(),
+            env=batch_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -129,7 +143,19 @@ class _Batch:
             raise GitError("git cat-file ended early: " + self._stderr())
         return data[:-1]
 
+    def tree(self) -> tuple[str, dict[str, TreeEntry]] | None:
+        """Read the answer to a `contents` of a tree: (its id, its entries), None if missing."""
+        head = self.header()
+        if head is None:
+            return None
+        body = self.body(head[2])
+        if head[1] != "tree":
+            raise GitError(f"{head[0]} is a {head[1]}, not a tree")
+        return head[0], parse_tree(body, len(head[0]) // 2)
+
     def close(self) -> None:
+        if self.stdout.closed:
+            return
         with contextlib.suppress(OSError):
             self.stdin.close()
         # git exits at the end of its input: its stdout ends, then a blocking wait is instant
@@ -150,58 +176,78 @@ class _Batch:
         return scrub(self.proc.stderr.read().decode("utf-8", "replace").strip()[-500:])
 
 
-def tree_facts(mirror: Path, sha: str, paths: Iterable[str]) -> TreeFacts:
-    """Read, in ONE git process, the commit's time, its root tree (for the dependency files)
-    and the tree entry of every path in `paths`, descending through tree objects only (the
-    blob ids come from the trees: no blob is opened, so no data byte is read)."""
-    batch = _Batch(mirror)
-    trees: dict[str, dict[str, TreeEntry]] = {}
+class TreeReader:
+    """Answers what the cache decision asks of one commit, from ONE git process that reads
+    commit and tree objects only: blob ids come from the trees, so no blob is opened and no
+    data byte is read. The process starts (and is asked for the commit and its root tree) at
+    construction, so the caller can look at the checkout meanwhile."""
 
-    def read_tree(spec: str) -> dict[str, TreeEntry] | None:
-        if spec not in trees:
-            batch.send([f"contents {spec}"])
-            head = batch.header()
-            if head is None:
-                return None
-            body = batch.body(head[2])
-            if head[1] != "tree":
-                raise GitError(f"{spec} is a {head[1]}, not a tree")
-            trees[spec] = parse_tree(body, len(head[0]) // 2)
-        return trees[spec]
+    def __init__(self, mirror: Path, sha: str) -> None:
+        self.sha = sha
+        self.batch = _Batch(mirror)
+        try:
+            self.batch.send([f"contents {sha}", f"contents {sha}^{{tree}}"])
+        except BaseException:
+            self.batch.close()
+            raise
 
-    try:
-        batch.send([f"contents {sha}"])
-        commit = batch.header()
-        if commit is None or commit[1] != "commit":
-            raise GitError(f"{sha} is not a commit in the mirror")
-        text = batch.body(commit[2])
-        found = re.search(rb"^committer .* (\d+) [+-]\d{4}$", text, re.MULTILINE)
-        commit_time = int(found.group(1)) if found else 0
-        root = read_tree(f"{sha}^{{tree}}")
-        if root is None:
-            raise GitError(f"the tree of {sha} is missing from the mirror")
-        entries: dict[str, TreeEntry | None] = {}
-        attributes: dict[str, tuple[str, ...]] = {}
-        for path in dict.fromkeys(paths):
-            *folders, name = path.split("/")
-            level: dict[str, TreeEntry] | None = root
-            attrs: list[str] = []
-            for folder in [*folders, None]:
-                assert level is not None
-                if ".gitattributes" in level:
-                    attrs.append(level[".gitattributes"].oid)
-                if folder is None:
-                    break
-                entry = level.get(folder)
+    def facts(self, paths: Iterable[str]) -> TreeFacts:
+        """The commit's time, its root tree and the tree entry of every path in `paths`.
+        Closes the process."""
+        batch = self.batch
+        try:
+            commit = batch.header()
+            if commit is None or commit[1] != "commit":
+                raise GitError(f"{self.sha} is not a commit in the mirror")
+            text = batch.body(commit[2])
+            found = re.search(rb"^committer .* (\d+) [+-]\d{4}$", text, re.MULTILINE)
+            commit_time = int(found.group(1)) if found else 0
+            root_tree = batch.tree()
+            if root_tree is None:
+                raise GitError(f"the tree of {self.sha} is missing from the mirror")
+            trees: dict[str, dict[str, TreeEntry]] = {root_tree[0]: root_tree[1]}
+
+            def subtree(entry: TreeEntry | None) -> dict[str, TreeEntry] | None:
                 # Only ever descend into trees: a blob in the way is never read.
-                level = read_tree(entry.oid) if entry and entry.mode == "40000" else None
-                if level is None:
-                    break
-            entries[path] = level.get(name) if level is not None else None
-            attributes[path] = tuple(attrs)
-    finally:
-        batch.close()
-    return TreeFacts(commit_time, root, entries, attributes)
+                if entry is None or entry.mode != "40000":
+                    return None
+                if entry.oid not in trees:
+                    batch.send([f"contents {entry.oid}"])
+                    answer = batch.tree()
+                    if answer is None:
+                        return None
+                    trees[entry.oid] = answer[1]
+                return trees[entry.oid]
+
+            root = root_tree[1]
+            entries: dict[str, TreeEntry | None] = {}
+            attributes: dict[str, tuple[str, ...]] = {}
+            for path in dict.fromkeys(paths):
+                *folders, name = path.split("/")
+                level: dict[str, TreeEntry] | None = root
+                attrs: list[str] = []
+                for folder in [*folders, None]:
+                    assert level is not None
+                    if ".gitattributes" in level:
+                        attrs.append(level[".gitattributes"].oid)
+                    if folder is None:
+                        break
+                    level = subtree(level.get(folder))
+                    if level is None:
+                        break
+                entries[path] = level.get(name) if level is not None else None
+                attributes[path] = tuple(attrs)
+        finally:
+            batch.close()
+        return TreeFacts(commit_time, root, entries, attributes)
+
+    def close(self) -> None:
+        self.batch.close()
+
+
+def tree_facts(mirror: Path, sha: str, paths: Iterable[str]) -> TreeFacts:
+    """`TreeReader(mirror, sha).facts(paths)`."""
+    return TreeReader(mirror, sha).facts(paths)
 
 
 def exported_unchanged(info: os.stat_result, commit_time: int) -> bool:
