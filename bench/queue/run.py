@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,7 +137,8 @@ def run_queue(kind: str, pg: PostgresServer, emulator: PubSubEmulator | None, ar
     port = free_port()
     procs = [
         subprocess.Popen([sys.executable, "-m", "trainhook.cli", "serve", "--port", str(port)],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         env=env, stdout=subprocess.DEVNULL,
+                         stderr=(tmp / f"serve-{kind}.log").open("w"))
     ] + [
         subprocess.Popen([sys.executable, str(ROOT / "bench/queue/worker.py")], env=env)
         for _ in range(args.workers)
@@ -224,6 +226,7 @@ def main() -> int:
     finally:
         emulator.stop()
         pg.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores, {args.workers} workers, "
           f"{args.pushes} pushes in a burst ({args.concurrency} in flight, {args.branches} "
           f"branches), then {args.paced} paced at {args.rate}/s\n")  # fmt: skip
