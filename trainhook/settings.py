@@ -130,6 +130,14 @@ def _pubsub_settings(env: Mapping[str, str], queue: str) -> dict[str, Any]:
                 )
         if not 5 <= deliveries <= 100:
             raise ConfigError(f"TRAINHOOK_PUBSUB_MAX_DELIVERIES={deliveries}: Pub/Sub allows 5-100")
+        attempts = int(_float(env, "TRAINHOOK_MAX_ATTEMPTS", 3))
+        if deliveries <= attempts:
+            # The worker's own count must decide; Pub/Sub's policy is the backstop for jobs
+            # that never get to fail (they kill the worker), and duplicates count too.
+            raise ConfigError(
+                f"TRAINHOOK_PUBSUB_MAX_DELIVERIES={deliveries} must be above "
+                f"TRAINHOOK_MAX_ATTEMPTS={attempts}"
+            )
     return {
         "pubsub_project": project,
         **names,
