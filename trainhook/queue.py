@@ -165,7 +165,9 @@ class SqlQueue:
         self._wakeup.set()
 
     def bury(self, job: Job, error: str) -> None:
-        self._settle(job, status="dead", lease_until=None, last_error=error)
+        # published_at: no dead-letter message is owed (were the queue switched to Pub/Sub,
+        # its outbox would otherwise copy every old dead job to the dead-letter topic).
+        self._settle(job, status="dead", lease_until=None, last_error=error, published_at=utcnow())
 
     def close(self) -> None:
         """Nothing to stop: the engine belongs to the runtime."""
