@@ -28,9 +28,7 @@ def upgrade() -> None:
         )
     # Jobs already finished need no message, whichever queue ran them. Queued and running
     # ones stay unpublished: switching to TRAINHOOK_QUEUE=pubsub publishes them.
-    op.execute(
-        "UPDATE jobs SET published_at = created_at WHERE status IN ('done', 'dead')"
-    )
+    op.execute("UPDATE jobs SET published_at = created_at WHERE status IN ('done', 'dead')")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index(
             "ix_jobs_unpublished",
