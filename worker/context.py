@@ -108,6 +108,7 @@ class BuildContext:
     recorder: Recorder
     engine: sa.Engine
     attempt: int = 1
+    earlier: frozenset[str] = frozenset()  # stages that succeeded in an earlier attempt
     mirror: Path | None = None
     source: Path | None = None  # the exported commit, a fresh directory under work_dir
     data: DataChoice | None = None

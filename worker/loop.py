@@ -22,7 +22,7 @@ from trainhook.settings import Settings
 from worker.context import BuildContext, BuildInfo
 from worker.heartbeat import Heartbeat
 from worker.pipeline import Pipeline
-from worker.recorder import Recorder
+from worker.recorder import Recorder, succeeded_before
 from worker.stage import Interrupted
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class Worker:
         runtime, queue = self.runtime, self.runtime.queue
         with reading(runtime.engine) as conn:
             build = BuildInfo.load(conn, job.build_id)
+            earlier = succeeded_before(conn, job.build_id) if job.attempts > 1 else frozenset()
         if build is None or build.status in TERMINAL_BUILD:
             # Delivered twice, or cancelled meanwhile: nothing to do, and nothing to redo.
             queue.complete(job)
@@ -143,6 +144,7 @@ class Worker:
             recorder=recorder,
             engine=runtime.engine,
             attempt=job.attempts,
+            earlier=earlier,
         )
         try:
             with ctx.cleanup:

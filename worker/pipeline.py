@@ -37,6 +37,10 @@ class Pipeline:
         Interrupted and infrastructure exceptions propagate to the caller (the worker)."""
         recorder = ctx.recorder
         for step in self.steps:
+            if kept_from_earlier(step, ctx):
+                for stage in step.stages:
+                    recorder.keep(stage)
+                continue
             try:
                 step(ctx)
             except StageFailed as exc:
@@ -56,6 +60,17 @@ class Pipeline:
         return None
 
 
+def kept_from_earlier(step: Step, ctx: BuildContext) -> bool:
+    """Resume from the first unfinished stage: a resumable step whose stages all succeeded
+    in an earlier attempt is not run again. `checkout` always is (the files are needed)."""
+    return (
+        bool(ctx.earlier)
+        and getattr(step, "resumable", False)
+        and "checkout" not in step.stages
+        and all(stage in ctx.earlier for stage in step.stages)
+    )
+
+
 def default_pipeline(
     settings: Settings, builder: Builder | None = None, store: ArtifactStore | None = None
 ) -> Pipeline:
@@ -72,7 +87,8 @@ def default_pipeline(
     return Pipeline(
         [
             SingleStage("checkout", checkout_stage),
-            SingleStage("test", repo_tests_stage),
+            # Tests leave nothing behind for later stages: their success holds for the commit.
+            SingleStage("test", repo_tests_stage, resumable=True),
             SingleStage("hash", make_hash_stage(store or open_store(settings.artifacts))),
             SingleStage("train", make_train_stage(builder.deployed_metrics)),
             builder,

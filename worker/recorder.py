@@ -6,10 +6,12 @@ import logging
 import time
 from collections.abc import Callable
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from trainhook.builds import add_event, append_log
 from trainhook.metrics import Metrics
+from trainhook.models import stage_events
 from worker.stage import Interrupted, Outcome, StageFailed
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,12 @@ class Recorder:
         self.finish(stage, outcome.status, outcome.detail, outcome.cache)
         return outcome
 
+    def keep(self, stage: str) -> None:
+        """`stage` succeeded in an earlier attempt and is not redone: no new event (the
+        page keeps showing that run), but it counts as done for this run."""
+        self.done[stage] = "succeeded"
+        log.info("build %d %s: succeeded in an earlier attempt, not redone", self.build_id, stage)
+
     def skip_rest(self, reason: str = EARLIER_FAILED) -> None:
         """Mark every stage of the pipeline that has not ended in this run as skipped."""
         for stage in self.stages:
@@ -133,3 +141,16 @@ class Recorder:
         self._log_sizes[stage] = size + len(text)
         with self.engine.begin() as conn:
             append_log(conn, self.build_id, stage, text)
+
+
+def succeeded_before(conn: sa.Connection, build_id: int) -> frozenset[str]:
+    """The stages of `build_id` whose latest event says succeeded (from earlier attempts)."""
+    latest: dict[str, str] = {}
+    query = (
+        sa.select(stage_events.c.stage, stage_events.c.status)
+        .where(stage_events.c.build_id == build_id)
+        .order_by(stage_events.c.id)
+    )
+    for stage, status in conn.execute(query):
+        latest[stage] = status
+    return frozenset(stage for stage, status in latest.items() if status == "succeeded")

@@ -69,11 +69,16 @@ StageFunction = Callable[["BuildContext"], Outcome]
 
 
 class SingleStage:
-    """A step that reports exactly one stage: `fn(ctx)` returns its Outcome."""
+    """A step that reports exactly one stage: `fn(ctx)` returns its Outcome.
 
-    def __init__(self, name: str, fn: StageFunction) -> None:
+    `resumable`: when the job is delivered again (a retry, a crashed worker), a stage that
+    succeeded in an earlier attempt of the build is not redone. Only for stages that leave
+    nothing in the context that later stages read (the pipeline redoes `checkout` always)."""
+
+    def __init__(self, name: str, fn: StageFunction, *, resumable: bool = False) -> None:
         self.name = name
         self.fn = fn
+        self.resumable = resumable
 
     @property
     def stages(self) -> tuple[str, ...]:

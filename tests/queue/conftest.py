@@ -221,8 +221,10 @@ class Counter:
 
         return run
 
-    def pipeline(self) -> Pipeline:
-        return Pipeline([SingleStage(name, self.stage(name)) for name in STAGES])
+    def pipeline(self, *, resumable: bool = False) -> Pipeline:
+        return Pipeline(
+            [SingleStage(name, self.stage(name), resumable=resumable) for name in STAGES]
+        )
 
     def count(self, build_id: int, stage: str = "train") -> int:
         return self.runs.get((build_id, stage), 0)

@@ -34,7 +34,7 @@ def main(sync: Path, name: str, train_seconds: float) -> int:
 
         return run
 
-    pipeline = Pipeline([SingleStage(s, stage(s)) for s in STAGES])
+    pipeline = Pipeline([SingleStage(s, stage(s), resumable=True) for s in STAGES])
     (sync / f"ready-{name}").touch()
     print(run_worker_process(load_settings(), pipeline=pipeline), flush=True)
     return 0
