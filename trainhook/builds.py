@@ -104,6 +104,48 @@ def find_delivery(
     return None if row is None else (row[0], row[1], row[2], row[3])
 
 
+def build_row(spec: BuildSpec, delivery_row: int | None, created_at: datetime) -> dict[str, object]:
+    """The `builds` row of a new queued build."""
+    return {
+        "delivery_id": delivery_row,
+        "provider": spec.provider,
+        "repo": spec.repo,
+        "ref": spec.ref,
+        "sha": spec.sha,
+        "before_sha": spec.before_sha,
+        "trigger": spec.trigger,
+        "status": "queued",
+        "force": spec.force,
+        "commit_message": spec.commit_message,
+        "author": spec.author,
+        "created_at": created_at,
+        "replay_of": spec.replay_of,
+    }
+
+
+def opening_events(build_id: int, received_at: datetime, now: datetime) -> list[dict[str, object]]:
+    """`received` (from arrival to commit) and the start of `queued`."""
+    return [
+        _event(build_id, "received", "running", received_at),
+        _event(build_id, "received", "succeeded", now),
+        _event(build_id, "queued", "running", now),
+    ]
+
+
+def job_row(build_id: int, now: datetime) -> dict[str, object]:
+    """The `jobs` row that queues a build."""
+    return {
+        "build_id": build_id,
+        "status": "queued",
+        "attempts": 0,
+        "available_at": now,
+        "created_at": now,
+        "lease_owner": None,
+        "lease_until": None,
+        "last_error": None,
+    }
+
+
 def create_build(
     conn: sa.Connection,
     spec: BuildSpec,
@@ -119,47 +161,9 @@ def create_build(
         raise ValueError(f"unknown trigger {spec.trigger!r}")
     now = utcnow()
     received_at = received_at or now
-    build_id = _new_id(
-        conn.execute(
-            _INSERT_BUILD,
-            {
-                "delivery_id": delivery_row,
-                "provider": spec.provider,
-                "repo": spec.repo,
-                "ref": spec.ref,
-                "sha": spec.sha,
-                "before_sha": spec.before_sha,
-                "trigger": spec.trigger,
-                "status": "queued",
-                "force": spec.force,
-                "commit_message": spec.commit_message,
-                "author": spec.author,
-                "created_at": received_at,
-                "replay_of": spec.replay_of,
-            },
-        )
-    )
-    conn.execute(
-        _INSERT_EVENT,
-        [
-            _event(build_id, "received", "running", received_at),
-            _event(build_id, "received", "succeeded", now),
-            _event(build_id, "queued", "running", now),
-        ],
-    )
-    conn.execute(
-        _INSERT_JOB,
-        {
-            "build_id": build_id,
-            "status": "queued",
-            "attempts": 0,
-            "available_at": now,
-            "created_at": now,
-            "lease_owner": None,
-            "lease_until": None,
-            "last_error": None,
-        },
-    )
+    build_id = _new_id(conn.execute(_INSERT_BUILD, build_row(spec, delivery_row, received_at)))
+    conn.execute(_INSERT_EVENT, opening_events(build_id, received_at, now))
+    conn.execute(_INSERT_JOB, job_row(build_id, now))
     return build_id
 
 

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from trainhook.builds import BuildSpec, Delivery, find_delivery
+from trainhook.builds import (
+    BuildSpec,
+    Delivery,
+    build_row,
+    find_delivery,
+    job_row,
+    opening_events,
+)
 from trainhook.models import builds, deliveries, jobs, stage_events, utcnow
 
 
@@ -69,26 +76,6 @@ def _delivery_row(item: Incoming) -> dict[str, object]:
     }
 
 
-def _build_row(item: Incoming, delivery_row: int) -> dict[str, object]:
-    spec = item.spec
-    assert spec is not None
-    return {
-        "delivery_id": delivery_row,
-        "provider": spec.provider,
-        "repo": spec.repo,
-        "ref": spec.ref,
-        "sha": spec.sha,
-        "before_sha": spec.before_sha,
-        "trigger": spec.trigger,
-        "status": "queued",
-        "force": spec.force,
-        "commit_message": spec.commit_message,
-        "author": spec.author,
-        "created_at": item.delivery.received_at,
-        "replay_of": spec.replay_of,
-    }
-
-
 def record_deliveries(conn: sa.Connection, items: Sequence[Incoming]) -> list[Recorded]:
     """Store every delivery, and for each new one that builds, its build, its `received` and
     `queued` stage events and its job — a handful of statements for the whole batch.
@@ -111,24 +98,20 @@ def record_deliveries(conn: sa.Connection, items: Sequence[Incoming]) -> list[Re
     if building:
         result = conn.execute(
             builds.insert().returning(builds.c.id, sort_by_parameter_order=True),
-            [_build_row(item, row) for _, item, row in building],
+            [
+                build_row(item.spec, row, item.delivery.received_at)
+                for _, item, row in building
+                if item.spec is not None
+            ],
         )
         for (pos, _, _), build_id in zip(building, result.scalars().all(), strict=True):
             build_ids[pos] = build_id
         now = utcnow()
-        events, job_rows = [], []
+        events: list[dict[str, object]] = []
+        job_rows = []
         for pos, item, _ in building:
-            bid, at = build_ids[pos], item.delivery.received_at
-            events += [
-                _event(bid, "received", "running", at),
-                _event(bid, "received", "succeeded", now),
-                _event(bid, "queued", "running", now),
-            ]
-            job_rows.append(
-                {"build_id": bid, "status": "queued", "attempts": 0, "available_at": now,
-                 "created_at": now, "lease_owner": None, "lease_until": None,
-                 "last_error": None}
-            )  # fmt: skip
+            events += opening_events(build_ids[pos], item.delivery.received_at, now)
+            job_rows.append(job_row(build_ids[pos], now))
         conn.execute(stage_events.insert(), events)
         conn.execute(jobs.insert(), job_rows)
     fresh_positions = {pos for pos, _, _ in fresh}
@@ -142,8 +125,3 @@ def record_deliveries(conn: sa.Connection, items: Sequence[Incoming]) -> list[Re
         reason = (found[2] or found[1]) if found else item.reason
         answers.append(Recorded(build_id, True, reason))
     return answers
-
-
-def _event(build_id: int, stage: str, status: str, at: object) -> dict[str, object]:
-    return {"build_id": build_id, "stage": stage, "status": status, "at": at,
-            "cache": None, "detail": None}  # fmt: skip
