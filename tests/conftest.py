@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,6 +80,34 @@ def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
     path = tmp_path / "trainhook.db"
     shutil.copy(sqlite_template, path)
     return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[sa.Engine]:
+    """For tests about files and processes, not SQL: SQLite only, to keep the suite fast."""
+    eng = make_engine(sqlite_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def child_bytecode_cache() -> Iterator[None]:
+    """Let the Python children of the tests (trainer, health check, test commands) keep
+    bytecode in a cache outside the tree. Without it, an environment that sets
+    PYTHONDONTWRITEBYTECODE recompiles scikit-learn in every child: seconds per process."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    saved_sys = (sys.dont_write_bytecode, sys.pycache_prefix)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    cache = Path(tempfile.gettempdir()) / f"trainhook-test-pycache-{os.getuid()}"
+    os.environ["PYTHONPYCACHEPREFIX"] = str(cache)
+    sys.dont_write_bytecode, sys.pycache_prefix = False, str(cache)
+    yield
+    sys.dont_write_bytecode, sys.pycache_prefix = saved_sys
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture

@@ -42,35 +42,3 @@ def bucket(gcs_client: Any) -> str:
     name = "th-" + uuid.uuid4().hex[:16]
     gcs_client.create_bucket(name)
     return name
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url: str) -> Iterator[Any]:
-    from trainhook.db import make_engine
-
-    eng = make_engine(sqlite_url)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def child_bytecode_cache() -> Iterator[None]:
-    """Python children (trainer, NLTK download) keep bytecode outside the tree (see
-    tests/worker/conftest.py: without it every child recompiles scikit-learn)."""
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    saved = {k: os.environ.get(k) for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
-    saved_sys = (sys.dont_write_bytecode, sys.pycache_prefix)
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    cache = Path(tempfile.gettempdir()) / f"trainhook-test-pycache-{os.getuid()}"
-    os.environ["PYTHONPYCACHEPREFIX"] = str(cache)
-    sys.dont_write_bytecode, sys.pycache_prefix = False, str(cache)
-    yield
-    sys.dont_write_bytecode, sys.pycache_prefix = saved_sys
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,7 +10,7 @@ import sqlalchemy as sa
 
 from trainhook.builds import BuildSpec, create_build
 from trainhook.buildview import get_build, get_logs
-from trainhook.db import make_engine, reading
+from trainhook.db import reading
 from trainhook.metrics import Metrics
 from trainhook.models import jobs, stage_events
 from trainhook.runtime import Runtime, build_runtime
@@ -26,27 +22,6 @@ from worker.stage import Outcome, SingleStage
 
 REPO = "octo-org/social-score-api"
 PIPELINE_STAGES = ("checkout", "test", "hash", "train", "build", "push", "deploy", "vertex")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def child_bytecode_cache() -> Iterator[None]:
-    """Let the Python children of these tests (trainer, health check, test commands) keep
-    bytecode in a cache outside the tree. Without it, an environment that sets
-    PYTHONDONTWRITEBYTECODE recompiles scikit-learn in every child: seconds per process."""
-    saved = {k: os.environ.get(k) for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
-    saved_sys = (sys.dont_write_bytecode, sys.pycache_prefix)
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    cache = Path(tempfile.gettempdir()) / f"trainhook-test-pycache-{os.getuid()}"
-    os.environ["PYTHONPYCACHEPREFIX"] = str(cache)
-    # The same for this process, which imports nltk for the nltk cache key.
-    sys.dont_write_bytecode, sys.pycache_prefix = False, str(cache)
-    yield
-    sys.dont_write_bytecode, sys.pycache_prefix = saved_sys
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture
@@ -105,14 +80,6 @@ def toy_pipeline(
         return Outcome(detail="ok")
 
     return Pipeline([SingleStage(name, overrides.get(name, ok)) for name in PIPELINE_STAGES])
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url: str) -> Iterator[sa.Engine]:
-    """For tests about files and processes, not SQL: SQLite only, to keep the suite fast."""
-    eng = make_engine(sqlite_url)
-    yield eng
-    eng.dispose()
 
 
 def context_for(settings: Settings, engine: sa.Engine, build_id: int) -> BuildContext:
