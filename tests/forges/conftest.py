@@ -7,9 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.forges.fakeforge import FakeForge, running
-from tests.worker.conftest import sqlite_engine
-
-__all__ = ["sqlite_engine"]
 
 
 @pytest.fixture
