@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from tests.support.gitrepo import GitRepo
 from tests.support.postgres import PostgresServer, find_pg_bin
 from trainhook.db import make_engine, upgrade
 from trainhook.settings import Settings, load_settings
@@ -80,6 +81,12 @@ def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
     path = tmp_path / "trainhook.db"
     shutil.copy(sqlite_template, path)
     return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> GitRepo:
+    """An empty git repository on branch main: the repository trainhook is told to clone."""
+    return GitRepo(tmp_path / "origin")
 
 
 @pytest.fixture

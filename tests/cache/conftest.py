@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.cache.harness import Builds
 from tests.support.fakegcs import FakeGcs, find_binary
 
 
@@ -42,3 +43,12 @@ def bucket(gcs_client: Any) -> str:
     name = "th-" + uuid.uuid4().hex[:16]
     gcs_client.create_bucket(name)
     return name
+
+
+@pytest.fixture
+def builds(make_settings, sqlite_url, sqlite_engine, origin):
+    def make(extra: str = 'data = ["data/train.csv"]', env: dict | None = None, **kw) -> Builds:
+        settings = make_settings(sqlite_url, clone_url=origin.url, extra=extra, env=env)
+        return Builds(settings, sqlite_engine, **kw)
+
+    return make

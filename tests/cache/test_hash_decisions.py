@@ -8,30 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.cache.harness import DATA, Builds, fake_model
 from tests.conftest import REPO_ROOT
-from tests.support.gitrepo import GitRepo, git
+from tests.support.gitrepo import git
 from trainhook.artifacts import open_store
 from worker.datahash import StatCache
 
 LFS_OID = "4d7a2146e5e1ba3e7f1d0a1b5b1a6b5c9e0b1d2c3f4a5b6c7d8e9f0a1b2c3d4e"
 POINTER = f"version https://git-lfs.github.com/spec/v1\noid sha256:{LFS_OID}\nsize 123456\n"
-
-
-@pytest.fixture
-def origin(tmp_path: Path) -> GitRepo:
-    return GitRepo(tmp_path / "origin")
-
-
-@pytest.fixture
-def builds(make_settings, sqlite_url, sqlite_engine, origin):
-    def make(extra: str = 'data = ["data/train.csv"]', env: dict | None = None, **kw) -> Builds:
-        settings = make_settings(sqlite_url, clone_url=origin.url, extra=extra, env=env)
-        return Builds(settings, sqlite_engine, **kw)
-
-    return make
 
 
 def store_model(b: Builds, key: str, build_id: int = 1) -> None:

@@ -10,11 +10,10 @@ import shutil
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-from tests.cache.harness import Builds, fake_model, nltk_index
+from tests.cache.harness import fake_model, nltk_index
 from tests.conftest import REPO_ROOT
 from tests.support.gitrepo import GitRepo
 from tests.worker.conftest import logs
@@ -34,20 +33,6 @@ def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> str:
         capture_output=True,
     )
     return path.read_text()
-
-
-@pytest.fixture
-def origin(tmp_path: Path) -> GitRepo:
-    return GitRepo(tmp_path / "origin")
-
-
-@pytest.fixture
-def builds(make_settings, sqlite_url, sqlite_engine, origin):
-    def make(extra: str = 'data = ["data/train.csv"]', env: dict | None = None, **kw) -> Builds:
-        settings = make_settings(sqlite_url, clone_url=origin.url, extra=extra, env=env)
-        return Builds(settings, sqlite_engine, **kw)
-
-    return make
 
 
 def test_a_stored_model_is_restored_and_the_trainer_never_runs(builds, origin, sample_csv):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from tests.support.gitrepo import GitRepo, git
+from tests.support.gitrepo import git
 from tests.worker.conftest import context_for, new_build
 from trainhook.models import builds
 from worker.cachekeys import hash_stage, pick_data
@@ -17,11 +16,6 @@ from worker.context import BuildContext
 from worker.stage import StageFailed
 
 DATA = "text,label\nlove it,pos\nhate it,neg\n"
-
-
-@pytest.fixture
-def origin(tmp_path: Path) -> GitRepo:
-    return GitRepo(tmp_path / "origin")
 
 
 @pytest.fixture

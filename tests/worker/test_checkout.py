@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -16,11 +15,6 @@ from worker.checkout import GitError, Mirror, checkout_stage, redact, scrub
 from worker.loop import Worker
 from worker.stage import StageFailed
 from worker.workspace import Workspace
-
-
-@pytest.fixture
-def origin(tmp_path: Path) -> GitRepo:
-    return GitRepo(tmp_path / "origin")
 
 
 def checkout(settings, engine, sha: str):

@@ -12,12 +12,10 @@ import random
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.support.gitrepo import GitRepo
 from tests.worker.conftest import build_view, logs, new_build, stage_map
 from trainhook.runtime import build_runtime
 from worker.cachekeys import hash_stage
@@ -47,11 +45,6 @@ def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> str:
         capture_output=True,
     )
     return path.read_text()
-
-
-@pytest.fixture
-def origin(tmp_path: Path) -> GitRepo:
-    return GitRepo(tmp_path / "origin")
 
 
 @pytest.fixture
