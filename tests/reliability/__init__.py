@@ -1,0 +1,1 @@
+"""Reliability and security proof: faults, fuzzing, the state machine, the soak run."""
