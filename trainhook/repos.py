@@ -24,6 +24,8 @@ PROVIDERS = ("github", "gitlab", "gitea", "forgejo")
 DEFAULT_DATA = ("data/cleaned_training_sample.csv", "data/prod.csv", "data/train.csv")
 # git transports that may be configured; `ext::` and friends run commands and are never allowed
 CLONE_SCHEMES = ("https", "http", "ssh", "git", "file")
+# Where test_command runs: the worker's own Python, or a venv built from the commit's deps files
+TEST_ENVS = ("worker", "venv")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class RepoConfig:
     tags: tuple[str, ...] = ()  # glob patterns of tags that build; empty: tags never build
     data: tuple[str, ...] = DEFAULT_DATA
     test_command: str | None = None
+    test_env: str = "worker"  # one of TEST_ENVS
     text_column: str = "text"
     label_column: str = "label"
     min_macro_f1: float = 0.0
@@ -89,6 +92,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "secret_env": (str,),
     "data": (list,),
     "test_command": (str,),
+    "test_env": (str,),
     "text_column": (str,),
     "label_column": (str,),
     "min_macro_f1": (float, int),
@@ -205,6 +209,8 @@ def parse_repo(path: Path, index: int, table: dict[str, Any]) -> RepoConfig:
             raise _fail(path, label, f"key {key!r} must be a list of non-empty strings")
     for item in table.get("data", []):
         _check_data_path(path, label, item)
+    if table.get("test_env", "worker") not in TEST_ENVS:
+        raise _fail(path, label, f"key 'test_env': {table['test_env']!r} not in {TEST_ENVS}")
     _check_clone_url(path, label, table["clone_url"])
     _check_forge_keys(path, label, table)
     kwargs: dict[str, Any] = dict(table)

@@ -39,6 +39,7 @@ class Settings:
     public_url: str = ""
     reconcile_interval: float = 0.0  # seconds between missed-delivery checks; 0: off
     nltk_index: str | None = None  # NLTK data index URL (TRAINHOOK_NLTK_INDEX); None: NLTK's
+    venv_keep: int = 5  # test venvs (`test_env = "venv"`) kept, most recently used first
     # Pub/Sub (TRAINHOOK_QUEUE=pubsub). Empty dead-letter names mean "<topic>-dead" and
     # "<subscription>-dead" (see the properties below).
     pubsub_project: str = ""
@@ -100,6 +101,11 @@ class Settings:
     def work_dir(self) -> Path:
         return self.home / "work"
 
+    @property
+    def venvs_dir(self) -> Path:
+        """Where the test stage keeps its virtual environments, one per deps key."""
+        return self.home / "venvs"
+
 
 PUBSUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
 
@@ -158,6 +164,18 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
+def _venv_keep(env: Mapping[str, str]) -> int:
+    raw = env.get("TRAINHOOK_VENV_KEEP") or "5"
+    try:
+        keep = int(raw)
+    except ValueError:
+        raise ConfigError(f"TRAINHOOK_VENV_KEEP={raw!r} is not a whole number") from None
+    if keep < 1:
+        # The venv a build is about to use must survive its own prune.
+        raise ConfigError(f"TRAINHOOK_VENV_KEEP={keep}: keep at least 1 venv")
+    return keep
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool = True) -> Settings:
     """Build settings from `env` (default: the process environment).
 
@@ -211,6 +229,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
         public_url=(env.get("TRAINHOOK_PUBLIC_URL") or "").rstrip("/"),
         reconcile_interval=_float(env, "TRAINHOOK_RECONCILE_INTERVAL", 0.0),
         nltk_index=env.get("TRAINHOOK_NLTK_INDEX") or None,
+        venv_keep=_venv_keep(env),
         **_pubsub_settings(env, queue),
         **cloudbuild_env(env, _float),
     )
