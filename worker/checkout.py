@@ -25,7 +25,9 @@ from worker.workspace import Workspace
 ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
 SHA_RE = re.compile(r"[0-9a-f]{7,64}")
 GIT_TIMEOUT = 900.0
-# Never run hooks from the mirror's config, never recurse into submodules.
+# Never run hooks from the mirror's config, never recurse into submodules, never follow an
+# HTTP redirect (git's default follows the first one: a server, or whoever answers for it,
+# could send the fetch to another host).
 GIT_OPTIONS = (
     "-c",
     "core.hooksPath=/dev/null",
@@ -33,6 +35,8 @@ GIT_OPTIONS = (
     "submodule.recurse=false",
     "-c",
     "fetch.recurseSubmodules=false",
+    "-c",
+    "http.followRedirects=false",
 )
 REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 
@@ -60,10 +64,23 @@ def scrub(text: str) -> str:
     return _USERINFO.sub(r"\1", text)
 
 
-def git_env() -> dict[str, str]:
+def transport(url: str) -> str:
+    """The one git transport the configured `url` uses (`host:path` is ssh, a plain path is
+    file), or "" (nothing allowed) for anything not in ALLOWED_PROTOCOLS, `ext::` included."""
+    head = url.split("/", 1)[0]
+    if "::" in head:
+        return ""
+    scheme = urlsplit(url).scheme.lower()
+    if not scheme:
+        scheme = "ssh" if ":" in head else "file"
+    return scheme if scheme in ALLOWED_PROTOCOLS.split(":") else ""
+
+
+def git_env(protocols: str = ALLOWED_PROTOCOLS) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINHOOK_")}
     env.update(
-        GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,
+        # Overrides any protocol.* setting (the mirror's config included).
+        GIT_ALLOW_PROTOCOL=protocols,
         GIT_TERMINAL_PROMPT="0",
         GIT_CONFIG_NOSYSTEM="1",
         GIT_ASKPASS="true",  # never wait for a password on a terminal
@@ -72,13 +89,19 @@ def git_env() -> dict[str, str]:
     return env
 
 
-def git(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT) -> str:
-    """Run git with the safe options; returns stdout. Raises GitError with git's message."""
+def git(
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = GIT_TIMEOUT,
+    protocols: str = ALLOWED_PROTOCOLS,
+) -> str:
+    """Run git with the safe options and only `protocols` allowed; returns stdout. Raises
+    GitError with git's message."""
     try:
         done = subprocess.run(
             ["git", *GIT_OPTIONS, *args],
             cwd=cwd,
-            env=git_env(),
+            env=git_env(protocols),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -110,6 +133,11 @@ class Mirror:
         finally:
             os.close(fd)
 
+    def _git(self, *args: str, cwd: Path | None = None) -> str:
+        # Talking to the remote: only the configured URL's own transport, so neither a
+        # url.*.insteadOf rule nor a redirect can switch it to file://, ext:: or another.
+        return git(*args, cwd=cwd, protocols=transport(self.repo.clone_url))
+
     def has_commit(self, sha: str) -> bool:
         if not self.path.exists():
             return False
@@ -126,8 +154,8 @@ class Mirror:
             if self.has_commit(sha):
                 return "already present"
             if self.path.exists():
-                git("fetch", "--prune", "--no-tags", "--", self.repo.clone_url, *REFSPECS,
-                    cwd=self.path)  # fmt: skip
+                self._git("fetch", "--prune", "--no-tags", "--", self.repo.clone_url,
+                          *REFSPECS, cwd=self.path)  # fmt: skip
                 action = "fetched"
             else:
                 self._clone()
@@ -144,8 +172,8 @@ class Mirror:
         ref does not exist, GitError on git faults. Always fetches: a ref moves."""
         with self._locked():
             if self.path.exists():
-                git("fetch", "--prune", "--no-tags", "--", self.repo.clone_url, *REFSPECS,
-                    cwd=self.path)  # fmt: skip
+                self._git("fetch", "--prune", "--no-tags", "--", self.repo.clone_url,
+                          *REFSPECS, cwd=self.path)  # fmt: skip
                 action = "fetched"
             else:
                 self._clone()
@@ -163,7 +191,7 @@ class Mirror:
         # Clone beside the final path and rename: a crash never leaves a half-made mirror.
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         try:
-            git("clone", "--bare", "--quiet", "--", self.repo.clone_url, str(tmp / "m"))
+            self._git("clone", "--bare", "--quiet", "--", self.repo.clone_url, str(tmp / "m"))
             os.rename(tmp / "m", self.path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
