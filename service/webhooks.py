@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from starlette.requests import ClientDisconnect, Request
@@ -27,17 +28,26 @@ FORGES: dict[str, Forge] = {
 }
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than `limit` bytes without reading past it."""
+class TooSlow(WebhookError):
+    status = 408
+
+
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """The raw body, refusing more than `limit` bytes without reading past it, and a body
+    that takes over `timeout` seconds to arrive (a slow client holding the connection)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"body is over the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"body is over the {limit}-byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise TooSlow(f"body not received within {timeout:g}s") from None
     return b"".join(chunks)
 
 
@@ -50,14 +60,17 @@ async def receive(request: Request) -> JSONResponse:
     if forge is None:
         return JSONResponse({"error": f"unknown provider {name!r}"}, status_code=404)
     try:
-        body = await read_body(request, runtime.settings.body_limit)
+        settings = runtime.settings
+        body = await read_body(request, settings.body_limit, settings.body_timeout)
         headers = {k.lower(): v for k, v in request.headers.items()}
         repo, event = ingest.verify(runtime, forge, headers, body)
         item = ingest.incoming(forge, repo, event, headers, body, received_at)
         answer = await ingest.record(runtime, request.app.state.writer, item)
     except WebhookError as exc:
         runtime.metrics.webhooks.labels(name, str(exc.status)).inc()
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        # The rest of a body too large or too slow is not worth reading: close the connection.
+        close = {"Connection": "close"} if isinstance(exc, TooLarge | TooSlow) else None
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=close)
     except DatabaseUnavailable as exc:
         runtime.metrics.webhooks.labels(name, "503").inc()
         return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})

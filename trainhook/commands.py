@@ -18,9 +18,17 @@ def _serve(runtime: Any, host: str, port: int, on_started: Callable[[], None] | 
     import uvicorn
 
     from service.app import create_app
+    from service.httpguard import guarded_protocol
 
+    # Slow clients: uvicorn alone waits forever for a request head and keeps every header
+    # line; the guarded protocol bounds both (TRAINHOOK_HEADER_TIMEOUT, 64 KiB).
     config = uvicorn.Config(
-        create_app(runtime), host=host, port=port, log_level="warning", access_log=False
+        create_app(runtime),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http=guarded_protocol(runtime.settings.header_timeout),
     )
     server = uvicorn.Server(config)
     if on_started is not None:

@@ -31,6 +31,10 @@ class Settings:
     repos: tuple[RepoConfig, ...]
     secrets: Mapping[str, str] = field(repr=False, default_factory=dict)
     body_limit: int = DEFAULT_BODY_LIMIT
+    # Slow clients: a request head must arrive within header_timeout seconds, a webhook
+    # body within body_timeout (else 408 and the connection is closed).
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
     lease_seconds: float = 60.0
     poll_interval: float = 0.5
     max_attempts: int = 3
@@ -221,6 +225,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
         repos=repos,
         secrets=secrets,
         body_limit=int(_float(env, "TRAINHOOK_BODY_LIMIT", DEFAULT_BODY_LIMIT)),
+        header_timeout=_float(env, "TRAINHOOK_HEADER_TIMEOUT", 10.0),
+        body_timeout=_float(env, "TRAINHOOK_BODY_TIMEOUT", 60.0),
         lease_seconds=_float(env, "TRAINHOOK_LEASE_SECONDS", 60.0),
         poll_interval=_float(env, "TRAINHOOK_POLL_INTERVAL", 0.5),
         max_attempts=int(_float(env, "TRAINHOOK_MAX_ATTEMPTS", 3)),
