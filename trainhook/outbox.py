@@ -7,6 +7,11 @@ them. A sweep, every `sweep_seconds` in the service and in `trainhook up`, publi
 is left: a relay killed after the commit, Pub/Sub down when the webhook came. A relay killed
 after publishing but before marking makes the sweep publish again: a duplicate message, which
 the consumer's database claim makes harmless. Dead jobs go the same way to the dead-letter topic.
+
+A published message can still be lost (the subscription deleted and made again, an emulator
+restarted with its state in memory). `owe_messages` then marks unfinished jobs unpublished so
+the sweep publishes them again: all of them when the subscription is known to be new, and at
+every sweep those runnable for `republish_seconds` with nobody claiming them.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ class Relay:
         publish_timeout: float = 10.0,
         sweep_seconds: float = 10.0,
         grace_seconds: float = 2.0,
+        republish_seconds: float = 0.0,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.engine = engine
         self.publisher = publisher
@@ -71,6 +78,10 @@ class Relay:
         self.publish_timeout = publish_timeout
         self.sweep_seconds = sweep_seconds
         self.grace = timedelta(seconds=grace_seconds)
+        # 0: never republish a job whose message was delivered once (see owe_messages).
+        self.republish = timedelta(seconds=republish_seconds) if republish_seconds > 0 else None
+        # Told of each failed publish (the queue recreates a missing topic from it).
+        self.on_failure = on_failure
         self._ids: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._sweeping = False
@@ -144,7 +155,17 @@ class Relay:
 
     def sweep(self) -> PublishResult:
         """Publish every unpublished job older than the grace period (so rows whose own
-        notification is in flight are left to it). Returns what was published."""
+        notification is in flight are left to it), after marking unpublished the jobs whose
+        message looks lost. Returns what was published."""
+        if self.republish is not None:
+            owed = owe_messages(self.engine, idle_for=self.republish)
+            if owed:
+                log.warning(
+                    "outbox: %d job(s) runnable for %.0fs with nobody claiming them: their "
+                    "message is taken as lost and published again",
+                    owed,
+                    self.republish.total_seconds(),
+                )
         total = PublishResult()
         while True:
             result = self.publish(None)
@@ -194,6 +215,11 @@ class Relay:
 
     def _failed(self, row: Any, topic: str, key: str, exc: Exception, out: PublishResult) -> None:
         out.failed.append(row.build_id)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(exc)
+            except Exception as hook_exc:  # the rows stay owed whatever the hook does
+                log.warning("outbox: failure hook failed: %s", hook_exc)
         if key:
             # With ordering keys, one failed publish pauses the key until resumed. (A publish
             # we stopped waiting for may still be in flight: then the key is not paused.)
@@ -253,6 +279,30 @@ class Relay:
                 .where(jobs.c.build_id.in_(build_ids), jobs.c.published_at.is_(None))
                 .values(published_at=utcnow())
             )
+
+
+def owe_messages(engine: Engine, *, idle_for: timedelta | None = None) -> int:
+    """Mark unfinished jobs' messages as owed again (`published_at` NULL), so the sweep
+    publishes them; returns how many. Without `idle_for`: every queued or running job (the
+    subscription is new, so none of their messages exists; a running job's is published once
+    its lease has expired, if its worker never finishes it). With `idle_for`: only jobs that
+    have been runnable that long (queued and due, or running under a lease expired that long
+    ago) and not published within it, i.e. whose message nobody took: Pub/Sub redelivers an
+    unacknowledged message well within a lease, so a message missing for longer is lost.
+    A message that was only slow gives a duplicate, which the claim makes harmless."""
+    where = sa.and_(jobs.c.published_at.is_not(None), jobs.c.status.in_(("queued", "running")))
+    if idle_for is not None:
+        since = utcnow() - idle_for
+        where = sa.and_(
+            where,
+            jobs.c.published_at < since,
+            sa.or_(
+                sa.and_(jobs.c.status == "queued", jobs.c.available_at < since),
+                sa.and_(jobs.c.status == "running", jobs.c.lease_until < since),
+            ),
+        )
+    with engine.begin() as conn:
+        return int(conn.execute(jobs.update().where(where).values(published_at=None)).rowcount)
 
 
 def unpublished(engine: Engine, build_ids: list[int]) -> list[int]:

@@ -7,6 +7,11 @@ message for a job another worker holds under a live lease is nacked until that l
 not acked: it may be the redelivery of a worker that died (Pub/Sub's ack deadline and the
 database lease are two clocks), and acking it would leave nobody to retry the job.
 
+Pub/Sub may lose its resources (deleted by hand; an emulator restarted, all in memory): a
+NOT_FOUND on publish or pull makes the process create what is missing, as `setup-pubsub`
+does, and a subscription made anew gets every unfinished job published again (see
+`trainhook.outbox.owe_messages`).
+
 google-cloud-pubsub is imported only here, and only when this queue is configured.
 """
 
@@ -24,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from trainhook.models import jobs, utcnow
-from trainhook.outbox import Relay
+from trainhook.outbox import Relay, owe_messages
 from trainhook.queue import Job, SqlQueue, claim_row
 from trainhook.settings import Settings
 
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_DEADLINE = 600  # seconds: the longest ack deadline Pub/Sub accepts
 RPC_TIMEOUT = 10.0
+RECREATE_SECONDS = 5.0  # the least time between two attempts to recreate missing resources
 
 
 def ack_seconds(seconds: float) -> int:
@@ -111,6 +117,8 @@ class PubSubQueue(SqlQueue):
             self.clients.dead_topic,
             publish_timeout=settings.pubsub_publish_timeout,
             sweep_seconds=settings.pubsub_sweep_seconds,
+            republish_seconds=settings.pubsub_republish_seconds,
+            on_failure=self._recreate_if_missing,
         )
         self.pull_seconds = max(2.0, settings.pubsub_pull_seconds)
         # Held messages are kept a second past the lease, so after a crash the redelivery
@@ -118,6 +126,45 @@ class PubSubQueue(SqlQueue):
         self.ack_extension = ack_seconds(max(10.0, settings.lease_seconds + 1))
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._recreate_lock = threading.Lock()
+        self._recreated_at = -math.inf
+
+    def _recreate_if_missing(self, exc: BaseException) -> None:
+        from google.api_core import exceptions as gexc
+
+        if isinstance(exc, gexc.NotFound):
+            self.recreate()
+
+    def recreate(self) -> bool:
+        """Pub/Sub answered NOT_FOUND: create the topics and subscriptions that are missing
+        (idempotent, as `trainhook setup-pubsub`). When the jobs subscription had to be
+        made, none of the earlier messages exists any more: every unfinished job is marked
+        unpublished for the outbox sweep (a duplicate is harmless, a lost job is not).
+        Returns whether anything was created; at most one try per RECREATE_SECONDS per
+        process (every worker sees the same NOT_FOUND at once). Never raises."""
+        from trainhook.pubsub_admin import setup_pubsub
+
+        with self._recreate_lock:
+            if time.monotonic() - self._recreated_at < RECREATE_SECONDS:
+                return False
+            self._recreated_at = time.monotonic()
+            try:
+                made = [
+                    r for r in setup_pubsub(self.settings, self.clients) if r.state == "created"
+                ]
+            except Exception as exc:  # Pub/Sub still away, or no permission: next NOT_FOUND
+                log.warning("pubsub: could not recreate resources: %s: %s", type(exc).__name__, exc)
+                return False
+        for resource in made:
+            log.warning("pubsub: %s %s was missing: created it", resource.kind, resource.path)
+        if any(r.path == self.clients.subscription for r in made):
+            try:
+                owed = owe_messages(self.engine)
+            except Exception as exc:  # the database is away: the stale-job republish catches up
+                log.warning("pubsub: jobs not marked for republishing: %s", exc)
+            else:
+                log.warning("pubsub: new subscription: %d unfinished job(s) published again", owed)
+        return bool(made)
 
     def notify(self, build_ids: list[int]) -> None:
         self.relay.submit(build_ids)
@@ -140,6 +187,7 @@ class PubSubQueue(SqlQueue):
                 reconcile(self.engine, self.clients, self.settings)
             except Exception as exc:  # Pub/Sub or the database away: next round
                 log.warning("dead-letter check failed: %s: %s", type(exc).__name__, exc)
+                self._recreate_if_missing(exc)  # the dead-letter subscription may be gone
 
     def wait(self, timeout: float) -> None:
         # claim() already waited in its pull; just yield a moment.
@@ -166,6 +214,10 @@ class PubSubQueue(SqlQueue):
                 retry=None,
             )
         except gexc.DeadlineExceeded:
+            return None
+        except gexc.NotFound:
+            if not self.recreate():
+                raise  # recreated moments ago (or it failed): the worker waits, then pulls again
             return None
         received = response.received_messages
         return received[0] if received else None

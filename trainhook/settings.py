@@ -55,6 +55,9 @@ class Settings:
     pubsub_publish_timeout: float = 10.0
     pubsub_sweep_seconds: float = 10.0
     pubsub_pull_seconds: float = 5.0
+    # A job runnable this long with nobody claiming it has lost its message (say Pub/Sub
+    # lost its state): the outbox sweep publishes it again. 0: never.
+    pubsub_republish_seconds: float = 600.0
     # Cloud Build (TRAINHOOK_BUILDER=cloudbuild; see trainhook/cloudsettings.py)
     gcp_project: str | None = None
     gcp_region: str | None = None
@@ -155,6 +158,7 @@ def _pubsub_settings(env: Mapping[str, str], queue: str) -> dict[str, Any]:
         "pubsub_publish_timeout": _float(env, "TRAINHOOK_PUBSUB_PUBLISH_TIMEOUT", 10.0),
         "pubsub_sweep_seconds": _float(env, "TRAINHOOK_PUBSUB_SWEEP_SECONDS", 10.0),
         "pubsub_pull_seconds": _float(env, "TRAINHOOK_PUBSUB_PULL_SECONDS", 5.0),
+        "pubsub_republish_seconds": _float(env, "TRAINHOOK_PUBSUB_REPUBLISH_SECONDS", 600.0),
     }
 
 
