@@ -15,7 +15,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
+
 from trainhook.builds import add_event, mark_finished
+from trainhook.db import reading
+from trainhook.models import stage_events
 from trainhook.settings import Settings
 from worker.builder import BUILDER_STAGES
 from worker.cloudbuild_request import build_request, build_tag
@@ -28,7 +32,7 @@ from worker.cloudbuild_submit import (
     transient_retry,
     upload_source,
 )
-from worker.cloudbuild_supersede import MARKER, supersede_older
+from worker.cloudbuild_supersede import MARKER, stored_cloud_build, supersede_older
 from worker.cloudbuild_track import StageEvent, Tracker, status_name
 from worker.context import BuildContext
 from worker.recorder import clip
@@ -110,18 +114,39 @@ class CloudBuilder:
         Cloud Build."""
         ctx.recorder.guard()
         tracked = self.stages if ctx.repo.vertex else self.stages[:-1]
+        with reading(ctx.engine) as conn:
+            recorded = recorded_statuses(conn, ctx.build.id, self.stages)
+            known = stored_cloud_build(conn, ctx.build.id)
         if ctx.repo.vertex is None:
-            self._write(ctx, [StageEvent("vertex", "skipped", None, NO_VERTEX)], {})
+            if recorded.get("vertex") == "skipped":  # by an earlier attempt: not twice
+                ctx.recorder.done["vertex"] = "skipped"
+            else:
+                self._write(ctx, [StageEvent("vertex", "skipped", None, NO_VERTEX)], {})
         for old in supersede_older(ctx, self.client, self.parent):
             ctx.log("build", f"superseded older build #{old} of {ctx.build.ref}\n")
         build = self.submitter.existing(ctx)
+        tracker = Tracker(tracked, self._success_details(ctx))
         if build is None:
             inputs = upload_source(ctx, self.store)
             build = self.submitter.create(ctx, build_request(self.settings, ctx.repo, inputs))
         else:
             ctx.log("build", f"adopted Cloud Build {build.id} (tag {build_tag(ctx.build.id)})\n")
-        self._remember(ctx, build)
-        self._track(ctx, build, Tracker(tracked, self._success_details(ctx)))
+        if build.id == known:
+            # A retried job following the Cloud Build an earlier attempt tracked: start from
+            # what that attempt recorded, so that a stale answer (or the same one again)
+            # neither moves a stage back nor records a final status a second time.
+            self._resume(ctx, tracker, recorded)
+        else:
+            self._remember(ctx, build)
+        self._track(ctx, build, tracker)
+
+    def _resume(self, ctx: BuildContext, tracker: Tracker, recorded: dict[str, str]) -> None:
+        for stage in tracker.stages:
+            status = recorded.get(stage)
+            if status in ("running", "succeeded", "failed", "skipped"):
+                tracker.state[stage] = status
+                if status != "running":
+                    ctx.recorder.done[stage] = status
 
     def _remember(self, ctx: BuildContext, build: Any) -> None:
         """Store the Cloud Build id at once (see worker/cloudbuild_supersede.py)."""
@@ -218,6 +243,16 @@ class CloudBuilder:
             "vertex": f"Vertex AI pipeline {ctx.repo.vertex.pipeline if ctx.repo.vertex else ''}"
             " submitted (not awaited)",
         }
+
+
+def recorded_statuses(conn: sa.Connection, build_id: int, stages: Sequence[str]) -> dict[str, str]:
+    """The latest recorded status of each of `stages` of `build_id` (from earlier attempts)."""
+    query = (
+        sa.select(stage_events.c.stage, stage_events.c.status)
+        .where(stage_events.c.build_id == build_id, stage_events.c.stage.in_(stages))
+        .order_by(stage_events.c.id)
+    )
+    return {stage: status for stage, status in conn.execute(query)}
 
 
 def _short(ctx: BuildContext) -> str:
