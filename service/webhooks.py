@@ -32,11 +32,24 @@ class TooSlow(WebhookError):
     status = 408
 
 
+def declared_over(declared: str | None, limit: int) -> bool:
+    """True when a Content-Length header declares more than `limit` bytes.
+
+    Only ASCII digits make a number: '²'.isdigit() is true but int() refuses it, and int()
+    refuses more than 4,300 digits; either would end in a 500. Anything else is no
+    declaration at all: the body is then counted as it is read.
+    """
+    if declared is None or not declared.isascii() or not declared.isdigit():
+        return False
+    digits = declared.lstrip("0")
+    return len(digits) > len(str(limit)) or int(digits or "0") > limit
+
+
 async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
     """The raw body, refusing more than `limit` bytes without reading past it, and a body
     that takes over `timeout` seconds to arrive (a slow client holding the connection)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared_over(declared, limit):
         raise TooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
     chunks, size = [], 0
     try:
