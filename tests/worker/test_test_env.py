@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import subprocess
 import sys
 import threading
 import zipfile
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO_ROOT
 from tests.worker.conftest import (
     build_view,
     context_for,
@@ -26,6 +28,7 @@ from trainhook.artifacts import open_store
 from trainhook.errors import ConfigError
 from trainhook.runtime import build_runtime
 from trainhook.settings import load_settings
+from worker import testenv
 from worker.cachekeys import make_hash_stage
 from worker.checkout import checkout_stage
 from worker.loop import Worker
@@ -258,6 +261,97 @@ def test_a_forced_build_recreates_the_venv(settings, sqlite_engine, origin, whee
 
     assert "venv created for deps" in detail(outcome)
     assert (settings.venvs_dir / key / MARKER).stat().st_ino != inode
+
+
+def test_a_uv_lock_is_synced_frozen_and_wins_over_requirements(
+    settings, sqlite_engine, origin, wheels
+):
+    make_wheel(wheels)
+    origin.write(
+        {
+            "pyproject.toml": (
+                '[project]\nname = "demo"\nversion = "0"\nrequires-python = ">=3.11"\n'
+                'dependencies = ["tinypkg"]\n\n'
+                f'[tool.uv]\nfind-links = ["{wheels}"]\nno-index = true\n'
+            ),
+            "requirements.txt": f"{make_wheel(wheels / 'v2', version='2.0', value='two')}\n",
+            "check.py": CHECK,
+        }
+    )
+    subprocess.run([find_uv() or "uv", "lock"], cwd=origin.path, check=True, capture_output=True)
+
+    ctx, outcome = run_test_stage(settings, sqlite_engine, origin.commit())
+
+    assert "(uv.lock, pyproject.toml with uv)" in detail(outcome)
+    log = logs(sqlite_engine, ctx.build.id)["test"]
+    assert "uv sync --frozen --no-install-workspace" in log and "tinypkg one" in log
+
+
+def test_pyproject_alone_installs_its_dependencies(settings, sqlite_engine, origin, wheels):
+    wheel = make_wheel(wheels)
+    pyproject = (
+        f'[project]\nname = "demo"\nversion = "0"\ndependencies = ["tinypkg @ {wheel.as_uri()}"]\n'
+    )
+    sha = origin.commit({"pyproject.toml": pyproject, "check.py": CHECK})
+
+    ctx, outcome = run_test_stage(settings, sqlite_engine, sha)
+
+    assert "(pyproject.toml with uv)" in detail(outcome)
+    assert "tinypkg one" in logs(sqlite_engine, ctx.build.id)["test"]
+
+
+@pytest.mark.slow  # ensurepip alone takes seconds
+def test_without_uv_the_venv_is_made_by_python_and_filled_by_pip(
+    settings, sqlite_engine, origin, wheels, monkeypatch
+):
+    monkeypatch.setattr(testenv, "find_uv", lambda: None)
+    sha = origin.commit({"requirements.txt": f"{make_wheel(wheels)}\n", "check.py": CHECK})
+
+    ctx, outcome = run_test_stage(settings, sqlite_engine, sha)
+
+    assert "(requirements.txt with pip)" in detail(outcome)
+    log = logs(sqlite_engine, ctx.build.id)["test"]
+    assert " -m venv " in log and " -m pip install " in log and "tinypkg one" in log
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+from worker.venvcache import VenvCache
+
+root, key, count = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+while not (root.parent / "go").exists():
+    time.sleep(0.005)
+
+def create(path):
+    with count.open("a") as out:
+        out.write("created\\n")
+    time.sleep(0.3)  # a slow install: the other process must wait, not build too
+    (path / "bin").mkdir(parents=True)
+    (path / "bin" / "python").symlink_to(sys.executable)
+
+with VenvCache(root).use(key, create) as lease:
+    print("created" if lease.created else "reused")
+"""
+
+
+def test_two_processes_wanting_one_key_at_once_create_the_venv_once(tmp_path):
+    count = tmp_path / "count"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tmp_path / "venvs"), "k" * 64, str(count)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    (tmp_path / "go").touch()
+
+    said = sorted(racer.communicate(timeout=30)[0].strip() for racer in racers)
+
+    assert said == ["created", "reused", "reused"]
+    assert count.read_text() == "created\n"
 
 
 def fake_venv(path: Path) -> None:
