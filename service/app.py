@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from service import api, dashboard, health, rebuild, webhooks
+from service.headers import SecurityHeaders, server_error
 from service.writer import DeliveryWriter
 from trainhook.notify import StatusReporter
 from trainhook.reconcile import Reconciler
@@ -40,7 +42,12 @@ def create_app(runtime: Runtime) -> Starlette:
         *health.routes,
         *dashboard.routes,
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={500: server_error},
+    )
     app.state.runtime = runtime
     app.state.writer = DeliveryWriter(runtime.engine)
     return app
