@@ -1,0 +1,1 @@
+"""The soak run: signed deliveries against the real service while processes are killed."""
