@@ -32,9 +32,9 @@ def repo_tests_stage(ctx: BuildContext) -> Outcome:
     if ctx.repo.test_env != "venv":
         return run_tests(ctx, argv, child_env(secrets))
     # Imported here: the default setting never needs git trees or the venv directory.
-    from worker.testenv import test_venv
+    from worker.testenv import prepared_venv
 
-    with test_venv(ctx, secrets) as venv:  # held in use (never pruned) while tests run
+    with prepared_venv(ctx, secrets) as venv:  # held in use (never pruned) while tests run
         return run_tests(ctx, argv, venv.env(child_env(secrets)), note=venv.note())
 
 

@@ -171,7 +171,7 @@ def installer(
 
 
 @dataclass(frozen=True)
-class TestVenv:
+class PreparedVenv:
     """The venv a test command runs in, and how this build got it."""
 
     lease: Lease
@@ -198,7 +198,7 @@ class TestVenv:
 
 
 @contextlib.contextmanager
-def test_venv(ctx: BuildContext, secrets: set[str]) -> Iterator[TestVenv]:
+def prepared_venv(ctx: BuildContext, secrets: set[str]) -> Iterator[PreparedVenv]:
     """The venv for this build's commit, created when missing (or when the build is forced),
     held in use until the block ends. Raises StageFailed when the install fails (no venv is
     left behind; the next build tries again)."""
@@ -211,6 +211,6 @@ def test_venv(ctx: BuildContext, secrets: set[str]) -> Iterator[TestVenv]:
     create = installer(ctx, plan, secrets, lock_ignored=lock_ignored)
     ctx.log("test", f"test venv {cache.path(key)} (deps key {key})\n")
     with cache.use(key, create, force=ctx.build.force) as lease:
-        venv = TestVenv(lease, plan)
+        venv = PreparedVenv(lease, plan)
         ctx.log("test", venv.note() + "\n")
         yield venv

@@ -112,19 +112,19 @@ def install_seconds(detail: str) -> float:
 
 
 READY: list[float] = []  # seconds from the test stage's start until its venv was ready
-_real_test_venv = testenv.test_venv
+_real_prepared_venv = testenv.prepared_venv
 
 
 @contextlib.contextmanager
-def timed_test_venv(ctx: BuildContext, secrets: set[str]) -> Iterator[Any]:
-    """testenv.test_venv, timed up to the moment the tests could start."""
+def timed_prepared_venv(ctx: BuildContext, secrets: set[str]) -> Iterator[Any]:
+    """testenv.prepared_venv, timed up to the moment the tests could start."""
     started = time.perf_counter()
-    with _real_test_venv(ctx, secrets) as venv:
+    with _real_prepared_venv(ctx, secrets) as venv:
         READY.append(time.perf_counter() - started)
         yield venv
 
 
-testenv.test_venv = timed_test_venv  # the test stage looks it up when it runs
+testenv.prepared_venv = timed_prepared_venv  # the test stage looks it up when it runs
 
 
 def main() -> int:
