@@ -3,6 +3,7 @@ recognisable secret, and a client over the real app."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,17 +35,23 @@ def same_length_wrong(value: str, at: int = -1) -> str:
     return value[:index] + new + value[index + 1 :]
 
 
-def repos_toml(clone_url: str, extra: Mapping[str, str] | None = None) -> str:
+def repos_toml(
+    clone_url: str,
+    extra: Mapping[str, str] | None = None,
+    name: str = REPO,
+    branches: tuple[str, ...] = ("main",),
+) -> str:
     """One `[[repos]]` per forge, same name, secret in `<PROVIDER>_HOOK_KEY`; `extra` adds
     lines to the table of a provider."""
     tables = []
     for provider in KITS:
         tables.append(
             "[[repos]]\n"
-            f'name = "{REPO}"\n'
+            # A JSON string is a valid TOML basic string: any name, quotes included.
+            f"name = {json.dumps(name)}\n"
             f'provider = "{provider}"\n'
             f'clone_url = "{clone_url}"\n'
-            'branches = ["main"]\n'
+            f"branches = {json.dumps(list(branches))}\n"
             f'secret_env = "{provider.upper()}_HOOK_KEY"\n' + (extra or {}).get(provider, "")
         )
     return "\n".join(tables)
@@ -57,9 +64,11 @@ def forge_settings(
     *,
     extra: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
+    name: str = REPO,
+    branches: tuple[str, ...] = ("main",),
 ) -> Settings:
     config = tmp_path / "trainhook.toml"
-    config.write_text(repos_toml(clone_url, extra))
+    config.write_text(repos_toml(clone_url, extra, name, branches))
     base = {
         "TRAINHOOK_HOME": str(tmp_path / "home"),
         "TRAINHOOK_CONFIG": str(config),
