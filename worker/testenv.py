@@ -13,7 +13,8 @@ build with the same files; `force` recreates it. What is installed:
 
 uv is used when the worker has it (beside its Python, else on PATH); without it the venv is
 made by `python -m venv` and filled by pip (a uv.lock is then not honoured: the requirements
-files, else pyproject.toml, are installed instead, and the log says so).
+files, else pyproject.toml, are installed instead, and the log says so). Unless UV_CACHE_DIR /
+PIP_CACHE_DIR are set, the installers' caches are `$TRAINHOOK_HOME/cache/uv` and `.../pip`.
 """
 
 from __future__ import annotations
@@ -145,6 +146,11 @@ def installer(
         # The installer sees what test code would: no trainhook setting, no secret.
         env = child_env(secrets, {"VIRTUAL_ENV": str(venv), "UV_PROJECT_ENVIRONMENT": str(venv)})
         env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        # Caches on the state volume unless the operator chose: the worker's user may have no
+        # writable home, and uv hard-links from a cache on the venvs' own file system.
+        caches = ctx.settings.home / "cache"
+        env.setdefault("UV_CACHE_DIR", str(caches / "uv"))
+        env.setdefault("PIP_CACHE_DIR", str(caches / "pip"))
         env.pop("PYTHONHOME", None)
         if lock_ignored:
             ctx.log("test", "uv not found: uv.lock is not honoured, installing with pip\n")

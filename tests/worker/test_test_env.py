@@ -263,6 +263,17 @@ def test_a_forced_build_recreates_the_venv(settings, sqlite_engine, origin, whee
     assert (settings.venvs_dir / key / MARKER).stat().st_ino != inode
 
 
+def test_the_installers_cache_is_under_trainhook_home_unless_set(
+    settings, sqlite_engine, origin, wheels, monkeypatch
+):
+    monkeypatch.delenv("UV_CACHE_DIR")
+    sha = origin.commit({"requirements.txt": f"{make_wheel(wheels)}\n", "check.py": CHECK})
+
+    run_test_stage(settings, sqlite_engine, sha)
+
+    assert any((settings.home / "cache" / "uv").iterdir())
+
+
 def test_a_uv_lock_is_synced_frozen_and_wins_over_requirements(
     settings, sqlite_engine, origin, wheels
 ):
