@@ -158,13 +158,23 @@ class PubSubQueue(SqlQueue):
         for resource in made:
             log.warning("pubsub: %s %s was missing: created it", resource.kind, resource.path)
         if any(r.path == self.clients.subscription for r in made):
+            # In a thread: the database may be away too (it is retried until it is back).
+            threading.Thread(target=self._owe_all, name="owe-messages", daemon=True).start()
+        return bool(made)
+
+    def _owe_all(self, tries: int = 300, pause: float = 1.0) -> None:
+        """Mark every unfinished job unpublished (the subscription is new), retrying while
+        the database is unreachable; after `tries` the stale-job republish is left to it."""
+        for _ in range(tries):
             try:
                 owed = owe_messages(self.engine)
-            except Exception as exc:  # the database is away: the stale-job republish catches up
-                log.warning("pubsub: jobs not marked for republishing: %s", exc)
+            except Exception as exc:
+                log.warning("pubsub: jobs not marked for republishing yet: %s", exc)
+                if self._closing.wait(pause):
+                    return
             else:
                 log.warning("pubsub: new subscription: %d unfinished job(s) published again", owed)
-        return bool(made)
+                return
 
     def notify(self, build_ids: list[int]) -> None:
         self.relay.submit(build_ids)
