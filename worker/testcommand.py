@@ -12,8 +12,11 @@ from worker.stage import Outcome, StageFailed, skipped
 
 
 def secret_names(ctx: BuildContext) -> set[str]:
-    """Every variable holding a webhook secret of any configured repository."""
-    return {repo.secret_env for repo in ctx.settings.repos}
+    """Every variable holding a secret of any configured repository: its webhook secret and
+    its forge API token, whatever the variables are called (child_env drops them)."""
+    repos = ctx.settings.repos
+    tokens = {repo.forge_token_env for repo in repos if repo.forge_token_env}
+    return {repo.secret_env for repo in repos} | tokens
 
 
 def repo_tests_stage(ctx: BuildContext) -> Outcome:
