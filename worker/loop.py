@@ -128,6 +128,12 @@ class Worker:
             guard=guard,
             muted=heartbeat.lost.is_set,
         )
+        if job.attempts > self.settings.max_attempts:
+            # No earlier attempt settled the job: each worker died (OOM killer, SIGKILL, a
+            # lost node) or was stopped mid-build. Without this, a job that kills every
+            # worker running it would be taken up again after each lease, forever.
+            reason = "no attempt finished: the worker died or was stopped during each"
+            return self._give_up(job, heartbeat, recorder, job.attempts - 1, reason)
         with runtime.engine.begin() as conn:
             detail = f"picked up by {self.owner} (attempt {job.attempts})"
             add_event(conn, build.id, "queued", "succeeded", detail=detail)
@@ -193,12 +199,18 @@ class Worker:
             )
             self.runtime.queue.release(job, delay=delay, error=reason)
             return "retrying"
-        log.error("build %d: gave up after %d attempts: %s", job.build_id, job.attempts, reason)
-        recorder.skip_rest(f"gave up after {job.attempts} attempts")
+        return self._give_up(job, heartbeat, recorder, job.attempts, reason)
+
+    def _give_up(
+        self, job: Job, heartbeat: Heartbeat, recorder: Recorder, attempts: int, reason: str
+    ) -> str:
+        """Fail the build after `attempts` attempts and move its job to the dead letters."""
+        log.error("build %d: gave up after %d attempts: %s", job.build_id, attempts, reason)
+        recorder.skip_rest(f"gave up after {attempts} attempts")
         # Fail the build before burying: if we die in between, the job is reclaimed, finds
         # the build terminal and completes; nothing is left running forever.
         outcome = self._settle(
-            job, heartbeat, job.build_id, "failed", f"gave up after {job.attempts} attempts: "
+            job, heartbeat, job.build_id, "failed", f"gave up after {attempts} attempts: "
             f"{reason}", complete=False,
         )  # fmt: skip
         if outcome != "lease lost":
