@@ -197,7 +197,11 @@ def main() -> int:
         print(f"venv ready, created / reused: {cold_ready / med['ready_reused']:.0f}x (cold)")
     print(f"whole test stage, first / second push: {med['create'] / med['reuse']:.2f}x")
     print("runs:", {name: [round(v, 2) for v in values] for name, values in rows.items()})
-    print(f"{datetime.now(UTC).date()} Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(
+        f"{datetime.now(UTC).date()} Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+        f"load average {load} (the test runs themselves vary with it)"
+    )
     return 0
 
 

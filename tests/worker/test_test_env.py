@@ -251,6 +251,22 @@ def test_two_builds_wanting_one_key_at_once_create_the_venv_once(
         ctx.cleanup.close()
 
 
+def test_a_venv_left_without_its_marker_is_removed_and_rebuilt(
+    settings, sqlite_engine, origin, wheels
+):
+    sha = origin.commit({"requirements.txt": f"{make_wheel(wheels)}\n", "check.py": CHECK})
+    run_test_stage(settings, sqlite_engine, sha)
+    [key] = venvs(settings)
+    venv = settings.venvs_dir / key
+    (venv / MARKER).unlink()  # as if the worker had been killed mid-install
+    (venv / "half-written").write_text("junk")
+
+    _, outcome = run_test_stage(settings, sqlite_engine, sha)
+
+    assert "venv created for deps" in detail(outcome)
+    assert (venv / MARKER).is_file() and not (venv / "half-written").exists()
+
+
 def test_a_forced_build_recreates_the_venv(settings, sqlite_engine, origin, wheels):
     sha = origin.commit({"requirements.txt": f"{make_wheel(wheels)}\n", "check.py": CHECK})
     run_test_stage(settings, sqlite_engine, sha)
