@@ -69,7 +69,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     base = f"http://{args.host}:{args.port}"
 
     def started() -> None:
-        print_banner(settings, base)
+        print_banner(settings, base, demo.token_hint if demo is not None else TOKEN_HINT)
         if demo is not None:
             demo.push(base, runtime)
 
@@ -84,14 +84,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_banner(settings: Settings, base: str) -> None:
-    token = settings.api_token or "$TRAINHOOK_API_TOKEN"
+TOKEN_HINT = "$TRAINHOOK_API_TOKEN"
+
+
+def print_banner(settings: Settings, base: str, token: str = TOKEN_HINT) -> None:
+    """How to reach the service. `token` is how a shell gets the API token, never the token
+    itself: this goes to the terminal and, in a container, into the logs."""
     repo = settings.repos[0].name if settings.repos else "OWNER/REPO"
     print(
         f"\ntrainhook is up ({settings.env}, queue={settings.queue}, builder={settings.builder})\n"
         f"  status page : {base}/\n"
         f"  webhook URL : {base}/webhooks/github  (content type application/json)\n"
-        f"  rebuild     : curl -X POST {base}/rebuild -H 'Authorization: Bearer {token}' "
+        f'  rebuild     : curl -X POST {base}/rebuild -H "Authorization: Bearer {token}" '
         f'-H \'Content-Type: application/json\' -d \'{{"repo": "{repo}", "ref": "main"}}\'\n',
         flush=True,
     )

@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -93,6 +94,14 @@ def _persistent_secret(path: Path) -> str:
 class DemoSession:
     repo_dir: Path
     secret: str
+    token_file: Path | None = None  # where the demo keeps the API token it generated
+
+    @property
+    def token_hint(self) -> str:
+        """How a shell gets the API token (never the token: the banner may be logged)."""
+        if self.token_file is None:
+            return "$TRAINHOOK_API_TOKEN"
+        return f"$(cat {shlex.quote(str(self.token_file))})"
 
     def push_payload(self) -> dict[str, Any]:
         sha = _git(self.repo_dir, "rev-parse", "HEAD")
@@ -156,8 +165,10 @@ def prepare_demo(env: MutableMapping[str, str]) -> DemoSession:
     create_example_repo(repo_dir)
     secret = env.get(SECRET_ENV) or _persistent_secret(demo_dir / "webhook-secret")
     env[SECRET_ENV] = secret
+    token_file = None
     if not env.get("TRAINHOOK_API_TOKEN"):
-        env["TRAINHOOK_API_TOKEN"] = _persistent_secret(demo_dir / "api-token")
+        token_file = demo_dir / "api-token"
+        env["TRAINHOOK_API_TOKEN"] = _persistent_secret(token_file)
     config = demo_dir / "trainhook.toml"
     config.write_text(
         "# Written by `trainhook up --demo`.\n"
@@ -171,4 +182,4 @@ def prepare_demo(env: MutableMapping[str, str]) -> DemoSession:
     )
     env["TRAINHOOK_CONFIG"] = str(config)
     env.setdefault("TRAINHOOK_HOME", str(home))
-    return DemoSession(repo_dir=repo_dir, secret=secret)
+    return DemoSession(repo_dir=repo_dir, secret=secret, token_file=token_file)

@@ -38,6 +38,8 @@ from tests.support.gitrepo import GitRepo
 from tests.support.postgres import free_port
 from tests.worker.conftest import toy_pipeline
 from trainhook import cli
+from trainhook.commands import print_banner
+from trainhook.demo import DemoSession
 from trainhook.models import metadata
 from trainhook.notify import StatusReporter
 from trainhook.runtime import build_runtime
@@ -271,7 +273,8 @@ def test_no_secret_appears_in_anything_a_session_emits(
             ("migrate",),
         ):
             run_cli(sink, capsys, *argv)
-        # BANNER
+        print_banner(settings, "http://127.0.0.1:8000")
+        sink.add("startup banner", capsys.readouterr().out)
         database = dump_database(sink, engine)
         runtime.close()
     # The control: the tokens were really used (sent to the forge), so they were there to leak.
@@ -339,3 +342,31 @@ def test_repository_code_never_sees_a_forge_token_whatever_its_variable_is_calle
     assert names & set(seen) == set()
     assert leaks(json.dumps(seen)) == []
     ctx.cleanup.close()
+
+
+def test_the_startup_banner_says_how_to_get_the_token_never_the_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    settings = load_settings(
+        {
+            "TRAINHOOK_HOME": str(tmp_path / "home"),
+            "TRAINHOOK_API_TOKEN": API_TOKEN,
+            "TRAINHOOK_CONFIG": str(tmp_path / "none.toml"),
+        },
+        require_repos=False,
+    )
+    # `trainhook up --demo` generated the token into a file: the banner names the file.
+    token_file = tmp_path / "demo dir" / "api-token"
+    token_file.parent.mkdir()
+    token_file.write_text(API_TOKEN + "\n")
+    demo = DemoSession(repo_dir=tmp_path, secret="s", token_file=token_file)
+    for hint in (DemoSession(repo_dir=tmp_path, secret="s").token_hint, demo.token_hint):
+        print_banner(settings, "http://127.0.0.1:8000", hint)
+        out = capsys.readouterr().out
+        assert leaks(out) == []
+        # Pasted into a shell, the curl line still carries the right token.
+        header = next(p for p in out.split(" -H ") if p.startswith('"Authorization'))
+        shell_env = {"TRAINHOOK_API_TOKEN": API_TOKEN, "PATH": "/usr/bin:/bin"}
+        said = subprocess.run(["sh", "-c", f"printf %s {header}"], env=shell_env,
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert said == f"Authorization: Bearer {API_TOKEN}"
