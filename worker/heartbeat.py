@@ -45,6 +45,17 @@ class Heartbeat:
             if not self.beat():
                 return
 
+    def expired(self) -> bool:
+        """True when the lease may be another worker's by now: lost, or not extended for two
+        intervals. The latter means this process was frozen (a long pause, a stopped
+        container) and its heartbeat thread has not run since: the lease is then checked at
+        once rather than trusted, before anything more is written."""
+        if self.lost.is_set():
+            return True
+        if time.monotonic() - self._last_ok > 2 * self.interval:
+            return not self.beat()
+        return False
+
     def beat(self) -> bool:
         """Extend the lease now; False once it is lost (and from then on)."""
         if self.lost.is_set():

@@ -111,7 +111,7 @@ class Worker:
             return "missing" if build is None else "already finished"
 
         def guard() -> None:
-            if heartbeat.lost.is_set():
+            if heartbeat.expired():
                 raise Interrupted("lease lost", lease_lost=True)
             status = self._status(build.id)
             if status in TERMINAL_BUILD:
@@ -126,7 +126,7 @@ class Worker:
             build.id,
             pipeline.stages,
             guard=guard,
-            muted=heartbeat.lost.is_set,
+            muted=heartbeat.expired,
         )
         if job.attempts > self.settings.max_attempts:
             # No earlier attempt settled the job: each worker died (OOM killer, SIGKILL, a
