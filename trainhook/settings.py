@@ -21,13 +21,15 @@ class Settings:
     """Everything the service and the worker read from their environment."""
 
     home: Path
-    database_url: str
+    # Out of repr (as `secrets` below): the URL may carry a password, the token is one, and
+    # a repr ends up in debug logs and tracebacks.
+    database_url: str = field(repr=False)
     config_path: Path
     queue: str
     artifacts: str
     builder: str
     env: str
-    api_token: str | None
+    api_token: str | None = field(repr=False)
     repos: tuple[RepoConfig, ...]
     secrets: Mapping[str, str] = field(repr=False, default_factory=dict)
     body_limit: int = DEFAULT_BODY_LIMIT

@@ -243,6 +243,7 @@ def test_no_secret_appears_in_anything_a_session_emits(
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         settings = load_settings()
+        sink.add("repr(settings): debug logs, tracebacks", repr(settings))
         runtime = build_runtime(settings)
         engine = runtime.engine
 
@@ -284,7 +285,9 @@ def test_no_secret_appears_in_anything_a_session_emits(
     # The database is down, and its URL carries a password.
     down = f"postgresql+psycopg://trainhook:{DB_PASSWORD}@127.0.0.1:{free_port()}/trainhook"
     monkeypatch.setenv("TRAINHOOK_DATABASE_URL", down)
-    down_runtime = build_runtime(load_settings())
+    down_settings = load_settings()
+    sink.add("repr(settings), database down", repr(down_settings))
+    down_runtime = build_runtime(down_settings)
     with TestClient(create_app(down_runtime), raise_server_exceptions=False) as client:
         kit = KITS["github"]
         body, headers = kit.sign(kit.push(after=sha), secret=HOOK_SECRETS["github"])
