@@ -1,7 +1,8 @@
 """Cloud Build faults, with the real google-cloud-build client (REST) against the fake
 server and the source bucket on fake-gcs-server: build status observations that arrive twice
-and out of order, and a retried job re-reading a finished Cloud Build through a stale answer.
-The recorded stage and build statuses never regress and each final status is recorded once."""
+and out of order, a retried job re-reading a finished Cloud Build through a stale answer, and
+a worker process killed during the create call. The recorded stage and build statuses never
+regress, each final status is recorded once, and no second Cloud Build is ever made."""
 
 from __future__ import annotations
 
@@ -15,10 +16,16 @@ from starlette.responses import JSONResponse, Response
 
 from tests.cloudbuild import conftest as cloudbuild
 from tests.cloudbuild.conftest import make_builder
-from tests.cloudbuild.fake_server import FakeBuild, FakeCloudBuild, ServerThread
+from tests.cloudbuild.fake_server import FakeBuild, FakeCloudBuild, Plan, ServerThread
+from tests.cloudbuild.test_builder import posts
 from tests.cloudbuild.test_worker import pipeline_with
-from tests.worker.conftest import build_view, events, new_build
+from tests.conftest import SECRET
+from tests.reliability.test_faults_worker import kill_group, spawn, stop, wait_until
+from tests.worker.conftest import build_view, events, job_row, new_build
+from trainhook.db import reading
 from trainhook.runtime import build_runtime
+from trainhook.settings import Settings
+from worker.cloudbuild_supersede import stored_cloud_build
 from worker.context import BuildContext
 from worker.loop import Worker
 
@@ -144,3 +151,53 @@ def test_a_retry_rereading_a_finished_cloud_build_records_each_final_status_once
     assert "QUEUED" in fake.answered[4:]
     assert_never_regressed_and_final_once(db, build_id)
     assert build_view(db, build_id)["status"] == "succeeded"
+
+
+def cloudbuild_env(settings: Settings) -> dict[str, str]:
+    """The environment of `trainhook worker` for these Cloud Build settings (short lease)."""
+    return {
+        "TRAINHOOK_HOME": str(settings.home),
+        "TRAINHOOK_CONFIG": str(settings.config_path),
+        "TRAINHOOK_DATABASE_URL": settings.database_url,
+        "TEST_WEBHOOK_SECRET": SECRET,
+        "TRAINHOOK_BUILDER": "cloudbuild",
+        "TRAINHOOK_GCP_PROJECT": str(settings.gcp_project),
+        "TRAINHOOK_GCP_REGION": str(settings.gcp_region),
+        "TRAINHOOK_SOURCE_BUCKET": str(settings.source_bucket),
+        "TRAINHOOK_CLOUDBUILD_ENDPOINT": str(settings.cloudbuild_endpoint),
+        "TRAINHOOK_CLOUDBUILD_POLL_INTERVAL": "0.001",
+        "TRAINHOOK_LEASE_SECONDS": "2",
+        "TRAINHOOK_POLL_INTERVAL": "0.05",
+    }
+
+
+@pytest.mark.parametrize("fake", [[]], indirect=True)
+def test_a_worker_killed_mid_submit_never_makes_a_second_cloud_build(
+    settings, db, fake: ScriptedCloudBuild, tmp_path: Path
+):
+    # Cloud Build makes the build, then its answer takes seconds: the worker dies meanwhile.
+    fake.plan = Plan(create_fault="slow", slow_seconds=3.0)
+    build_id = new_build(db, "c" * 40)
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    env = cloudbuild_env(settings)
+    doomed = spawn("tests.reliability.fault_worker", ["cloudbuild", str(sync), "doomed"], env)
+    wait_until(lambda: len(fake.builds) == 1, 40, "the create call reached Cloud Build", [doomed])
+    kill_group(doomed)
+    with reading(db) as conn:
+        assert stored_cloud_build(conn, build_id) is None  # it never heard the answer
+
+    rescuer = spawn("tests.reliability.fault_worker", ["cloudbuild", str(sync), "rescuer"], env)
+    try:
+        wait_until(
+            lambda: build_view(db, build_id)["status"] == "succeeded", 40, "rescued", [rescuer]
+        )
+    finally:
+        assert stop(rescuer) == 0
+
+    (remote,) = fake.builds.values()
+    assert posts(fake) == 1, "a second Cloud Build was requested"
+    with reading(db) as conn:
+        assert stored_cloud_build(conn, build_id) == remote.id  # adopted by its tag
+    assert job_row(db, build_id).attempts == 2
+    assert_never_regressed_and_final_once(db, build_id)
