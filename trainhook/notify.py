@@ -215,7 +215,21 @@ class StatusReporter:
     def _report(self, row: sa.Row[object], now: datetime) -> int:
         api = self.apis[(row.provider, row.repo)]
         with reading(self.engine) as conn:
-            report = report_for(conn, api.provider, row, self.settings.public_url)
+            # The build as it is now, under our claim: the batch was read before the sends
+            # that came first, and another replica may have reported a newer status since.
+            # Sending the batch's status then would move the forge's status back.
+            current = conn.execute(
+                sa.select(builds, status_reports.c.status.label("reported"))
+                .select_from(builds.outerjoin(status_reports))
+                .where(builds.c.id == row.id)
+            ).one()
+            if current.reported == current.status:
+                report = None
+            else:
+                report = report_for(conn, api.provider, current, self.settings.public_url)
+        if report is None:
+            self._settle(row.id)  # reported meanwhile: nothing to send
+            return 0
         try:
             send(self.http, api, report)
         except ApiError as exc:
