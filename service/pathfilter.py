@@ -14,7 +14,9 @@ In every other case the answer is None and the worker decides from the mirror:
 - GitLab: `total_commits_count` larger than the list (GitLab keeps the 20 newest commits);
 - Gitea / Forgejo: `total_commits` absent or larger than the list (Gitea keeps a few newest);
 - any commit without its three file lists, or a list of 1000 files or more (forges cap huge
-  lists; there is no need to trust where).
+  lists; there is no need to trust where);
+- a path holding a NUL: no git path can, so the list is not what git changed (and the
+  reason naming it could not be stored: PostgreSQL text refuses NUL).
 
 GitLab and Gitea do not say whether a push was forced. Their list holds the commits in
 `before..after`; after a force push that dropped commits, a file those commits changed is in
@@ -65,7 +67,7 @@ def payload_files(provider: str, payload: dict[str, Any]) -> frozenset[str] | No
             listed = commit.get(key)
             if not isinstance(listed, list) or len(listed) >= MAX_FILES:
                 return None
-            if not all(isinstance(path, str) and path for path in listed):
+            if not all(isinstance(path, str) and path and "\x00" not in path for path in listed):
                 return None
             files.update(listed)
     return frozenset(files)

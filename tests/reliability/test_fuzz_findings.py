@@ -8,9 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from service.pathfilter import payload_files
 from service.webhooks import declared_over
-from tests.reliability.fuzz_support import Case, Harness
-from tests.service.forge_kits import GITHUB
+from tests.reliability.fuzz_support import Case, Harness, Stats
+from tests.service.forge_kits import GITHUB, KITS, Kit
 
 
 @pytest.fixture
@@ -20,10 +21,22 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     harness.close()
 
 
-def github_push(*extra: tuple[bytes, bytes]) -> Case:
-    raw, named = GITHUB.sign(GITHUB.push())
+@pytest.fixture
+def harness_on(tmp_path: Path, db_url: str) -> Iterator[Harness]:
+    """The fuzzing harness over SQLite, then over PostgreSQL."""
+    harness = Harness(tmp_path, database_url=db_url)
+    yield harness
+    harness.close()
+
+
+def signed(kit: Kit, payload: dict, *extra: tuple[bytes, bytes]) -> Case:
+    raw, named = kit.sign(payload)
     headers = tuple((k.lower().encode(), v.encode()) for k, v in named.items())
-    return Case("github", headers + extra, raw)
+    return Case(kit.route, headers + extra, raw)
+
+
+def github_push(*extra: tuple[bytes, bytes]) -> Case:
+    return signed(GITHUB, GITHUB.push(), *extra)
 
 
 @pytest.mark.parametrize(
@@ -45,3 +58,32 @@ def test_declared_length_counts_only_ascii_digits():
     assert declared_over("2" * 5000, 10) and declared_over("11", 10)
     assert not declared_over("0" * 5000 + "10", 10) and not declared_over("10", 10)
     assert not any(declared_over(v, 10) for v in ("²", "٣٣", "1e3", "-1", " 12", "", None))
+
+
+def listing(kit: Kit, *files: str) -> dict:
+    """A push to the path-filtered repository whose payload lists every changed file."""
+    payload = kit.push()
+    payload["commits"] = [{"id": "1" * 40, "added": list(files), "removed": [], "modified": []}]
+    payload.update({"before": "2" * 40, "forced": False})
+    payload.update({"total_commits_count": 1, "total_commits": 1})
+    return payload
+
+
+def test_a_listed_path_holding_a_nul_is_no_git_path_so_the_worker_decides():
+    payload = listing(GITHUB, "notes\x00.md")
+    assert payload_files("github", payload) is None
+    assert payload_files("github", listing(GITHUB, "notes.md")) == {"notes.md"}
+
+
+@pytest.mark.parametrize("kit", KITS, ids=[k.route for k in KITS])
+def test_a_signed_push_listing_a_nul_path_is_queued_not_a_503_for_its_whole_commit(
+    harness_on: Harness, kit: Kit
+):
+    # Before: the "only ignored paths changed: notes\x00.md" reason reached PostgreSQL, which
+    # refuses NUL in text: the whole group commit failed, and every delivery in it got a 503.
+    cases = [signed(kit, listing(kit, "notes\x00.md")), signed(kit, kit.push())]
+    outcomes = harness_on.send(cases)
+    assert [o.status for o in outcomes] == [202, 202], [o.body for o in outcomes]
+    stats = Stats(kit.route)
+    harness_on.account(cases, outcomes, stats)
+    assert not stats.violations + harness_on.finish()
