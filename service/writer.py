@@ -101,13 +101,15 @@ class DeliveryWriter:
         try:
             with self.engine.begin() as conn:
                 results = record_deliveries(conn, [p.item for p in batch])
-        except sa.exc.IntegrityError:
-            # Not the dedupe key (that is ON CONFLICT DO NOTHING): isolate the bad delivery.
+        except (sa.exc.IntegrityError, sa.exc.DataError):
+            # Not the dedupe key (that is ON CONFLICT DO NOTHING), or a value the database
+            # refuses (PostgreSQL: NUL in text): one delivery's fault, so isolate it rather
+            # than fail every delivery sharing its commit.
             if len(batch) > 1:
                 for pending in batch:
                     self._write([pending])
                 return
-            log.warning("a delivery violated a constraint other than the dedupe key")
+            log.warning("the database refused a delivery (a constraint or a value)")
             batch[0].settle(DatabaseUnavailable("the delivery could not be stored"))
             return
         except sa.exc.DBAPIError as exc:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+import sqlalchemy as sa
 
 from service.pathfilter import payload_files
 from service.webhooks import declared_over
+from service.writer import DeliveryWriter
+from tests.conftest import new_pg_database
 from tests.reliability.fuzz_support import Case, Harness, Stats
-from tests.service.forge_kits import GITHUB, KITS, Kit
+from tests.service.forge_kits import GITHUB, KITS, REPO, SHA, Kit
+from trainhook.builds import BuildSpec, Delivery
+from trainhook.db import make_engine
+from trainhook.errors import DatabaseUnavailable
+from trainhook.intake import Incoming, Recorded
 
 
 @pytest.fixture
@@ -87,3 +97,33 @@ def test_a_signed_push_listing_a_nul_path_is_queued_not_a_503_for_its_whole_comm
     stats = Stats(kit.route)
     harness_on.account(cases, outcomes, stats)
     assert not stats.violations + harness_on.finish()
+
+
+@pytest.mark.postgres
+def test_a_delivery_postgresql_refuses_fails_alone_not_its_whole_commit(pg_server):
+    """Whatever value slips past validation and is refused (DataError), the deliveries
+    committed with it are stored: the refusal is isolated like a constraint violation."""
+    engine = make_engine(new_pg_database(pg_server))
+    writer = DeliveryWriter(engine)
+
+    def item(n: int, reason: str | None) -> Incoming:
+        delivery = Delivery("github", "42", f"d-{n}", "push", REPO, {}, b"{}", datetime.now(UTC))
+        if reason is not None:
+            return Incoming(delivery, None, reason)
+        return Incoming(delivery, BuildSpec("github", REPO, "refs/heads/main", SHA))
+
+    async def record_together() -> list[Any]:
+        items = [item(1, None), item(2, "refused\x00"), item(3, "ignored")]
+        return await asyncio.gather(*(writer.record(i) for i in items), return_exceptions=True)
+
+    try:
+        first, refused, third = asyncio.run(record_together())
+    finally:
+        writer.stop()
+    assert isinstance(refused, DatabaseUnavailable)
+    assert isinstance(first, Recorded) and first.build_id is not None
+    assert isinstance(third, Recorded) and (third.build_id, third.reason) == (None, "ignored")
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT delivery_id FROM deliveries")).scalars().all()
+    assert sorted(stored) == ["d-1", "d-3"]
+    engine.dispose()
