@@ -105,6 +105,10 @@ def run_command(
         proc.wait()
         raise
     finally:
+        # Whatever the command left running in its group ends with it: repository code
+        # must not outlive its stage and rewrite the checkout (swap the data for a symlink,
+        # change it after the hash) while later stages read it. Also frees the output pipe.
+        _kill_group(proc)
         pump.join(timeout=10)
     return CommandResult(
         returncode=proc.returncode,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,27 @@ def test_the_audit_hook_sees_an_open_of_a_watched_file(tmp_path: Path, opened: l
     watch(secret.parent)
     assert SECRET_LINE in secret.read_text()
     assert opened == [str(secret)]
+
+
+LINGER = """
+import subprocess, sys
+# Started in the background: it would rewrite the data (here: leave a marker) after the
+# tests are over, while the hash and train stages read the checkout.
+subprocess.Popen(["sh", "-c", "sleep 0.4; touch " + sys.argv[1]])
+print("tests passed")
+"""
+
+
+def test_nothing_the_tests_started_outlives_the_test_stage(
+    tmp_path: Path, origin, make_settings, sqlite_url, sqlite_engine
+):
+    marker = tmp_path / "still-running"
+    sha = origin.commit({"data/train.csv": DATA, "linger.py": LINGER})
+    settings = make_settings(
+        sqlite_url, clone_url=origin.url, extra=f'test_command = "python linger.py {marker}"'
+    )
+    build_id = run_build(settings, sqlite_engine, sha)
+
+    assert stage_map(sqlite_engine, build_id)["test"]["status"] == "succeeded"
+    time.sleep(1.0)  # well past the background process's 0.4 s
+    assert not marker.exists()
