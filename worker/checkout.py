@@ -189,6 +189,10 @@ class Mirror:
 
     def _clone(self) -> None:
         # Clone beside the final path and rename: a crash never leaves a half-made mirror.
+        # A worker killed mid-clone leaves its temp dir behind; under the mirror lock nobody
+        # else is cloning here, so those are removed first (else each crash leaks a clone).
+        for stale in self.path.parent.glob(f".{self.path.name}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         try:
             self._git("clone", "--bare", "--quiet", "--", self.repo.clone_url, str(tmp / "m"))

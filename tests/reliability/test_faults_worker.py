@@ -227,7 +227,7 @@ def test_worker_killed_mid_checkout_finishes_the_build_once(
     origin, make_settings, sqlite_url, sqlite_engine, tmp_path: Path
 ):
     # Enough data that fetching and exporting the commit takes a while.
-    sha = origin.commit({"data/big.bin": os.urandom(24 * 1024 * 1024), "app.py": "# app\n"})
+    sha = origin.commit({"data/big.bin": os.urandom(12 * 1024 * 1024), "app.py": "# app\n"})
     settings = make_settings(sqlite_url, clone_url=origin.url)
     build_id = new_build(sqlite_engine, sha)
     sync = tmp_path / "sync"
@@ -258,6 +258,16 @@ def test_worker_killed_mid_checkout_finishes_the_build_once(
     assert (job.status, job.attempts) == ("done", 2)
     checkout = [s for name, s in stage_events_of(sqlite_engine, build_id) if name == "checkout"]
     assert checkout == ["running", "running", "succeeded"]
+    # Nothing the killed checkout left half-made outlives the rescue: no partial clone beside
+    # the mirror, no partial export beside the rescuer's.
+    mirrors = settings.mirrors_dir
+    repo = settings.repos[0]
+    assert sorted(p.name for p in mirrors.iterdir()) == [
+        f"{repo.slug}.git",
+        f"{repo.slug}.git.lock",
+    ]
+    exports = [p for p in (settings.work_dir / repo.slug).iterdir() if p.is_dir()]
+    assert len(exports) == 1, exports
 
 
 def test_a_worker_frozen_past_its_lease_writes_nothing_after_another_finished_the_build(
