@@ -40,6 +40,9 @@ RUN apt-get update \
     && mkdir -p /var/lib/trainhook /etc/trainhook \
     && chown 10001:10001 /var/lib/trainhook
 COPY --from=build /opt/venv /opt/venv
+# uv in the runtime too: `test_env = "venv"` builds the repositories' test venvs with it
+# (following their uv.lock); without it the worker falls back to python -m venv + pip.
+COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /bin/uv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -57,7 +57,15 @@ def test_it_has_a_build_stage_and_a_runtime_stage_fed_from_it():
     build, runtime = stages()
     assert (build, runtime) == ("build", "runtime")
     copies = in_stage("runtime", "COPY")
-    assert copies and all(c.startswith("--from=build ") for c in copies)
+    from_build = [c for c in copies if c.startswith("--from=build ")]
+    assert from_build
+    # Besides the venv, only the pinned uv binary (test venvs are built with it).
+    others = [c for c in copies if c not in from_build]
+    assert all("astral-sh/uv:" in c and not c.split()[0].endswith(":latest") for c in others)
+
+
+def test_the_runtime_has_uv_for_the_test_venvs():
+    assert any("astral-sh/uv:" in c and c.endswith(" /bin/uv") for c in in_stage("runtime", "COPY"))
 
 
 def test_dependencies_come_from_the_committed_lock_without_dev_tools():
