@@ -37,6 +37,12 @@ GIT_OPTIONS = (
     "fetch.recurseSubmodules=false",
     "-c",
     "http.followRedirects=false",
+    # Automatic housekeeping after a fetch runs inside it, never detached: no git process
+    # outlives the mirror lock, so a lock file found under it is stale (see _fetch).
+    "-c",
+    "gc.autoDetach=false",
+    "-c",
+    "maintenance.autoDetach=false",
 )
 REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 
@@ -154,8 +160,7 @@ class Mirror:
             if self.has_commit(sha):
                 return "already present"
             if self.path.exists():
-                self._git("fetch", "--prune", "--no-tags", "--", self.repo.clone_url,
-                          *REFSPECS, cwd=self.path)  # fmt: skip
+                self._fetch()
                 action = "fetched"
             else:
                 self._clone()
@@ -172,8 +177,7 @@ class Mirror:
         ref does not exist, GitError on git faults. Always fetches: a ref moves."""
         with self._locked():
             if self.path.exists():
-                self._git("fetch", "--prune", "--no-tags", "--", self.repo.clone_url,
-                          *REFSPECS, cwd=self.path)  # fmt: skip
+                self._fetch()
                 action = "fetched"
             else:
                 self._clone()
@@ -186,6 +190,15 @@ class Mirror:
                     f"ref {ref!r} not found in {redact(self.repo.clone_url)}"
                 ) from None
             return out.strip(), action
+
+    def _fetch(self) -> None:
+        # Under the mirror lock no other git process writes this mirror: a lock file here was
+        # left by a git killed mid-fetch (git never removes another process's locks), and
+        # would fail every later fetch ("cannot lock ref"). Remove them first.
+        for stale in [*self.path.glob("*.lock"), *(self.path / "refs").rglob("*.lock")]:
+            stale.unlink(missing_ok=True)
+        self._git("fetch", "--prune", "--no-tags", "--", self.repo.clone_url, *REFSPECS,
+                  cwd=self.path)  # fmt: skip
 
     def _clone(self) -> None:
         # Clone beside the final path and rename: a crash never leaves a half-made mirror.

@@ -29,7 +29,9 @@ from trainhook.db import make_engine, reading, upgrade
 from trainhook.models import builds, stage_events
 from trainhook.runtime import build_runtime
 from trainhook.settings import Settings
+from worker.checkout import checkout_stage
 from worker.context import BuildContext
+from worker.loop import Worker
 from worker.stage import Outcome
 
 # The Pub/Sub fixtures (the emulator, PostgreSQL + a fresh topic and subscription).
@@ -346,3 +348,31 @@ def test_a_lost_ack_redelivers_a_finished_job_that_is_not_built_again(
     assert stage_events_of(pstack.engine, build_id) == settled
     job = job_row(pstack.engine, build_id)
     assert (job.status, job.attempts) == ("done", 1)
+
+
+def test_ref_locks_left_by_a_killed_fetch_do_not_block_the_next_build(
+    origin, make_settings, sqlite_url, sqlite_engine
+):
+    settings = make_settings(
+        sqlite_url, clone_url=origin.url, env={"TRAINHOOK_POLL_INTERVAL": "0.05"}
+    )
+    runtime = build_runtime(settings, sqlite_engine)
+    counter = Counter({"checkout": checkout_stage})
+    first = new_build(sqlite_engine, origin.commit({"app.py": "# one\n"}))
+    Worker(runtime, pipeline=counter.pipeline()).run(threading.Event(), burst=True)
+    assert status_of(sqlite_engine, first) == "succeeded"
+    # A fetch killed between taking its ref locks and renaming them into place leaves the
+    # lock files behind (git never removes another process's locks).
+    mirror = settings.mirrors_dir / f"{settings.repos[0].slug}.git"
+    for lock in ("refs/heads/main.lock", "packed-refs.lock", "shallow.lock"):
+        (mirror / lock).write_text("0" * 40 + "\n")
+
+    second = new_build(sqlite_engine, origin.commit({"app.py": "# two\n"}))
+    Worker(runtime, pipeline=counter.pipeline(), backoff=lambda _: 0.0).run(
+        threading.Event(), burst=True
+    )
+
+    view = build_view(sqlite_engine, second)
+    assert view["status"] == "succeeded", view["error"]
+    assert job_row(sqlite_engine, second).attempts == 1  # no failed attempt on the way
+    assert list(mirror.rglob("*.lock")) == []
