@@ -16,11 +16,13 @@ import dataclasses
 import functools
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -50,8 +52,13 @@ def parse(argv: list[str] | None) -> tuple[SoakConfig, argparse.Namespace]:
     return config, args
 
 
+def interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # so the processes started are stopped on the way out
+
+
 def main(argv: list[str] | None = None) -> int:
     config, args = parse(argv)
+    signal.signal(signal.SIGTERM, interrupted)
     work = Path(tempfile.mkdtemp(prefix="trainhook-soak-"))
     try:
         report = run_soak(config, work, say=lambda line: print(line, flush=True))
