@@ -10,6 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.forge import WebhookError
+from service.webhooks import read_body
 from trainhook.errors import DatabaseUnavailable
 from trainhook.runtime import Runtime
 from trainhook.triggers import TriggerError, request_rebuild
@@ -39,9 +41,13 @@ async def rebuild(request: Request) -> JSONResponse:
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        return _error(413, f"body is over the {MAX_BODY}-byte limit")
+    try:
+        # Read no further than the limit (a body is never buffered whole before the check).
+        body = await read_body(request, MAX_BODY, runtime.settings.body_timeout)
+    except WebhookError as exc:  # too large or too slow: the rest is not worth reading
+        return JSONResponse(
+            {"error": exc.message}, status_code=exc.status, headers={"Connection": "close"}
+        )
     try:
         data = json.loads(body)
     except ValueError:

@@ -31,6 +31,7 @@ BODY_LIMIT = 1024 * 1024
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 2.0
 SLACK = 2.0  # a closed connection is noticed within the timeout plus this
+API_TOKEN = "rebuild-token-0123456789"
 RSS_GROWTH_MAX_KB = 40 * 1024  # what the faults below may add to the server's memory, at most
 
 
@@ -88,6 +89,7 @@ def server(
         "TRAINHOOK_BODY_LIMIT": str(BODY_LIMIT),
         "TRAINHOOK_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
         "TRAINHOOK_BODY_TIMEOUT": str(BODY_TIMEOUT),
+        "TRAINHOOK_API_TOKEN": API_TOKEN,
     }
     argv = [sys.executable, "-m", "trainhook.cli", "serve", "--host", "127.0.0.1"]
     proc = subprocess.Popen(
@@ -246,13 +248,17 @@ def test_a_declared_oversized_body_is_413_before_any_of_it_is_read(server: Serve
     assert server.stored() == 0
 
 
-def test_a_chunked_oversized_body_is_413_without_the_server_reading_it_all(server: Server):
+@pytest.mark.parametrize("route", ["/webhooks/github", "/rebuild"])
+def test_a_chunked_oversized_body_is_413_without_the_server_reading_it_all(
+    server: Server, route: str
+):
     before = server.rss_kb()
     _, headers = signed(push_payload())
+    headers["Authorization"] = f"Bearer {API_TOKEN}"  # /rebuild reads bodies of callers it knows
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     sock = server.connect()
     sock.sendall(
-        f"POST /webhooks/github HTTP/1.1\r\nHost: trainhook\r\n{head}"
+        f"POST {route} HTTP/1.1\r\nHost: trainhook\r\n{head}"
         "Transfer-Encoding: chunked\r\n\r\n".encode()
     )
     chunk = b"%x\r\n" % 65536 + b"{" * 65536 + b"\r\n"
