@@ -129,10 +129,11 @@ class Worker:
             muted=heartbeat.expired,
         )
         if job.attempts > self.settings.max_attempts:
-            # No earlier attempt settled the job: each worker died (OOM killer, SIGKILL, a
-            # lost node) or was stopped mid-build. Without this, a job that kills every
-            # worker running it would be taken up again after each lease, forever.
-            reason = "no attempt finished: the worker died or was stopped during each"
+            # The last allowed attempt ended without settling the job: its worker died (OOM
+            # killer, SIGKILL, a lost node) or was stopped mid-build; earlier ones did too or
+            # failed. Without this, a job that kills every worker running it would be taken
+            # up again after each lease, forever.
+            reason = "the last attempt ended without a result (its worker died or was stopped)"
             return self._give_up(job, heartbeat, recorder, job.attempts - 1, reason)
         with runtime.engine.begin() as conn:
             detail = f"picked up by {self.owner} (attempt {job.attempts})"

@@ -52,5 +52,5 @@ def test_a_job_that_kills_every_worker_is_dead_lettered_after_max_attempts(
     assert trains == [1, 2]
     build = build_status(engine, build_id)
     assert build.status == "failed"
-    assert build.error.startswith("gave up after 2 attempts: no attempt finished")
+    assert build.error.startswith("gave up after 2 attempts: the last attempt ended without")
     assert job(engine, build_id).status == "dead"
