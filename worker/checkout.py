@@ -281,7 +281,9 @@ def checkout_stage(ctx: BuildContext) -> Outcome:
     ctx.cleanup.callback(workspace.release)
     try:
         count = export(mirror.path, sha, workspace.path)
-    except StageFailed:
+    except BaseException:
+        # A partial export is of no use to anyone, and on a full disk it would stand in the
+        # way of the retry's export (siblings are only cleaned after an export succeeds).
         shutil.rmtree(workspace.path, ignore_errors=True)
         raise
     removed = workspace.clean_siblings()

@@ -18,7 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import REPO_ROOT
-from tests.worker.conftest import build_view, events, new_build, stage_map
+from tests.queue.conftest import Counter
+from tests.worker.conftest import build_view, events, job_row, new_build, stage_map
 from trainhook.artifacts import MANIFEST, LocalStore
 from trainhook.db import reading
 from trainhook.models import stage_events
@@ -35,15 +36,14 @@ KEY = "ab" * 32
 DISK = "2m"
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs mounted for this test (unmounted after it)."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, size: str = DISK) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `mount_point` while the block runs."""
+    mount_point.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         pytest.skip("!!! DISK-FULL TESTS NOT RUN: mounting a small tmpfs needs root")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
         capture_output=True,
         text=True,
     )
@@ -55,11 +55,19 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
 
 
-def fill(disk: Path) -> Path:
-    """Take every free byte of `disk` with one file; returns it (delete it to free them)."""
-    filler = disk / "filler"
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs mounted for this test (unmounted after it)."""
+    with tmpfs(tmp_path / "small-disk") as mount_point:
+        yield mount_point
+
+
+def fill(disk: Path, size: int | None = None, name: str = "filler") -> Path:
+    """Take `size` bytes (default: every free byte) of `disk` with one file; returns it
+    (delete it to free them)."""
+    filler = disk / name
     with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
-        while True:
+        while size is None or filler.stat().st_size < size:
             out.write(b"\0" * 4096)
     return filler
 
@@ -201,12 +209,47 @@ def test_a_build_whose_model_cannot_be_stored_is_retried_then_stores_it(
     ]  # fmt: skip
 
 
-def train_events(engine: sa.Engine, build_id: int) -> list[tuple[str, str]]:
-    """(status, detail) of every train stage event of `build_id`, in order."""
+def train_events(engine: sa.Engine, build_id: int, stage: str = "train") -> list[tuple[str, str]]:
+    """(status, detail) of every `stage` event of `build_id`, in order."""
     with reading(engine) as conn:
         rows = conn.execute(
             sa.select(stage_events.c.status, stage_events.c.detail)
-            .where(stage_events.c.build_id == build_id, stage_events.c.stage == "train")
+            .where(stage_events.c.build_id == build_id, stage_events.c.stage == stage)
             .order_by(stage_events.c.id)
         )
         return [(status, detail or "") for status, detail in rows]
+
+
+def test_a_checkout_that_fills_the_disk_leaves_no_partial_export_in_the_way_of_its_retry(
+    tmp_path: Path, origin, make_settings, sqlite_url, sqlite_engine
+):
+    home = tmp_path / "worker-home"
+    settings = make_settings(sqlite_url, clone_url=origin.url, env={"TRAINHOOK_HOME": str(home)})
+    sha = origin.commit({"data/blob.bin": os.urandom(1100 * 1024), "app.py": "# app\n"})
+    build_id = new_build(sqlite_engine, sha)
+    with tmpfs(settings.work_dir) as work:  # the work dir is a 2 MiB disk; mirrors are not
+        fill(work, 700 * 1024, "other-data")
+        freeable = fill(work, 500 * 1024, "old-logs")  # 848 KiB left: the export needs 1.1 MiB
+
+        def free_some_then_retry(attempt: int) -> float:
+            # The operator frees 500 KiB: enough, once nothing else is in the way.
+            freeable.unlink(missing_ok=True)
+            return 0.0
+
+        counter = Counter({"checkout": checkout_stage})
+        worker = Worker(
+            build_runtime(settings, sqlite_engine),
+            pipeline=counter.pipeline(),
+            backoff=free_some_then_retry,
+        )
+        worker.run(threading.Event(), burst=True)
+
+        checkout = train_events(sqlite_engine, build_id, "checkout")
+        assert checkout[1][0] == "failed" and "No space left on device" in checkout[1][1]
+        view = build_view(sqlite_engine, build_id)
+        assert view["status"] == "succeeded", view["error"]
+        assert job_row(sqlite_engine, build_id).attempts == 2
+        exports = [p for p in (work / settings.repos[0].slug).iterdir() if p.is_dir()]
+        assert (
+            len(exports) == 1 and (exports[0] / "data" / "blob.bin").stat().st_size == 1100 * 1024
+        )
