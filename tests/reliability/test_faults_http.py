@@ -287,3 +287,22 @@ def test_a_chunked_oversized_body_is_413_without_the_server_reading_it_all(
     assert peak - before < RSS_GROWTH_MAX_KB
     assert server.stored() == 0
     assert server.push() == 202
+
+
+def test_a_live_event_stream_outlives_the_head_timeout(server: Server):
+    # The deadline is for the request head only: a long answer (the status pages' live
+    # updates) is never cut by it.
+    sock = server.connect()
+    sock.sendall(b"GET /events HTTP/1.1\r\nHost: trainhook\r\nAccept: text/event-stream\r\n\r\n")
+    sock.settimeout(5)
+    head = sock.recv(65536)
+    time.sleep(HEADER_TIMEOUT + SLACK)
+    sock.setblocking(False)
+    try:
+        closed = sock.recv(65536) == b""  # b"": end of stream; data (a ping): still open
+    except BlockingIOError:
+        closed = False  # nothing to read: still open
+    sock.close()
+
+    assert answer_status(head) == 200 and b"text/event-stream" in head.lower()
+    assert not closed, "the event stream was closed"
