@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,9 @@ RANK = {"queued": 0, "running": 1, "succeeded": 2, "failed": 2, "cancelled": 2}
 FINAL = ("succeeded", "failed", "skipped")
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, procs: list[Any] = ()) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, procs: Sequence[Any] = ()
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         for proc in procs:
@@ -323,7 +325,8 @@ def test_a_lost_ack_redelivers_a_finished_job_that_is_not_built_again(
     sync.mkdir()
 
     doomed = spawn("tests.reliability.fault_worker", ["die-before-ack", str(sync), "doomed"], env)
-    assert doomed.wait(timeout=30) == -signal.SIGKILL, doomed.stderr.read()
+    _, err = doomed.communicate(timeout=30)
+    assert doomed.returncode == -signal.SIGKILL, err
     job = job_row(pstack.engine, build_id)
     assert (job.status, job.attempts) == ("done", 1)  # finished; its ack never sent
     assert status_of(pstack.engine, build_id) == "succeeded"
@@ -331,7 +334,9 @@ def test_a_lost_ack_redelivers_a_finished_job_that_is_not_built_again(
 
     rescuer = spawn("tests.reliability.fault_worker", ["toy", str(sync), "rescuer"], env)
     seen: list[str] = []
-    reader = threading.Thread(target=lambda: seen.extend(rescuer.stderr), daemon=True)
+    assert rescuer.stderr is not None
+    lines = rescuer.stderr
+    reader = threading.Thread(target=lambda: seen.extend(lines), daemon=True)
     reader.start()
 
     def acked() -> bool:
