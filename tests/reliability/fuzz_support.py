@@ -7,9 +7,11 @@ truncation, deleted fields, changed types, huge values, unicode, NUL, deep nesti
 form-encoding), then signed well or badly and sent with mutated headers. A fraction carries a
 VALID signature over the mutated body, so the parsing after verification is fuzzed too.
 
-The requests go straight into the real ASGI app (create_app over a runtime on a SQLite file):
-no HTTP client, no sockets, many requests in flight at once so the group-commit writer works
-as in production. After each batch the rows written since the previous batch are checked
+The requests go straight into the real ASGI app (create_app over a runtime on a SQLite file,
+or a PostgreSQL database): no HTTP client, no sockets, many requests in flight at once so the
+group-commit writer works as in production. Header names arrive lower-case, as every ASGI
+server passes them, so "case-changed" headers change the case of values (hex signatures, event
+names, content types). After each batch the rows written since the previous batch are checked
 against the answers; `Harness.finish` checks the totals with one query.
 
 What counts as a violation:
