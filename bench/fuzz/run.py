@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"published payloads mutated too ({names})")
     else:
         print(
-            f"{FIXTURES.relative_to(ROOT.parent)} is absent: fixture mutations skipped, "
+            f"../{FIXTURES.relative_to(ROOT.parent)} is absent: fixture mutations skipped, "
             "generated requests only"
         )
     how = "one app, one SQLite file" if args.jobs == 1 else f"{args.jobs} processes"
