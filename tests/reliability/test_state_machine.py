@@ -22,7 +22,7 @@ import shutil
 import sys
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -569,7 +569,8 @@ def run_machine(
 
 
 @pytest.fixture
-def sqlite_databases(tmp_path: Path, sqlite_template: Path) -> Iterator[Callable[[], Database]]:
+def sqlite_databases(tmp_path: Path, sqlite_template: Path) -> Callable[[], Database]:
+    """A fresh copy of the migrated template per run of the machine."""
     made = iter(range(1_000_000))
 
     def new() -> Database:
@@ -581,9 +582,15 @@ def sqlite_databases(tmp_path: Path, sqlite_template: Path) -> Iterator[Callable
             drop=lambda: shutil.rmtree(folder, ignore_errors=True),
         )
 
-    yield new
+    return new
 
 
+# A failing run shrinks its sequence for up to 5 minutes (Hypothesis's own cap) before it
+# reports it: more than the suite's default timeout, which would hide the report.
+SHRINK_TIMEOUT = pytest.mark.timeout(600)
+
+
+@SHRINK_TIMEOUT
 def test_builds_survive_any_sequence_of_deliveries_crashes_and_restarts_sqlite(
     sqlite_databases: Callable[[], Database],
     make_settings: Callable[..., Settings],
@@ -592,6 +599,7 @@ def test_builds_survive_any_sequence_of_deliveries_crashes_and_restarts_sqlite(
     run_machine(sqlite_databases, make_settings, monkeypatch, examples=30, steps=30)
 
 
+@SHRINK_TIMEOUT
 @pytest.mark.postgres
 def test_builds_survive_any_sequence_of_deliveries_crashes_and_restarts_postgres(
     pg_server: Any, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
