@@ -26,11 +26,15 @@ import multiprocessing
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the generator lives with the tests that share it
+# The payload builders import Starlette's test client, which warns about httpx on import (the
+# test suite silences the same warning in pyproject.toml).
+warnings.filterwarnings("ignore", message="Using .httpx. with .starlette.testclient")
 
 from tests.reliability.fuzz_support import (  # noqa: E402
     FIXTURES,
