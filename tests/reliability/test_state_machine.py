@@ -97,7 +97,9 @@ class QueueClock:
 class World:
     """What the stand-in stages read and what they report to the checks."""
 
-    heads: dict[str, str] = field(default_factory=dict)  # ref -> sha: the mirror's refs
+    # ref -> sha: the mirror's refs. main exists before the first push reaches trainhook,
+    # so a rebuild of main builds something; `wip` only after a push to it.
+    heads: dict[str, str] = field(default_factory=lambda: {"refs/heads/main": GOOD[0]})
     crash_at: str | None = None  # the next stage to reach this dies with its worker
     stop_at: str | None = None  # ... asks its worker to stop after it (SIGTERM)
     fault_at: str | None = None  # ... fails with an infrastructure error, once
