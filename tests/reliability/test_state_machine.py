@@ -2,10 +2,12 @@
 
 Operations: a new signed GitHub push through the ASGI app, a redelivery of one already sent,
 `POST /rebuild` (by ref or sha, sometimes forced), `trainhook replay`, a worker that dies
-mid-stage (its lease then expires for real), the real Worker loop over a fast pipeline (drain,
-or stop gracefully mid-build, or meet an infrastructure fault), and a restart of the service
-and its database connections. After every step the database is checked against what was
-acknowledged; at the end every job is drained and every build must have ended.
+mid-stage holding its lease, a lease's worth of time passing (the queue's clock moves, so the
+real claim finds the lease expired), the real Worker loop over a fast pipeline (drain, or stop
+gracefully mid-build, or meet an infrastructure fault), a restart of the service and its
+database connections, and (PostgreSQL) a restart of the database server under the service.
+After every step the database is checked against what was acknowledged; at the end every job
+is drained and every build must have ended.
 
 The pipeline is the real Worker's, only its stages are fast stand-ins: checkout resolves a ref
 from a table standing for the mirror, hash derives the model key from the data the commit
