@@ -293,8 +293,10 @@ class PubSubQueue(SqlQueue):
         # Otherwise the lease was lost: the message is left to its deadline, and the
         # worker that holds the job now settles it.
 
-    def release(self, job: Job, *, delay: float = 0.0, error: str | None = None) -> None:
-        super().release(job, delay=delay, error=error)
+    def release(
+        self, job: Job, *, delay: float = 0.0, error: str | None = None, counted: bool = True
+    ) -> None:
+        super().release(job, delay=delay, error=error, counted=counted)
         self._modify(job.receipt, delay)  # a nack: redelivered after `delay`, 0 = now
 
     def bury(self, job: Job, error: str) -> None:

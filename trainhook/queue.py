@@ -50,9 +50,13 @@ class Queue(Protocol):
         the database is unreachable (the lease then expires and a redelivery finds the build
         finished)."""
 
-    def release(self, job: Job, *, delay: float = 0.0, error: str | None = None) -> None:
+    def release(
+        self, job: Job, *, delay: float = 0.0, error: str | None = None, counted: bool = True
+    ) -> None:
         """Give the job back to be claimed again after `delay` seconds (retry or shutdown).
-        A no-op when the lease was lost. May raise like `complete`."""
+        `counted=False` gives the attempt back too (a graceful stop is no failure, so rolling
+        restarts never use up TRAINHOOK_MAX_ATTEMPTS). A no-op when the lease was lost. May
+        raise like `complete`."""
 
     def bury(self, job: Job, error: str) -> None:
         """Move the job to the dead-letter list; it is never claimed again. A no-op when the
@@ -153,10 +157,13 @@ class SqlQueue:
     def complete(self, job: Job) -> None:
         self._settle(job, status="done", lease_until=None)
 
-    def release(self, job: Job, *, delay: float = 0.0, error: str | None = None) -> None:
+    def release(
+        self, job: Job, *, delay: float = 0.0, error: str | None = None, counted: bool = True
+    ) -> None:
         self._settle(
             job,
             status="queued",
+            attempts=jobs.c.attempts if counted else jobs.c.attempts - 1,
             lease_owner=None,
             lease_until=None,
             available_at=utcnow() + timedelta(seconds=delay),

@@ -104,7 +104,10 @@ class Worker:
         runtime, queue = self.runtime, self.runtime.queue
         with reading(runtime.engine) as conn:
             build = BuildInfo.load(conn, job.build_id)
-            earlier = succeeded_before(conn, job.build_id) if job.attempts > 1 else frozenset()
+            # A build already running was started by an earlier attempt (which a graceful stop
+            # does not count), so what that attempt finished is kept.
+            started = build is not None and build.status == "running"
+            earlier = succeeded_before(conn, job.build_id) if started else frozenset()
         if build is None or build.status in TERMINAL_BUILD:
             # Delivered twice, or cancelled meanwhile: nothing to do, and nothing to redo.
             queue.complete(job)
@@ -166,7 +169,7 @@ class Worker:
                 queue.complete(job)
                 log.info("build %d: %s; stopped", build.id, exc)
                 return "ended"
-            queue.release(job, error="worker stopped; released for another worker")
+            queue.release(job, error="worker stopped; released for another worker", counted=False)
             log.info("build %d: released for another worker (%s)", build.id, exc)
             return "released"
         except Exception as exc:

@@ -268,6 +268,27 @@ def test_stop_lets_the_current_stage_finish_then_releases_the_job(runtime: Runti
     assert build_view(engine, build_id)["status"] == "succeeded"
 
 
+def test_graceful_stops_never_use_up_the_attempts(db_url, engine, make_settings):
+    # Rolling restarts stop a long build again and again: it is no failure, never dead-lettered.
+    runtime = runtime_with(db_url, engine, make_settings, TRAINHOOK_MAX_ATTEMPTS="2")
+    build_id = new_build(engine)
+    for _ in range(4):
+        stop = threading.Event()
+
+        def stopped_during_test(ctx: BuildContext, stop: threading.Event = stop) -> Outcome:
+            stop.set()
+            return Outcome()
+
+        pipeline = toy_pipeline({"test": stopped_during_test})
+        assert Worker(runtime, pipeline=pipeline).run(stop) == 1
+        assert job_row(engine, build_id).status == "queued"
+        assert job_row(engine, build_id).attempts == 0
+
+    Worker(runtime, pipeline=toy_pipeline()).run(threading.Event(), burst=True)
+    assert build_view(engine, build_id)["status"] == "succeeded"
+    assert job_row(engine, build_id).attempts == 1
+
+
 def test_burst_drains_the_queue_then_returns(runtime: Runtime, engine):
     ids = [new_build(engine, sha=f"{i:040x}") for i in range(5)]
 
