@@ -3,7 +3,7 @@ service, PostgreSQL and the Pub/Sub emulator while workers are killed with SIGKI
 emulator is restarted once and PostgreSQL is killed and started again once; then every
 promise is checked. See bench/soak/soak.py for what runs and what is checked.
 
-    uv run python bench/soak/run.py [--deliveries 10000] [--rate 100] [--workers 4] ...
+    uv run python bench/soak/run.py [--deliveries 10000] [--rate 15] [--workers 4] ...
 
 Exit status: 0 when every promise held, 1 when one broke, 2 when PostgreSQL or the
 emulator is missing.

@@ -64,7 +64,7 @@ class Missing(RuntimeError):
 class SoakConfig:
     deliveries: int = 10_000
     redelivery_share: float = 0.2  # of `deliveries`, sent again with the same id and body
-    rate: float = 6.0  # deliveries started per second (open loop, capped by `concurrency`)
+    rate: float = 15.0  # deliveries started per second (open loop, capped by `concurrency`)
     concurrency: int = 32  # requests in flight at most
     services: int = 1  # `trainhook serve` processes (deliveries go round-robin)
     workers: int = 4  # worker processes alive at any time (a killed one is replaced)
