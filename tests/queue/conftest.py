@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import threading
 import time
@@ -18,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import new_pg_database
-from tests.support.pubsub import PubSubEmulator, find_emulator
+from tests.support.pubsub import PubSubEmulator, emulator_or_skip
 from trainhook.builds import BuildSpec, create_build
 from trainhook.db import make_engine, reading
 from trainhook.models import builds, jobs, stage_events
@@ -40,13 +39,7 @@ KINDS = [
 
 @pytest.fixture(scope="session")
 def pubsub_emulator() -> Iterator[PubSubEmulator]:
-    launcher, why = find_emulator()
-    if launcher is None:
-        message = f"the official Pub/Sub emulator is not installed here: {why}"
-        if os.environ.get("TRAINHOOK_REQUIRE_PUBSUB"):
-            pytest.fail(f"TRAINHOOK_REQUIRE_PUBSUB is set but {message}")
-        pytest.skip(f"!!! PUB/SUB TESTS NOT RUN: {message}")
-    emulator = PubSubEmulator(launcher).start()
+    emulator = emulator_or_skip()
     yield emulator
     emulator.stop()
 

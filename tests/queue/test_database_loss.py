@@ -5,7 +5,6 @@ accepted push is published and built once."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,32 +16,16 @@ from starlette.testclient import TestClient
 from service.app import create_app
 from tests.queue.conftest import Counter, Stack, all_finished, pubsub_env, run_workers
 from tests.service.github_payloads import push_payload, signed
-from tests.support.postgres import PostgresServer, find_pg_bin
+from tests.support.postgres import PostgresServer, durable_postgres_or_skip
 from tests.support.pubsub import PubSubEmulator
 from trainhook.db import make_engine, reading, upgrade
 from trainhook.models import builds, deliveries, jobs
 
 
-class DurablePostgres(PostgresServer):
-    """A cluster that keeps what it acknowledged across a crash (fsync and synchronous
-    commit on, as in production; the suite's shared cluster turns both off for speed)."""
-
-    def resume(self) -> None:
-        opts = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
-            "-c fsync=on -c synchronous_commit=on"
-        )
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "pg.log"), "-w",
-                  "start", "-o", opts)  # fmt: skip
-
-
 @pytest.fixture
 def own_pg() -> Iterator[PostgresServer]:
-    if find_pg_bin() is None:
-        if os.environ.get("TRAINHOOK_REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL is required (TRAINHOOK_REQUIRE_POSTGRES) but not installed")
-        pytest.skip("PostgreSQL server not installed: apt-get install postgresql")
-    server = DurablePostgres().start()
+    """A durable cluster of this test's own: the test kills and starts it."""
+    server = durable_postgres_or_skip()
     yield server
     server.destroy()
 

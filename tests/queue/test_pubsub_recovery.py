@@ -5,7 +5,6 @@ again and built once."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -23,7 +22,7 @@ from tests.queue.conftest import (
     run_workers,
 )
 from tests.support.postgres import PostgresServer
-from tests.support.pubsub import PubSubEmulator, find_emulator
+from tests.support.pubsub import PubSubEmulator, emulator_or_skip
 from trainhook.db import make_engine, reading
 from trainhook.models import jobs, utcnow
 from trainhook.outbox import owe_messages
@@ -35,13 +34,7 @@ BUILDS = 12
 @pytest.fixture
 def own_emulator() -> Iterator[PubSubEmulator]:
     """An emulator of this test's own: restarting the suite's one would wipe other tests'."""
-    launcher, why = find_emulator()
-    if launcher is None:
-        message = f"the official Pub/Sub emulator is not installed here: {why}"
-        if os.environ.get("TRAINHOOK_REQUIRE_PUBSUB"):
-            pytest.fail(f"TRAINHOOK_REQUIRE_PUBSUB is set but {message}")
-        pytest.skip(f"!!! PUB/SUB TESTS NOT RUN: {message}")
-    emulator = PubSubEmulator(launcher).start()
+    emulator = emulator_or_skip()
     yield emulator
     emulator.stop()
 

@@ -22,8 +22,7 @@ import sqlalchemy as sa
 from tests.conftest import REPO_ROOT, SECRET
 from tests.queue import conftest as queue_fixtures
 from tests.queue.conftest import Counter, Stack, workers_running
-from tests.queue.test_database_loss import DurablePostgres
-from tests.support.postgres import PostgresServer, find_pg_bin
+from tests.support.postgres import PostgresServer, durable_postgres_or_skip
 from tests.worker.conftest import build_view, job_row, new_build
 from trainhook.db import make_engine, reading, upgrade
 from trainhook.models import builds, stage_events
@@ -79,11 +78,7 @@ def status_of(engine: sa.Engine, build_id: int) -> str:
 def own_pg() -> Iterator[PostgresServer]:
     """A PostgreSQL cluster of this test's own, durable as in production (the suite's shared
     one turns fsync off): the test stops and starts it."""
-    if find_pg_bin() is None:
-        if os.environ.get("TRAINHOOK_REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL is required (TRAINHOOK_REQUIRE_POSTGRES) but not installed")
-        pytest.skip("!!! PostgreSQL server not installed: apt-get install postgresql")
-    server = DurablePostgres().start()
+    server = durable_postgres_or_skip()
     yield server
     server.destroy()
 

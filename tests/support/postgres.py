@@ -92,3 +92,30 @@ class PostgresServer:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+
+class DurablePostgres(PostgresServer):
+    """A cluster that keeps what it acknowledged across a crash (fsync and synchronous
+    commit on, as in production; the suite's shared cluster turns both off for speed)."""
+
+    def resume(self) -> None:
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
+            "-c fsync=on -c synchronous_commit=on"
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "pg.log"), "-w",
+                  "start", "-o", opts)  # fmt: skip
+
+
+def durable_postgres_or_skip() -> DurablePostgres:
+    """A started DurablePostgres of the caller's own (to stop and start at will); skips the
+    test loudly when PostgreSQL is missing, fails it when TRAINHOOK_REQUIRE_POSTGRES is set."""
+    import pytest
+
+    if find_pg_bin() is None:
+        if os.environ.get("TRAINHOOK_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is required (TRAINHOOK_REQUIRE_POSTGRES) but not installed")
+        pytest.skip("!!! PostgreSQL server not installed: apt-get install postgresql")
+    server = DurablePostgres()
+    server.start()
+    return server

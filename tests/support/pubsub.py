@@ -96,3 +96,17 @@ class PubSubEmulator:
             self._signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+def emulator_or_skip() -> PubSubEmulator:
+    """A started emulator; skips the test loudly when the Cloud SDK's emulator is missing,
+    fails it when TRAINHOOK_REQUIRE_PUBSUB is set."""
+    import pytest
+
+    launcher, why = find_emulator()
+    if launcher is None:
+        message = f"the official Pub/Sub emulator is not installed here: {why}"
+        if os.environ.get("TRAINHOOK_REQUIRE_PUBSUB"):
+            pytest.fail(f"TRAINHOOK_REQUIRE_PUBSUB is set but {message}")
+        pytest.skip(f"!!! PUB/SUB TESTS NOT RUN: {message}")
+    return PubSubEmulator(launcher).start()
