@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -91,3 +92,16 @@ def context_for(settings: Settings, engine: sa.Engine, build_id: int) -> BuildCo
     assert repo is not None
     recorder = Recorder(engine, Metrics(), build_id, PIPELINE_STAGES)
     return BuildContext(settings=settings, repo=repo, build=build, recorder=recorder, engine=engine)
+
+
+def run_build(settings: Settings, engine: sa.Engine, sha: str) -> int:
+    """Queue a build of `sha` and run it to the end with the real checkout and test stages
+    (the rest are toys); returns the build id."""
+    from worker.checkout import checkout_stage
+    from worker.loop import Worker
+    from worker.testcommand import repo_tests_stage
+
+    build_id = new_build(engine, sha)
+    pipeline = toy_pipeline({"checkout": checkout_stage, "test": repo_tests_stage})
+    Worker(build_runtime(settings, engine), pipeline=pipeline).run(threading.Event(), burst=True)
+    return build_id

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,12 +17,10 @@ from tests.worker.conftest import (
     context_for,
     logs,
     new_build,
+    run_build,
     stage_map,
-    toy_pipeline,
 )
-from trainhook.runtime import build_runtime
 from worker.checkout import checkout_stage
-from worker.loop import Worker
 from worker.stage import StageFailed
 from worker.testcommand import repo_tests_stage
 
@@ -40,13 +37,6 @@ import json, os, sys
 json.dump({"argv": sys.argv[1:], "env": dict(os.environ)}, open(sys.argv[1], "w"))
 print("env written")
 """
-
-
-def run_build(settings, engine, sha: str) -> int:
-    build_id = new_build(engine, sha)
-    pipeline = toy_pipeline({"checkout": checkout_stage, "test": repo_tests_stage})
-    Worker(build_runtime(settings, engine), pipeline=pipeline).run(threading.Event(), burst=True)
-    return build_id
 
 
 def test_failing_tests_fail_the_build_and_skip_later_stages(
