@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support.gitrepo import GitRepo
-from tests.support.postgres import PostgresServer, find_pg_bin
+from tests.support.postgres import PostgresServer, durable_postgres_or_skip, find_pg_bin
 from trainhook.db import make_engine, upgrade
 from trainhook.settings import Settings, load_settings
 
@@ -56,6 +56,22 @@ def new_pg_database(server: PostgresServer) -> str:
         conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE trainhook_template")
     admin.dispose()
     return server.url(name)
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PostgresServer]:
+    """A durable PostgreSQL of the test's own (the test kills and starts it), with a migrated
+    `trainhook` database: `own_pg.url("trainhook")`."""
+    server = durable_postgres_or_skip()
+    try:
+        admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql("CREATE DATABASE trainhook")
+        admin.dispose()
+        upgrade(server.url("trainhook"))
+        yield server
+    finally:
+        server.destroy()
 
 
 @pytest.fixture(scope="session")

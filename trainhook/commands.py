@@ -69,7 +69,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     base = f"http://{args.host}:{args.port}"
 
     def started() -> None:
-        print_banner(settings, base, demo.token_hint if demo is not None else TOKEN_HINT)
+        print_banner(settings, base, demo.token_hint if demo is not None else None)
         if demo is not None:
             demo.push(base, runtime)
 
@@ -87,9 +87,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 TOKEN_HINT = "$TRAINHOOK_API_TOKEN"
 
 
-def print_banner(settings: Settings, base: str, token: str = TOKEN_HINT) -> None:
-    """How to reach the service. `token` is how a shell gets the API token, never the token
-    itself: this goes to the terminal and, in a container, into the logs."""
+def print_banner(settings: Settings, base: str, token: str | None = None) -> None:
+    """How to reach the service. `token` is how a shell gets the API token (default: from
+    $TRAINHOOK_API_TOKEN), never the token itself: this goes to the terminal and, in a
+    container, into the logs."""
+    token = token or TOKEN_HINT
     repo = settings.repos[0].name if settings.repos else "OWNER/REPO"
     print(
         f"\ntrainhook is up ({settings.env}, queue={settings.queue}, builder={settings.builder})\n"

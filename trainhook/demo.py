@@ -97,10 +97,11 @@ class DemoSession:
     token_file: Path | None = None  # where the demo keeps the API token it generated
 
     @property
-    def token_hint(self) -> str:
-        """How a shell gets the API token (never the token: the banner may be logged)."""
+    def token_hint(self) -> str | None:
+        """How a shell gets the token the demo generated (never the token: the banner may be
+        logged); None when the token came from the environment."""
         if self.token_file is None:
-            return "$TRAINHOOK_API_TOKEN"
+            return None
         return f"$(cat {shlex.quote(str(self.token_file))})"
 
     def push_payload(self) -> dict[str, Any]:

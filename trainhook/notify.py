@@ -219,14 +219,12 @@ class StatusReporter:
             # that came first, and another replica may have reported a newer status since.
             # Sending the batch's status then would move the forge's status back.
             current = conn.execute(
-                sa.select(builds, status_reports.c.status.label("reported"))
+                sa.select(builds)
                 .select_from(builds.outerjoin(status_reports))
-                .where(builds.c.id == row.id)
-            ).one()
-            if current.reported == current.status:
-                report = None
-            else:
-                report = report_for(conn, api.provider, current, self.settings.public_url)
+                .where(builds.c.id == row.id, self._pending())
+            ).first()
+            public_url = self.settings.public_url
+            report = report_for(conn, api.provider, current, public_url) if current else None
         if report is None:
             self._settle(row.id)  # reported meanwhile: nothing to send
             return 0

@@ -119,7 +119,7 @@ class Settings:
 PUBSUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
 
 
-def _pubsub_settings(env: Mapping[str, str], queue: str) -> dict[str, Any]:
+def _pubsub_settings(env: Mapping[str, str], queue: str, attempts: int) -> dict[str, Any]:
     """The TRAINHOOK_PUBSUB_* fields; with the pubsub queue, a project is required and every
     name must be one Pub/Sub accepts (3-255 characters, starting with a letter)."""
     project = env.get("TRAINHOOK_PUBSUB_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT") or ""
@@ -145,7 +145,6 @@ def _pubsub_settings(env: Mapping[str, str], queue: str) -> dict[str, Any]:
                 )
         if not 5 <= deliveries <= 100:
             raise ConfigError(f"TRAINHOOK_PUBSUB_MAX_DELIVERIES={deliveries}: Pub/Sub allows 5-100")
-        attempts = int(_float(env, "TRAINHOOK_MAX_ATTEMPTS", 3))
         if deliveries <= attempts:
             # The worker's own count must decide; Pub/Sub's policy is the backstop for jobs
             # that never get to fail (they kill the worker), and duplicates count too.
@@ -219,6 +218,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
 
     secrets = {r.secret_env: env[r.secret_env] for r in repos if env.get(r.secret_env)}
     secrets.update({e: env[e] for r in repos if (e := r.forge_token_env) and env.get(e)})
+    max_attempts = int(_float(env, "TRAINHOOK_MAX_ATTEMPTS", 3))
     settings = Settings(
         home=home,
         database_url=database_url,
@@ -235,14 +235,14 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
         body_timeout=_float(env, "TRAINHOOK_BODY_TIMEOUT", 60.0),
         lease_seconds=_float(env, "TRAINHOOK_LEASE_SECONDS", 60.0),
         poll_interval=_float(env, "TRAINHOOK_POLL_INTERVAL", 0.5),
-        max_attempts=int(_float(env, "TRAINHOOK_MAX_ATTEMPTS", 3)),
+        max_attempts=max_attempts,
         train_timeout=_float(env, "TRAINHOOK_TRAIN_TIMEOUT", 1800.0),
         test_timeout=_float(env, "TRAINHOOK_TEST_TIMEOUT", 900.0),
         public_url=(env.get("TRAINHOOK_PUBLIC_URL") or "").rstrip("/"),
         reconcile_interval=_float(env, "TRAINHOOK_RECONCILE_INTERVAL", 0.0),
         nltk_index=env.get("TRAINHOOK_NLTK_INDEX") or None,
         venv_keep=_venv_keep(env),
-        **_pubsub_settings(env, queue),
+        **_pubsub_settings(env, queue, max_attempts),
         **cloudbuild_env(env, _float),
     )
     if builder == "cloudbuild":

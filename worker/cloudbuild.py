@@ -15,11 +15,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from trainhook.builds import add_event, mark_finished
 from trainhook.db import reading
-from trainhook.models import stage_events
 from trainhook.settings import Settings
 from worker.builder import BUILDER_STAGES
 from worker.cloudbuild_request import build_request, build_tag
@@ -35,7 +32,7 @@ from worker.cloudbuild_submit import (
 from worker.cloudbuild_supersede import MARKER, stored_cloud_build, supersede_older
 from worker.cloudbuild_track import StageEvent, Tracker, status_name
 from worker.context import BuildContext
-from worker.recorder import clip
+from worker.recorder import clip, latest_statuses
 from worker.stage import Interrupted, StageFailed
 
 log = logging.getLogger(__name__)
@@ -115,7 +112,7 @@ class CloudBuilder:
         ctx.recorder.guard()
         tracked = self.stages if ctx.repo.vertex else self.stages[:-1]
         with reading(ctx.engine) as conn:
-            recorded = recorded_statuses(conn, ctx.build.id, self.stages)
+            recorded = latest_statuses(conn, ctx.build.id, self.stages)
             known = stored_cloud_build(conn, ctx.build.id)
         if ctx.repo.vertex is None:
             if recorded.get("vertex") == "skipped":  # by an earlier attempt: not twice
@@ -243,16 +240,6 @@ class CloudBuilder:
             "vertex": f"Vertex AI pipeline {ctx.repo.vertex.pipeline if ctx.repo.vertex else ''}"
             " submitted (not awaited)",
         }
-
-
-def recorded_statuses(conn: sa.Connection, build_id: int, stages: Sequence[str]) -> dict[str, str]:
-    """The latest recorded status of each of `stages` of `build_id` (from earlier attempts)."""
-    query = (
-        sa.select(stage_events.c.stage, stage_events.c.status)
-        .where(stage_events.c.build_id == build_id, stage_events.c.stage.in_(stages))
-        .order_by(stage_events.c.id)
-    )
-    return {stage: status for stage, status in conn.execute(query)}
 
 
 def _short(ctx: BuildContext) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -143,14 +143,19 @@ class Recorder:
             append_log(conn, self.build_id, stage, text)
 
 
+def latest_statuses(
+    conn: sa.Connection, build_id: int, stages: Sequence[str] | None = None
+) -> dict[str, str]:
+    """The latest recorded status of each stage of `build_id` (of `stages` only, if given)."""
+    query = sa.select(stage_events.c.stage, stage_events.c.status).where(
+        stage_events.c.build_id == build_id
+    )
+    if stages is not None:
+        query = query.where(stage_events.c.stage.in_(stages))
+    return {stage: status for stage, status in conn.execute(query.order_by(stage_events.c.id))}
+
+
 def succeeded_before(conn: sa.Connection, build_id: int) -> frozenset[str]:
     """The stages of `build_id` whose latest event says succeeded (from earlier attempts)."""
-    latest: dict[str, str] = {}
-    query = (
-        sa.select(stage_events.c.stage, stage_events.c.status)
-        .where(stage_events.c.build_id == build_id)
-        .order_by(stage_events.c.id)
-    )
-    for stage, status in conn.execute(query):
-        latest[stage] = status
+    latest = latest_statuses(conn, build_id)
     return frozenset(stage for stage, status in latest.items() if status == "succeeded")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -16,30 +15,17 @@ from starlette.testclient import TestClient
 from service.app import create_app
 from tests.queue.conftest import Counter, Stack, all_finished, pubsub_env, run_workers
 from tests.service.github_payloads import push_payload, signed
-from tests.support.postgres import PostgresServer, durable_postgres_or_skip
+from tests.support.postgres import PostgresServer
 from tests.support.pubsub import PubSubEmulator
-from trainhook.db import make_engine, reading, upgrade
+from trainhook.db import make_engine, reading
 from trainhook.models import builds, deliveries, jobs
-
-
-@pytest.fixture
-def own_pg() -> Iterator[PostgresServer]:
-    """A durable cluster of this test's own: the test kills and starts it."""
-    server = durable_postgres_or_skip()
-    yield server
-    server.destroy()
 
 
 @pytest.mark.postgres
 def test_database_killed_mid_stream_never_gives_2xx_without_a_row(
     own_pg: PostgresServer, pubsub_emulator: PubSubEmulator, make_settings, monkeypatch
 ):
-    admin = sa.create_engine(own_pg.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql("CREATE DATABASE trainhook")
-    admin.dispose()
     url = own_pg.url("trainhook") + "?connect_timeout=2"
-    upgrade(url)
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
     stack = Stack(
         "pubsub-postgres", url, make_engine(url), make_settings, pubsub_env(pubsub_emulator)

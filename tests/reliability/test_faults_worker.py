@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from tests.conftest import REPO_ROOT, SECRET
 from tests.queue import conftest as queue_fixtures
 from tests.queue.conftest import Counter, Stack, workers_running
-from tests.support.postgres import PostgresServer, durable_postgres_or_skip
+from tests.support.postgres import PostgresServer
 from tests.worker.conftest import build_view, job_row, new_build
-from trainhook.db import make_engine, reading, upgrade
+from trainhook.db import make_engine, reading
 from trainhook.models import builds, stage_events
 from trainhook.runtime import build_runtime
 from trainhook.settings import Settings
@@ -74,15 +74,6 @@ def status_of(engine: sa.Engine, build_id: int) -> str:
 # -- the worker's database restarted mid-job -----------------------------------------------
 
 
-@pytest.fixture
-def own_pg() -> Iterator[PostgresServer]:
-    """A PostgreSQL cluster of this test's own, durable as in production (the suite's shared
-    one turns fsync off): the test stops and starts it."""
-    server = durable_postgres_or_skip()
-    yield server
-    server.destroy()
-
-
 class StatusWatcher:
     """Reads a build's status every few milliseconds from its own engine (errors while the
     database is down are skipped) and keeps every change it saw."""
@@ -120,12 +111,7 @@ class StatusWatcher:
 def test_database_restarted_mid_job_the_job_finishes_once_and_the_worker_survives(
     own_pg: PostgresServer, make_settings: Callable[..., Settings]
 ):
-    admin = sa.create_engine(own_pg.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql("CREATE DATABASE trainhook")
-    admin.dispose()
     url = own_pg.url("trainhook") + "?connect_timeout=2"
-    upgrade(url)
     engine = make_engine(url)
     settings = make_settings(
         url, env={"TRAINHOOK_LEASE_SECONDS": "2", "TRAINHOOK_POLL_INTERVAL": "0.05"}
