@@ -19,6 +19,7 @@ from trainhook.deployconfig import (
 )
 from trainhook.errors import ConfigError
 from trainhook.pathfilter import PathFilter, PatternError, check_pattern
+from trainhook.sandboxsettings import parse_repo_env, parse_repo_limits
 
 PROVIDERS = ("github", "gitlab", "gitea", "forgejo")
 DEFAULT_DATA = ("data/cleaned_training_sample.csv", "data/prod.csv", "data/train.csv")
@@ -58,6 +59,14 @@ class RepoConfig:
     # Training hyperparameters over the trainer's defaults (`params = { C = 0.5 }`); they are
     # part of the model cache key. The columns have their own keys above.
     params: tuple[tuple[str, Any], ...] = ()
+    # Repository code (tests, venv installs, the health check) runs in a bubblewrap sandbox
+    # unless `sandbox = false`; `sandbox_network` lets its tests reach the network;
+    # `sandbox_env` are plain variables its tests see; `sandbox_limits` override
+    # TRAINHOOK_SANDBOX_* (memory, cpu_seconds, processes, disk) for this repository.
+    sandbox: bool = True
+    sandbox_network: bool = False
+    sandbox_env: tuple[tuple[str, str], ...] = ()
+    sandbox_limits: tuple[tuple[str, int], ...] = ()
 
     def wants_branch(self, branch: str) -> bool:
         """True when a push to `branch` should build (glob patterns, as in the file)."""
@@ -107,6 +116,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "vertex": (dict,),
     "supersede": (bool,),
     "params": (dict,),
+    "sandbox": (bool,),
+    "sandbox_network": (bool,),
+    "sandbox_env": (dict,),
+    "sandbox_limits": (dict,),
 }
 _LISTS = ("branches", "tags", "data", "paths", "paths_ignore")
 _REQUIRED = ("name", "clone_url", "secret_env")
@@ -216,6 +229,13 @@ def parse_repo(path: Path, index: int, table: dict[str, Any]) -> RepoConfig:
     kwargs: dict[str, Any] = dict(table)
     if "params" in kwargs:
         kwargs["params"] = _check_params(path, label, table)
+    for key, parse in (("sandbox_env", parse_repo_env), ("sandbox_limits", parse_repo_limits)):
+        if key in kwargs:
+            try:
+                parsed = parse(kwargs[key])
+            except ValueError as exc:
+                raise _fail(path, label, f"key {key!r}: {exc}") from None
+            kwargs[key] = tuple(sorted(dict(parsed).items()))
     for key in _LISTS:
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])

@@ -12,6 +12,7 @@ from typing import Any
 from trainhook.cloudsettings import check_cloudbuild, cloudbuild_env
 from trainhook.errors import ConfigError
 from trainhook.repos import RepoConfig, load_repos
+from trainhook.sandboxsettings import SandboxLimits, sandbox_env
 
 DEFAULT_BODY_LIMIT = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MiB
 
@@ -46,6 +47,10 @@ class Settings:
     reconcile_interval: float = 0.0  # seconds between missed-delivery checks; 0: off
     nltk_index: str | None = None  # NLTK data index URL (TRAINHOOK_NLTK_INDEX); None: NLTK's
     venv_keep: int = 5  # test venvs (`test_env = "venv"`) kept, most recently used first
+    # What repository code may use in its sandbox (TRAINHOOK_SANDBOX_*), and the host paths
+    # every sandbox also sees read-only (TRAINHOOK_SANDBOX_PATHS).
+    sandbox_limits: SandboxLimits = field(default_factory=SandboxLimits)
+    sandbox_paths: tuple[Path, ...] = ()
     # Pub/Sub (TRAINHOOK_QUEUE=pubsub). Empty dead-letter names mean "<topic>-dead" and
     # "<subscription>-dead" (see the properties below).
     pubsub_project: str = ""
@@ -242,6 +247,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
         reconcile_interval=_float(env, "TRAINHOOK_RECONCILE_INTERVAL", 0.0),
         nltk_index=env.get("TRAINHOOK_NLTK_INDEX") or None,
         venv_keep=_venv_keep(env),
+        **sandbox_env(env),
         **_pubsub_settings(env, queue, max_attempts),
         **cloudbuild_env(env, _float),
     )
