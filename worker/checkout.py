@@ -1,4 +1,9 @@
-"""The checkout stage: a bare mirror per repository and a clean export of one commit."""
+"""The checkout stage: a bare mirror per repository and a clean checkout of one commit.
+
+Everything in a repository is untrusted: objects are checked by git (`transfer.fsckObjects`)
+when they arrive, and a commit is written out by git itself (`read-tree` + `checkout-index`
+into a fresh directory), never through `tarfile`, whose `data` filter has known bypasses on
+the Python versions this runs on (CVE-2025-4517 and its siblings, fixed in 3.11.13)."""
 
 from __future__ import annotations
 
@@ -7,12 +12,13 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import subprocess
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from trainhook.builds import set_sha
@@ -43,12 +49,43 @@ GIT_OPTIONS = (
     "gc.autoDetach=false",
     "-c",
     "maintenance.autoDetach=false",
+    # Every object a clone or fetch brings is checked (as `git fsck` would) before it is kept:
+    # a tree with duplicate entries, `..` or `.git` names, a bad .gitmodules, ... fails the
+    # transfer and never reaches the mirror (see MalformedObject).
+    "-c",
+    "transfer.fsckObjects=true",
 )
 REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 
 
 class GitError(RuntimeError):
-    """git failed for a reason that may pass (network, lock): the job is retried."""
+    """git failed for a reason that may pass (network, lock): the job is retried.
+    `stderr` is what git said (scrubbed of credentials), for callers that tell failures
+    apart."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+# How `git fsck` (and a transfer checking objects) names a bad object:
+# "error: object 1f2e...: duplicateEntries: contains duplicate file entries".
+_FSCK_ERROR = re.compile(r"object ([0-9a-f]{40,64}): ([A-Za-z]+): ([^\n]*)")
+
+
+class MalformedObject(StageFailed):
+    """A clone or fetch brought an object git's checks refuse. It fails the stage: the
+    object stays on the remote branch, so a retry would be refused the same way."""
+
+    def __init__(self, url: str, stderr: str) -> None:
+        found = _FSCK_ERROR.search(stderr)
+        what = ": ".join(found.groups()) if found else stderr.strip().splitlines()[-1]
+        super().__init__(
+            f"malformed git object refused, fetched from {redact(url)}: {what} "
+            "(the mirror is unchanged; a branch holding this object cannot be built "
+            "until it is rewritten without it)"
+        )
+        self.object_id = found.group(1) if found else None
 
 
 def redact(url: str) -> str:
@@ -116,7 +153,8 @@ def git(
     except subprocess.TimeoutExpired:
         raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from None
     if done.returncode != 0:
-        raise GitError(f"git {args[0]} failed: {scrub(done.stderr.strip()[-1000:])}")
+        said = scrub(done.stderr.strip())
+        raise GitError(f"git {args[0]} failed: {said[-1000:]}", said)
     return done.stdout
 
 
@@ -142,7 +180,12 @@ class Mirror:
     def _git(self, *args: str, cwd: Path | None = None) -> str:
         # Talking to the remote: only the configured URL's own transport, so neither a
         # url.*.insteadOf rule nor a redirect can switch it to file://, ext:: or another.
-        return git(*args, cwd=cwd, protocols=transport(self.repo.clone_url))
+        try:
+            return git(*args, cwd=cwd, protocols=transport(self.repo.clone_url))
+        except GitError as exc:
+            if "fsck error" in exc.stderr or _FSCK_ERROR.search(exc.stderr):
+                raise MalformedObject(self.repo.clone_url, exc.stderr) from None
+            raise
 
     def has_commit(self, sha: str) -> bool:
         if not self.path.exists():
@@ -208,52 +251,223 @@ class Mirror:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         try:
-            self._git("clone", "--bare", "--quiet", "--", self.repo.clone_url, str(tmp / "m"))
+            # --no-local: a configured plain path is fetched like any remote, so its objects
+            # are checked too (a local clone hard-links them without looking).
+            self._git("clone", "--bare", "--quiet", "--no-local", "--",
+                      self.repo.clone_url, str(tmp / "m"))  # fmt: skip
             os.rename(tmp / "m", self.path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export(mirror: Path, sha: str, dest: Path) -> int:
-    """Extract commit `sha` of `mirror` into the empty directory `dest`; returns the number
-    of entries. Paths that would land outside `dest` (absolute, `..`, symlinks pointing
-    outside) make the stage fail, naming the path."""
-    proc = subprocess.Popen(
-        ["git", *GIT_OPTIONS, "archive", "--format=tar", sha],
+# Tree entry modes (as `git ls-tree` prints them, canonical).
+_MODE_TREE, _MODE_LINK = "040000", "120000"
+_MODES = frozenset({_MODE_TREE, _MODE_LINK, "100644", "100755", "160000"})
+# Linux limits: a longer name or path cannot be written, and paths near PATH_MAX are what
+# fools realpath()-based checks (the tarfile bypass relies on it). Refused up front.
+NAME_MAX = 255
+PATH_MAX = 4096
+# As many symlinks as the kernel follows in one lookup before it gives up (ELOOP).
+_MAX_LINKS = 40
+
+
+def _refuse(path: str, why: str) -> StageFailed:
+    return StageFailed(
+        f"checkout refused {path!r}: {why} (only files inside the repository may be checked out)"
+    )
+
+
+class TreeEntry(NamedTuple):
+    """One entry of a commit's tree as `git ls-tree -r -t -l` lists it."""
+
+    mode: str
+    oid: str
+    size: int  # 0 for trees and submodules
+    path: str  # decoded with surrogateescape: any byte string survives the round trip
+
+
+def _tree(mirror: Path, sha: str) -> list[TreeEntry]:
+    """Every entry of commit `sha`'s tree, recursively, trees included."""
+    listing = ("ls-tree", "-r", "-t", "-l", "-z", "--full-tree", f"{sha}^{{tree}}")
+    done = subprocess.run(
+        ["git", *GIT_OPTIONS, *listing],
         cwd=mirror,
-        env=git_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        env=git_env(""),
+        capture_output=True,
+        timeout=GIT_TIMEOUT,
         stdin=subprocess.DEVNULL,
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    count = 0
+    if done.returncode != 0:
+        said = scrub(done.stderr.decode("utf-8", "replace").strip())
+        raise GitError(f"git ls-tree failed: {said[-1000:]}", said)
+    entries = []
+    for record in done.stdout.split(b"\0"):
+        if record:
+            head, _, name = record.partition(b"\t")
+            mode, _kind, oid, size = head.decode("ascii").split()
+            entries.append(TreeEntry(mode, oid, int(size) if size.isdigit() else 0,
+                                     os.fsdecode(name)))  # fmt: skip
+    return entries
+
+
+def check_tree(entries: list[TreeEntry], dest: Path) -> None:
+    """Refuse, naming the path, a tree git should never have let in: names git itself will
+    not write (`..`, `.`, `.git`, empty), duplicate entries, an entry below something that is
+    not a directory, unknown modes, names or paths too long for the file system.
+
+    `transfer.fsckObjects` refuses most of these at fetch, but a mirror made before it was
+    set, or filled by hand, may hold them: this check does not depend on how objects came."""
+    room = PATH_MAX - len(os.fsencode(dest)) - 1
+    kinds: dict[str, str] = {"": _MODE_TREE}
+    for mode, oid, _size, path in entries:
+        if mode not in _MODES:
+            raise _refuse(path, f"unknown entry mode {mode} (object {oid})")
+        if path in kinds:
+            raise _refuse(path, f"duplicate entry in its tree (object {oid})")
+        parent, _, name = path.rpartition("/")
+        if kinds.get(parent) != _MODE_TREE:
+            raise _refuse(path, "is below an entry that is not a directory")
+        if name in ("", ".", "..") or name.lower() == ".git":
+            raise _refuse(path, f"{name!r} is not a name git may check out")
+        if len(os.fsencode(name)) > NAME_MAX or len(os.fsencode(path)) >= room:
+            raise _refuse(path, "name or path too long for the file system")
+        kinds[path] = mode
+
+
+def _escapes(root: Path, link: str) -> bool:
+    """Whether following the symlink `link` (relative to `root`) leaves `root`: resolved the
+    way the kernel does, one component at a time on what is on disk, never with realpath()
+    (it stops resolving at PATH_MAX: the tarfile bypass). Anything this cannot resolve with
+    certainty (a chain over 40 links, a path near PATH_MAX) counts as leaving."""
+    base = len(os.fsencode(root))
+    pending = list(reversed(link.split("/")))
+    where: list[str] = []  # the resolved directory so far, relative to root
+    follows = 0
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if not where:
+                return True
+            where.pop()
+            continue
+        candidate = root.joinpath(*where, name)
+        if base + len(os.fsencode(candidate.relative_to(root))) >= PATH_MAX - 1:
+            return True
+        try:
+            mode = os.lstat(candidate).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            mode = 0  # dangling from here: the rest is taken literally (stricter than the kernel)
+        if stat.S_ISLNK(mode):
+            follows += 1
+            target = os.readlink(candidate)
+            if follows > _MAX_LINKS or target.startswith("/"):
+                return True
+            pending.extend(reversed(target.split("/")))
+        else:
+            where.append(name)
+    return False
+
+
+def _scratch_git_dir(path: Path, mirror: Path, oid_length: int) -> None:
+    """A repository of our own whose objects are the mirror's (read through `alternates`,
+    so nothing is ever written into the mirror). Its config is the only one git reads for
+    the checkout: no filter, hook, fsmonitor or attributes file from the mirror's config or
+    the worker's home can run or apply, whatever the repository's .gitattributes names."""
+    (path / "objects" / "info").mkdir(parents=True)
+    (path / "refs").mkdir()
+    (path / "HEAD").write_text("ref: refs/heads/checkout\n")
+    (path / "objects" / "info" / "alternates").write_text(f"{(mirror / 'objects').resolve()}\n")
+    sha256 = oid_length == 64
+    (path / "config").write_text(
+        "[core]\n"
+        f"\trepositoryformatversion = {1 if sha256 else 0}\n"
+        "\tbare = false\n"
+        "\tsymlinks = true\n"
+        "\tautocrlf = false\n"
+        "\tfsmonitor = false\n"
+        "\thooksPath = /dev/null\n"
+        "\tattributesFile = /dev/null\n"
+        + ("[extensions]\n\tobjectFormat = sha256\n" if sha256 else "")
+    )
+
+
+def _checkout_env(git_dir: Path, dest: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINHOOK_", "GIT_"))}
+    env.update(
+        GIT_DIR=str(git_dir),
+        GIT_WORK_TREE=str(dest),
+        GIT_INDEX_FILE=str(git_dir / "index"),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL="/dev/null",  # the worker's ~/.gitconfig may define filter.lfs
+        GIT_ATTR_NOSYSTEM="1",
+        GIT_NO_REPLACE_OBJECTS="1",
+        GIT_ALLOW_PROTOCOL="",  # a checkout never talks to anyone (no lazy fetch)
+        GIT_TERMINAL_PROMPT="0",
+        LC_ALL="C",
+    )
+    return env
+
+
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _run_checkout(env: dict[str, str], *args: str, needs: int = 0) -> None:
     try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
-            for member in archive:
-                try:
-                    archive.extract(member, dest, filter="data")
-                except tarfile.FilterError as exc:
-                    raise StageFailed(
-                        f"checkout refused {member.name!r}: {exc} "
-                        f"(only files inside the repository may be exported)"
-                    ) from None
-                count += 1
-        # Read to the end: tarfile stops at the first end-of-archive block, and git, still
-        # writing the record padding, would die of SIGPIPE (seen with large files).
-        while proc.stdout.read(1 << 16):
-            pass
-    except tarfile.ReadError as exc:
-        proc.kill()
-        raise GitError(f"git archive produced an unreadable stream: {exc}") from None
-    finally:
-        proc.stdout.close()
-        stderr = proc.stderr.read().decode("utf-8", "replace")
-        proc.stderr.close()
-        proc.wait()
-    if proc.returncode != 0:
-        raise GitError(f"git archive failed: {scrub(stderr.strip()[-1000:])}")
-    return count
+        done = subprocess.run(
+            ["git", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=GIT_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {args[0]} timed out after {GIT_TIMEOUT:.0f}s") from None
+    if done.returncode != 0:
+        said = scrub(done.stderr.strip())
+        if "invalid path" in said:  # git's own path check: the tree is bad, not the disk
+            raise StageFailed(f"checkout refused the tree: {said[-1000:]}")
+        message = f"git {args[0]} failed: {said[-1000:]}"
+        free = _free_bytes(Path(env["GIT_WORK_TREE"]))
+        if free < needs:  # git does not always say why a write failed; this is the usual why
+            message += f" (No space left on device: {free} bytes free, the commit holds {needs})"
+        raise GitError(message, said)
+
+
+def export(mirror: Path, sha: str, dest: Path) -> int:
+    """Check commit `sha` of `mirror` out into the empty directory `dest` with git; returns
+    the number of entries (files, symlinks, directories, submodule placeholders).
+
+    The tree is checked first (check_tree), then written by `git read-tree` and
+    `git checkout-index` with a private index and config: git never writes through a
+    symlink, runs no hook, filter or smudge (LFS pointers stay pointers) and fetches no
+    submodule. Every committed symlink is then resolved on disk: one leading outside
+    `dest` (absolute, `..`, through other links) makes the stage fail, naming the path."""
+    entries = _tree(mirror, sha)
+    check_tree(entries, dest)
+    needs, free = sum(e.size for e in entries), _free_bytes(dest)
+    if free < needs:
+        # Refused before writing anything: a retry (after space is freed) starts clean.
+        raise GitError(
+            f"No space left on device: the checkout of {sha[:12]} holds {needs} bytes, "
+            f"{free} free in {dest.parent}"
+        )
+    with tempfile.TemporaryDirectory(prefix="trainhook-checkout-") as scratch:
+        git_dir = Path(scratch) / "git"
+        _scratch_git_dir(git_dir, mirror, len(entries[0].oid) if entries else 40)
+        env = _checkout_env(git_dir, dest)
+        _run_checkout(env, "read-tree", "--end-of-options", sha)
+        _run_checkout(env, "checkout-index", "--all", needs=needs)
+    for entry in entries:
+        if entry.mode == _MODE_LINK and _escapes(dest, entry.path):
+            target = os.readlink(dest / entry.path)
+            raise _refuse(entry.path, f"a symlink to {target!r} leads outside")
+    return len(entries)
 
 
 def checkout_stage(ctx: BuildContext) -> Outcome:
