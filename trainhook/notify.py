@@ -13,10 +13,13 @@ Delivery is at least once: a crash between the forge's answer and the recorded r
 that status once more after the restart (harmless: the same state again). Intermediate
 states a build passed through between two ticks are not sent, only where it is now.
 
-The floor starts at the first build created in the last HORIZON (a restart after a long
-outage reports that far back, no further) and moves past builds that are finished and
-reported, keeping builds created in the last few minutes in view (a transaction may commit
-a lower id after a higher one).
+The floor starts after the last build created before the last HORIZON (a restart after a
+long outage reports that far back, no further) and moves past builds that are finished and
+reported, but never past a build created in the last RECENT minutes, seen or not. A build
+still being committed is such a build: on PostgreSQL each statement reads its own snapshot
+and ids are taken before commit, so a build may appear between two of the reporter's reads,
+or after a higher id. Placing the floor only after builds old enough that none of them can
+still be committing makes both harmless.
 """
 
 from __future__ import annotations
@@ -135,10 +138,7 @@ class StatusReporter:
         now = self.clock()
         with reading(self.engine) as conn:
             if self.floor is None:
-                first = conn.execute(
-                    sa.select(sa.func.min(builds.c.id)).where(builds.c.created_at >= now - HORIZON)
-                ).scalar()
-                self.floor = int(first) if first is not None else self._after_last(conn)
+                self.floor = self._after_created_before(conn, now - HORIZON)
             rows = conn.execute(
                 sa.select(builds, status_reports.c.attempts.label("report_attempts"),
                           status_reports.c.next_attempt_at, status_reports.c.claimed_until)
@@ -158,8 +158,14 @@ class StatusReporter:
         return sent
 
     @staticmethod
-    def _after_last(conn: sa.Connection) -> int:
-        last = conn.execute(sa.select(sa.func.coalesce(sa.func.max(builds.c.id), 0))).scalar_one()
+    def _after_created_before(conn: sa.Connection, moment: datetime) -> int:
+        """One past the newest build created before `moment`. Not one past the newest build:
+        a build committing meanwhile, or later than a higher id, would then never be read."""
+        last = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.max(builds.c.id), 0)).where(
+                builds.c.created_at < moment
+            )
+        ).scalar_one()
         return int(last) + 1
 
     def _advance(self, conn: sa.Connection, floor: int, now: datetime) -> int:
@@ -175,7 +181,8 @@ class StatusReporter:
                 ),
             )
         ).scalar()
-        return int(held) if held is not None else max(floor, self._after_last(conn))
+        settled = self._after_created_before(conn, now - RECENT)
+        return max(floor, settled if held is None else min(int(held), settled))
 
     def _claim(self, build_id: int, now: datetime) -> bool:
         until = now + LEASE

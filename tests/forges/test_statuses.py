@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 from starlette.testclient import TestClient
 
 from service.app import create_app
@@ -316,6 +317,54 @@ def test_the_service_reports_a_pushed_build_in_the_background(db_url, engine, co
         (seen,) = forge.wait_for(1, timeout=30)
     assert seen.body["state"] == "pending"
     assert seen.body["target_url"] == f"{PUBLIC}/builds/{body['build_id']}"
+
+
+def test_a_build_committed_between_the_reporters_reads_is_reported(
+    db_url, engine, configure, forge
+):
+    # What made the background test above flaky on PostgreSQL: the first tick found no build,
+    # the webhook's build committed, and the next statement (a new snapshot under READ
+    # COMMITTED) put the floor past it, so it was never reported. Here the build commits
+    # right after the reporter's first statement, every time.
+    settings = configure(db_url)
+    reporter = StatusReporter(settings, engine)
+    created: list[int] = []
+
+    def commit_a_build_once(*_: object) -> None:
+        if not created:
+            created.append(0)  # before new_build: its own statements fire this hook too
+            created[0] = new_build(engine, settings)
+
+    event.listen(engine, "after_cursor_execute", commit_a_build_once)
+    try:
+        reporter.tick()
+    finally:
+        event.remove(engine, "after_cursor_execute", commit_a_build_once)
+    reporter.tick()
+    assert [(s.body["state"], s.body["target_url"]) for s in forge.seen] == [
+        ("pending", f"{PUBLIC}/builds/{created[0]}")
+    ]
+
+
+def test_a_lower_build_id_committed_after_a_higher_one_is_reported(
+    db_url, engine, configure, forge
+):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite writes one transaction at a time: ids commit in order")
+    settings = configure(db_url)
+    reporter = StatusReporter(settings, engine)
+    repo = settings.repos[0]
+    with engine.connect() as slow:
+        with slow.begin():  # takes the lower id, commits after the higher one
+            lower = create_build(
+                slow,
+                BuildSpec(provider=repo.provider, repo=repo.name, ref="refs/heads/a", sha="a" * 40),
+            )
+            higher = new_build(engine, settings)
+            assert reporter.tick() == 1
+        assert reporter.tick() == 1
+    reported = {s.path.rsplit("/", 1)[-1] for s in forge.seen}
+    assert lower < higher and reported == {SHA, "a" * 40}
 
 
 @pytest.mark.parametrize(
