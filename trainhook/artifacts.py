@@ -13,6 +13,12 @@ Two implementations of `ArtifactStore`, chosen by `TRAINHOOK_ARTIFACTS` through
 and `GcsStore` (google-cloud-storage; files are stored content-addressed, the manifest is
 created with `if_generation_match=0` so that of two racing publishers exactly one wins and
 the other uses the winner's entry).
+
+A forced build publishes with `replace=True`: its entry replaces whatever is stored (locally
+the old entry is moved aside and the new one renamed into place; on GCS the manifest is
+rewritten with `if_generation_match` set to the generation it replaces, a compare-and-swap
+retried when another publisher got in between), so a forced build never ends up with
+another build's entry.
 """
 
 from __future__ import annotations
@@ -105,11 +111,20 @@ class ArtifactStore(Protocol):
         ...
 
     def publish(
-        self, kind: str, key: str, source: Path, meta: Mapping[str, Any], warn: Warn | None = None
+        self,
+        kind: str,
+        key: str,
+        source: Path,
+        meta: Mapping[str, Any],
+        warn: Warn | None = None,
+        *,
+        replace: bool = False,
     ) -> tuple[Entry, bool]:
         """Store every regular file directly in `source` as the entry for (kind, key).
         Returns (entry, True), or (the entry someone else published, False) when a usable
-        one exists already or appears meanwhile. A broken entry in the way is replaced."""
+        one exists already or appears meanwhile. A broken entry in the way is replaced.
+        With `replace` (a forced build) a usable entry is replaced too, and the result is
+        always (this entry, True): the forced build's own result wins."""
         ...
 
     def evict(self, entry: Entry) -> bool:
@@ -332,12 +347,19 @@ class LocalStore:
         return entry
 
     def publish(
-        self, kind: str, key: str, source: Path, meta: Mapping[str, Any], warn: Warn | None = None
+        self,
+        kind: str,
+        key: str,
+        source: Path,
+        meta: Mapping[str, Any],
+        warn: Warn | None = None,
+        *,
+        replace: bool = False,
     ) -> tuple[Entry, bool]:
         final = self.entry_dir(kind, key)
         files = source_files(source)
         existing = self.lookup(kind, key, warn)
-        if existing is not None:
+        if existing is not None and not replace:
             return existing, False
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=final.parent))
@@ -358,6 +380,10 @@ class LocalStore:
                 try:
                     os.rename(staging, final)
                 except OSError:
+                    if replace:
+                        # Readers see the old entry, then none, then this one: never a mix.
+                        self._move_aside(final)
+                        continue
                     try:
                         theirs = self._read(kind, key)
                     except Unusable as exc:
@@ -458,12 +484,39 @@ class GcsStore:
 
     def fetch(self, kind: str, key: str, dest: Path, warn: Warn | None = None) -> Entry | None:
         from google.api_core import exceptions
-        from google.cloud.storage.exceptions import DataCorruption
 
         entry = self.lookup(kind, key, warn)
         if entry is None:
             return None
         _fresh_dir(dest)
+        try:
+            return self._fetch(entry, dest, warn)
+        except exceptions.NotFound:
+            # A forced build replaced the entry while we read it, removing the old files:
+            # restore the new one (once; a vanished file of that one is damage).
+            newer = self.lookup(kind, key, warn)
+            if newer is None or newer.version == entry.version:
+                self._vanished(entry, dest, warn)
+                return None
+            _empty(dest)
+            try:
+                return self._fetch(newer, dest, warn)
+            except exceptions.NotFound:
+                self._vanished(newer, dest, warn)
+                return None
+
+    def _vanished(self, entry: Entry, dest: Path, warn: Warn | None) -> None:
+        _empty(dest)
+        where = f"{entry.kind} entry {entry.key[:12]} in {self.location}"
+        _warn(warn, f"{where} is unusable: a file vanished; evicted")
+        self.evict(entry)
+
+    def _fetch(self, entry: Entry, dest: Path, warn: Warn | None) -> Entry | None:
+        """Restore `entry` into the empty `dest`; NotFound (a file gone) is the caller's."""
+        from google.api_core import exceptions
+        from google.cloud.storage.exceptions import DataCorruption
+
+        kind, key = entry.kind, entry.key
         try:
             for name, record in entry.files.items():
                 blob = self._bucket.blob(self._name(kind, key, "objects", record.sha256))
@@ -471,11 +524,11 @@ class GcsStore:
                 blob.download_to_filename(str(dest / name))
                 actual = file_record(dest / name)
                 _check(name, record, actual.size, actual.sha256)
-        except (Unusable, exceptions.NotFound, DataCorruption) as exc:
+        except exceptions.NotFound:
+            raise
+        except (Unusable, DataCorruption) as exc:
             _empty(dest)
-            why = {exceptions.NotFound: "a file vanished", DataCorruption: "a file is corrupt"}.get(
-                type(exc), str(exc)
-            )
+            why = "a file is corrupt" if isinstance(exc, DataCorruption) else str(exc)
             _warn(warn, f"{kind} entry {key[:12]} in {self.location} is unusable: {why}; evicted")
             self.evict(entry)
             return None
@@ -486,13 +539,20 @@ class GcsStore:
         return entry
 
     def publish(
-        self, kind: str, key: str, source: Path, meta: Mapping[str, Any], warn: Warn | None = None
+        self,
+        kind: str,
+        key: str,
+        source: Path,
+        meta: Mapping[str, Any],
+        warn: Warn | None = None,
+        *,
+        replace: bool = False,
     ) -> tuple[Entry, bool]:
         from google.api_core import exceptions
 
         files = source_files(source)
         entry, broken, problem = self._read(kind, key)
-        if entry is not None:
+        if entry is not None and not replace:
             return entry, False
         records = {name: file_record(path) for name, path in files.items()}
         for name, path in files.items():
@@ -501,19 +561,26 @@ class GcsStore:
         for _ in range(5):
             if problem is not None:
                 _warn(warn, f"replacing the unusable {kind} entry {key[:12]}: {problem}")
+            # Create-only, or (replacing) a compare-and-swap on the generation read: a
+            # manifest written meanwhile by anyone else makes this fail, and we look again.
+            expected = int(entry.version) if entry is not None else (broken or 0)
             manifest = self._bucket.blob(self._name(kind, key, MANIFEST))
             try:
                 manifest.upload_from_string(
                     document,
                     content_type="application/json",
-                    if_generation_match=broken or 0,
+                    if_generation_match=expected,
                 )
             except exceptions.PreconditionFailed:
                 entry, broken, problem = self._read(kind, key)
-                if entry is not None:
+                if entry is not None and not replace:
                     self._drop_unreferenced(kind, key, records, entry)
                     return entry, False
                 continue
+            if entry is not None:
+                # The replaced entry's files this one does not use. A reader still fetching
+                # them gets NotFound and looks again (see fetch).
+                self._drop_unreferenced(kind, key, entry.files, records)
             version = str(manifest.generation)
             return Entry(kind, key, records, dict(meta), self._url(kind, key), version), True
         raise StoreError(f"could not publish {kind} entry {key[:12]} in {self.location}")
@@ -535,10 +602,16 @@ class GcsStore:
         blob.upload_from_filename(str(path))
 
     def _drop_unreferenced(
-        self, kind: str, key: str, ours: Mapping[str, FileRecord], theirs: Entry
+        self,
+        kind: str,
+        key: str,
+        ours: Mapping[str, FileRecord],
+        theirs: Entry | Mapping[str, FileRecord],
     ) -> None:
-        """After a lost race: remove the objects we uploaded that the winner does not use."""
-        keep = {record.sha256 for record in theirs.files.values()}
+        """Remove the objects of `ours` that `theirs` does not use: after a lost race, ours
+        are the uploads the winner does not use; after a replacement, the replaced entry's."""
+        files = theirs.files if isinstance(theirs, Entry) else theirs
+        keep = {record.sha256 for record in files.values()}
         for record in ours.values():
             if record.sha256 not in keep:
                 with contextlib.suppress(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -27,6 +28,9 @@ DEFAULT_DATA = ("data/cleaned_training_sample.csv", "data/prod.csv", "data/train
 CLONE_SCHEMES = ("https", "http", "ssh", "git", "file")
 # Where test_command runs: the worker's own Python, or a venv built from the commit's deps files
 TEST_ENVS = ("worker", "venv")
+# A cache group's name: repositories naming the same group share cache entries (deps, nltk,
+# model); lowercase so that two spellings never make two groups by accident.
+CACHE_GROUP_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class RepoConfig:
     # Training hyperparameters over the trainer's defaults (`params = { C = 0.5 }`); they are
     # part of the model cache key. The columns have their own keys above.
     params: tuple[tuple[str, Any], ...] = ()
+    # Cache entries belong to this repository alone unless an operator names a group here:
+    # repositories naming the same group share them (their models included).
+    cache_group: str | None = None
     # Repository code (tests, venv installs, the health check) runs in a bubblewrap sandbox
     # unless `sandbox = false`; `sandbox_network` lets its tests reach the network;
     # `sandbox_env` are plain variables its tests see; `sandbox_limits` override
@@ -116,6 +123,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "vertex": (dict,),
     "supersede": (bool,),
     "params": (dict,),
+    "cache_group": (str,),
     "sandbox": (bool,),
     "sandbox_network": (bool,),
     "sandbox_env": (dict,),
@@ -226,6 +234,14 @@ def parse_repo(path: Path, index: int, table: dict[str, Any]) -> RepoConfig:
         raise _fail(path, label, f"key 'test_env': {table['test_env']!r} not in {TEST_ENVS}")
     _check_clone_url(path, label, table["clone_url"])
     _check_forge_keys(path, label, table)
+    group = table.get("cache_group")
+    if group is not None and not CACHE_GROUP_RE.fullmatch(group):
+        raise _fail(
+            path,
+            label,
+            f"key 'cache_group': {group!r} is not a group name (1-63 of a-z 0-9 . _ -,"
+            " starting with a letter or digit)",
+        )
     kwargs: dict[str, Any] = dict(table)
     if "params" in kwargs:
         kwargs["params"] = _check_params(path, label, table)

@@ -75,9 +75,25 @@ def _same_kind(old: str, new: str) -> bool:
     return old.rpartition(":")[0] == new.rpartition(":")[0]
 
 
+def scope_changes(now: dict[str, Any], before: dict[str, Any]) -> list[str]:
+    """A change of key version or of cache scope (the repository, or the cache group an
+    operator named): either makes every level a new key. Records from before the scope was
+    keyed have neither field (key version 1)."""
+    from worker.cachekeys import scope_text
+
+    found: list[str] = []
+    old_version, new_version = before.get("key_version", 1), now.get("key_version", 1)
+    if old_version != new_version:
+        found.append(f"cache key version {old_version}→{new_version}")
+    old_scope, new_scope = before.get("scope"), now.get("scope")
+    if old_scope is not None and old_scope != new_scope:
+        found.append(f"cache scope {scope_text(old_scope)}→{scope_text(new_scope)}")
+    return found
+
+
 def changes(level: str, now: dict[str, Any], before: dict[str, Any]) -> list[str]:
     """What differs in one level's inputs, as short phrases naming the input."""
-    found: list[str] = []
+    found: list[str] = scope_changes(now, before)
     if level == "deps":
         old, new = before.get("files") or {}, now.get("files") or {}
         for name in sorted(set(old) | set(new)):

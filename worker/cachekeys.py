@@ -1,11 +1,16 @@
 """The hash stage: pick the training data, compute the deps, nltk and model cache keys, and
 decide for each level, before any training, whether the artifact store already has it.
 
-Keys are sha256 of canonical JSON (sorted keys, no whitespace, UTF-8):
-- deps  = {key version, (name, git blob id) of uv.lock, pyproject.toml, requirements*.txt};
-- nltk  = the trainer's NLTK packages and the NLTK version (no nltk import: see trainer);
-- model = {key version, trainer version, every training param, data manifest [(path, id)]}.
-Content ids come from `worker.datahash`: no data byte is read for data tracked by git.
+Keys are sha256 of canonical JSON (sorted keys, no whitespace, UTF-8), and every one holds
+the cache scope (`cache_scope`): the repository, or the cache group an operator named.
+- deps  = {key version, scope, (name, git blob id) of uv.lock, pyproject.toml,
+  requirements*.txt};
+- nltk  = {key version, scope, the trainer's NLTK packages and the NLTK version} (no nltk
+  import: see trainer);
+- model = {key version, scope, trainer version, every training param, content ids of the
+  data} (not the data's path: the same bytes moved within the repository are the same model).
+Content ids come from `worker.datahash`, read from the mirror's object store only: the data
+is chosen in the commit's tree and no data byte is read; the export is never looked at.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,15 +32,15 @@ from trainer.params import ParamsError, TrainParams
 from trainhook.artifacts import ArtifactStore, Entry, make_gcs_client, open_store
 from trainhook.builds import set_cache_key
 from trainhook.repos import RepoConfig
+from worker.checkout import redact
 from worker.context import BuildContext, CacheKeys, DataChoice
 from worker.datahash import (
-    StatCache,
+    DataPathError,
+    FoundFile,
     TreeFacts,
     TreeReader,
-    exported_unchanged,
     gcs_object,
     lfs_object,
-    read_pointer,
 )
 from worker.stage import Outcome, StageFailed
 
@@ -46,8 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when the meaning of a key changes, so old cache entries are never matched.
-KEY_VERSION = 1
-GENERATED_SAMPLE = "<generated sample>"
+# 2: every key holds the cache scope (the repository or its cache group); the model key names
+#    its data by content id alone (before: (path, content id)).
+KEY_VERSION = 2
 LEVELS = ("deps", "nltk", "model")
 
 
@@ -60,10 +65,40 @@ def canonical_hash(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
 
 
-def deps_key(files: list[tuple[str, str]]) -> str:
-    """The deps level: the lock and requirements files, by (name, blob id)."""
+Scope = dict[str, str]
+
+
+def cache_scope(repo: RepoConfig) -> Scope:
+    """Whose cache entries a build of `repo` may use: its own, named by provider, name and
+    clone URL (credentials left out, so rotating them keeps the cache), or those of the
+    cache group an operator named for it (`cache_group`), shared with every repository
+    naming the same group.
+
+    Without it, two repositories with the same data blob (or one committing an LFS pointer
+    with another's oid, which the other's public hash log shows) shared a model, and with it
+    a vocabulary built from the other's training text."""
+    if repo.cache_group:
+        return {"group": repo.cache_group}
+    return {"repo": f"{repo.provider}:{repo.name}", "clone_url": redact(repo.clone_url)}
+
+
+def scope_text(scope: Scope | None) -> str:
+    """`repository github:octo/x` or `cache group team-nlp`, for explanations."""
+    if not scope:
+        return "no scope (before cache key version 2)"
+    if "group" in scope:
+        return f"cache group {scope['group']}"
+    return f"repository {scope.get('repo')} ({scope.get('clone_url')})"
+
+
+def deps_key(files: list[tuple[str, str]], scope: Scope) -> str:
+    """The deps level: the lock and requirements files, by (name, blob id), in `scope`."""
     return canonical_hash(
-        {"key_version": KEY_VERSION, "files": [list(item) for item in sorted(files)]}
+        {
+            "key_version": KEY_VERSION,
+            "scope": scope,
+            "files": [list(item) for item in sorted(files)],
+        }
     )
 
 
@@ -74,20 +109,31 @@ def installed_nltk_version() -> str:
 
 
 @functools.cache
-def nltk_key() -> str:
-    """The nltk level: the trainer's NLTK packages and the NLTK version."""
-    return canonical_hash(nltk_cache_key_material())
+def _nltk_material() -> str:
+    """The NLTK packages and version as canonical JSON, read once per process."""
+    return nltk_cache_key_material()
 
 
-def model_key(trainer_version: str, params: dict[str, Any], data: list[tuple[str, str]]) -> str:
-    """The model level: what training produces depends on exactly these."""
+def nltk_key(scope: Scope) -> str:
+    """The nltk level: the trainer's NLTK packages and the NLTK version, in `scope`."""
+    return canonical_hash(
+        {"key_version": KEY_VERSION, "scope": scope, "nltk": json.loads(_nltk_material())}
+    )
+
+
+def model_key(trainer_version: str, params: dict[str, Any], data: list[str], scope: Scope) -> str:
+    """The model level: what training produces depends on exactly these, and the model
+    belongs to `scope`. `data` are the content ids of the data trained on: not its path,
+    which the trainer never reads into the model, so the same bytes touched, copied or moved
+    within the repository are the same blob, the same id and the same model."""
     return canonical_hash(
         {
             "key_version": KEY_VERSION,
+            "scope": scope,
             "trainer_version": trainer_version,
             # Every hyperparameter, defaults included: a changed default retrains.
             "params": params,
-            "data": [list(item) for item in data],
+            "data": list(data),
         }
     )
 
@@ -122,40 +168,11 @@ def nltk_needed(params: TrainParams) -> tuple[str, ...]:
 # --- choosing the data ----------------------------------------------------------------------
 
 
-def pick_data(source: Path, candidates: tuple[str, ...]) -> tuple[str, str] | None:
-    """The first local candidate that exists in the checkout, as (configured path, real path
-    relative to the checkout), or None. gs:// candidates are not looked at here. A
-    candidate leaving the checkout through a symlink, or not a regular file, fails the stage."""
-    for index in range(len(candidates)):
-        found = _pick_one(source, candidates[index])
-        if found is not None:
-            return found
-    return None
-
-
-def _pick_one(source: Path, candidate: str) -> tuple[str, str] | None:
-    if candidate.startswith("gs://"):
-        return None
-    path = source / candidate
-    if not os.path.lexists(path):
-        return None
-    root = source.resolve()
-    real = path.resolve()
-    if not real.is_relative_to(root):
-        raise StageFailed(f"data path {candidate!r} is a symlink leaving the checkout")
-    if not real.exists():
-        raise StageFailed(f"data path {candidate!r} is a dangling symlink")
-    if not real.is_file():
-        raise StageFailed(f"data path {candidate!r} is not a regular file")
-    return candidate, real.relative_to(root).as_posix()
-
-
 @dataclass
 class Sources:
-    """What the data choice may need besides the checkout: a Cloud Storage client (made on
-    first use unless given) and the stat cache for files git does not vouch for."""
+    """What the data choice may need besides the mirror: a Cloud Storage client for gs://
+    data (made on first use unless given)."""
 
-    stat_cache: StatCache
     gcs_factory: Callable[[], Client] = make_gcs_client
     _gcs: Client | None = None
 
@@ -166,14 +183,31 @@ class Sources:
         return self._gcs
 
 
+def git_content_id(found: FoundFile, facts: TreeFacts) -> str:
+    """`git:<blob id>`, plus a digest of the .gitattributes above the file when there are
+    any: they say how git means the file to be read (eol, encoding), and a change of them
+    retrains once."""
+    content_id = f"git:{found.entry.oid}"
+    attributes = facts.attributes.get(found.path) or ()
+    if attributes:
+        content_id += "@" + canonical_hash(list(attributes))[:16]
+    return content_id
+
+
 def choose_data(
-    mirror: Path, sha: str, source: Path, candidates: tuple[str, ...], sources: Sources
+    mirror: Path, sha: str, candidates: tuple[str, ...], sources: Sources
 ) -> tuple[DataChoice, str | None, TreeFacts]:
     """The data to train on with its content id, the configured name it was found under,
-    and the commit's facts (read in one git process, shared with the deps level)."""
-    chosen: tuple[str, str] | None = None
+    and the commit's facts (read in one git process, shared with the deps level).
+
+    The first candidate that exists in the commit wins: a gs:// object that exists, or a
+    path in the commit's tree (symlinks in the tree followed; one leaving the tree, dangling,
+    or naming something other than a regular file fails the stage). Only the tree is asked,
+    never the export: what the test stage did there cannot change the choice or the id."""
+    found: FoundFile | None = None
+    configured: str | None = None
     remote = None
-    reader = TreeReader(mirror, sha)  # git starts while the checkout is looked at
+    reader = TreeReader(mirror, sha)  # git starts while the first candidate is looked at
     try:
         for candidate in candidates:
             if candidate.startswith("gs://"):
@@ -181,45 +215,41 @@ def choose_data(
                 if remote is not None:
                     break
                 continue
-            chosen = _pick_one(source, candidate)
-            if chosen is not None:
+            try:
+                found = reader.find(candidate)
+            except DataPathError as exc:
+                raise StageFailed(str(exc)) from None
+            if found is not None:
+                configured = candidate
                 break
-    except BaseException:
+        facts = reader.facts([found.path] if found is not None else [])
+    finally:
         reader.close()
-        raise
-    facts = reader.facts([chosen[1]] if chosen else [])
     if remote is not None:
         choice = DataChoice(
-            remote.url, remote.content_id, candidates, "gs", None, remote.size, remote
+            remote.url, remote.content_id, candidates, "gs", size=remote.size, remote=remote
         )
         return choice, remote.url, facts
-    if chosen is None:
+    if found is None:
         sample = DataChoice(None, f"trainer-{trainer.TRAINER_VERSION}", candidates, "sample")
         return sample, None, facts
-    configured, real = chosen
-    path = source / real
-    info = path.stat()
-    entry = facts.paths.get(real)
-    if entry is not None and entry.is_file and exported_unchanged(info, facts.commit_time):
-        # The file is the blob `git archive` wrote for this commit, untouched since.
-        pointer = read_pointer(path, info)
-        if pointer is not None:
-            # The content lives in Git LFS: the mirror's LFS store has it, or nothing does.
-            local = lfs_object(mirror, pointer)
-            choice = DataChoice(real, pointer.content_id, candidates, "lfs", local, pointer.size)
-            return choice, configured, facts
-        content_id = f"git:{entry.oid}"
-        attributes = facts.attributes.get(real) or ()
-        if attributes:
-            # .gitattributes can change what archive writes (eol, ident, export-subst) while
-            # the blob stays the same: they are part of the id.
-            content_id += "@" + canonical_hash(list(attributes))[:16]
-        choice = DataChoice(real, content_id, candidates, "git", path, info.st_size)
+    if found.pointer is not None:
+        # The content lives in Git LFS: the mirror's LFS store has it, or nothing does.
+        pointer = found.pointer
+        choice = DataChoice(
+            found.path,
+            pointer.content_id,
+            candidates,
+            "lfs",
+            local=lfs_object(mirror, pointer),
+            size=pointer.size,
+            pointer=pointer,
+        )
         return choice, configured, facts
-    # Not tracked, or changed after the checkout (say, by the test stage): hash the file.
-    digest, cached = sources.stat_cache.digest(path)
-    read = 0 if cached else info.st_size
-    choice = DataChoice(real, digest, candidates, "file", path, info.st_size, None, read)
+    content_id = git_content_id(found, facts)
+    choice = DataChoice(
+        found.path, content_id, candidates, "git", size=found.size, blob=found.entry.oid
+    )
     return choice, configured, facts
 
 
@@ -295,26 +325,30 @@ def _lookup(store: ArtifactStore, level: Level, kind: str) -> None:
 def decide(
     mirror: Path,
     sha: str,
-    source: Path,
     repo: RepoConfig,
     store: ArtifactStore,
     sources: Sources,
     *,
     force: bool = False,
 ) -> CacheDecision:
-    """Choose the data, compute the keys and look each level up in the store. Reads no
-    data byte for data tracked by git; runs one git process; no training, no download."""
+    """Choose the data, compute the keys and look each level up in the store. Reads the
+    mirror only (never the export), no data byte; runs one git process; no training, no
+    download."""
     started = time.perf_counter()
-    data, configured, facts = choose_data(mirror, sha, source, repo.data, sources)
+    data, configured, facts = choose_data(mirror, sha, repo.data, sources)
     chosen_params = train_params(repo)
     params = chosen_params.to_dict()
     deps_list = deps_files(facts)
     packages = nltk_needed(chosen_params)
+    scope = cache_scope(repo)
     keys = CacheKeys(
-        deps=deps_key(deps_list),
-        nltk=nltk_key(),
+        deps=deps_key(deps_list, scope),
+        nltk=nltk_key(scope),
         model=model_key(
-            trainer.TRAINER_VERSION, params, [(data.path or GENERATED_SAMPLE, data.content_id)]
+            trainer.TRAINER_VERSION,
+            params,
+            [data.content_id],
+            scope,
         ),
     )
     deps, nltk, model = (
@@ -336,17 +370,22 @@ def decide(
         nltk.result, nltk.why = "miss", "forced rebuild"
     else:
         _lookup(store, nltk, "nltk")
+    # Recorded for the next build's explanation; the scope and key version in every level,
+    # so that a change of either is named as the reason for a miss.
+    common = {"key_version": KEY_VERSION, "scope": scope}
     inputs = {
         "v": 1,
-        "deps": {"key": keys.deps, "files": dict(deps_list)},
+        "deps": {"key": keys.deps, **common, "files": dict(deps_list)},
         "nltk": {
             "key": keys.nltk,
+            **common,
             "nltk_version": installed_nltk_version(),
             "packages": sorted(NLTK_PACKAGES),
             "needed": list(packages),
         },
         "model": {
             "key": keys.model,
+            **common,
             "trainer_version": trainer.TRAINER_VERSION,
             "params": params,
             "data": {"path": data.path, "id": data.content_id, "configured": configured},
@@ -382,7 +421,10 @@ def record_deps(ctx: BuildContext, decision: CacheDecision) -> None:
         )
         meta = {"build_id": ctx.build.id, "repo": ctx.repo.name, "sha": ctx.build.sha}
         try:
-            entry, _ = decision.store.publish("deps", level.key, Path(folder), meta)
+            # A forced build records itself, as it does every level it makes.
+            entry, _ = decision.store.publish(
+                "deps", level.key, Path(folder), meta, replace=ctx.build.force
+            )
         except Exception as exc:  # the record is a convenience: never fail a build for it
             log.warning("could not record deps key %s: %s", level.key[:12], exc)
             return
@@ -397,7 +439,6 @@ def make_hash_stage(
     gs:// data (default: the store's client, else one made on first use)."""
     from worker.cacheexplain import explain, previous_inputs
 
-    caches: dict[Path, StatCache] = {}
     made: dict[str, Client] = {}
 
     def shared_client() -> Client:
@@ -407,18 +448,14 @@ def make_hash_stage(
         return made["client"]
 
     def hash_stage(ctx: BuildContext) -> Outcome:
-        source = ctx.need_source()
         if ctx.mirror is None:
             raise RuntimeError("no mirror: the checkout stage has not run")
         used_store = store if store is not None else open_store(ctx.settings.artifacts)
         client = gcs_client if gcs_client is not None else getattr(used_store, "client", None)
-        stat_path = ctx.settings.home / "cache" / "stat-cache.sqlite"
-        stat_cache = caches.setdefault(stat_path, StatCache(stat_path))
-        sources = Sources(stat_cache, shared_client, client)
+        sources = Sources(shared_client, client)
         decision = decide(
             ctx.mirror,
             ctx.build.sha,
-            source,
             ctx.repo,
             used_store,
             sources,
@@ -464,7 +501,6 @@ def data_line(data: DataChoice, configured: str | None = None) -> str:
         "git": "git blob, 0 data bytes read",
         "lfs": "Git LFS oid from the pointer, 0 data bytes read",
         "gs": "object metadata, 0 data bytes read",
-        "file": f"streaming blake3, {data.bytes_read} bytes read",
     }.get(data.source, data.source)
     via = f" (via {configured})" if configured and configured != data.path else ""
     return f"data {data.path}{via} {short_id(data.content_id)} ({how})"

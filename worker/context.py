@@ -62,14 +62,15 @@ class BuildInfo:
 
 @dataclass(frozen=True)
 class DataChoice:
-    """The training data the hash stage picked: a path in the checkout (or a gs:// URL) and
+    """The training data the hash stage picked: a path in the commit (or a gs:// URL) and
     its content id, or `path=None` when no configured file exists and the trainer generates
     a sample.
 
     `source` says how the content id was obtained: git (blob id), lfs (LFS oid), gs (object
-    metadata), file (streaming hash: not tracked, or changed after checkout) or sample.
-    `local` is the file to train on when it is on this machine; None when it must be fetched
-    first (`remote`, a gs:// object) or is not available (an LFS object never fetched)."""
+    metadata) or sample. The bytes to train on come from where the id came from, never from
+    the export: `blob` (git) is written out of the mirror's object store; `local` (lfs) is
+    the object in the mirror's LFS store, None when it was never fetched, and `pointer` the
+    oid and size it must match; `remote` (gs) is the object generation to download."""
 
     path: str | None
     content_id: str
@@ -78,7 +79,8 @@ class DataChoice:
     local: Path | None = None
     size: int | None = None
     remote: Any = None
-    bytes_read: int = 0  # data bytes read to compute the content id
+    blob: str | None = None
+    pointer: Any = None
 
 
 @dataclass(frozen=True)

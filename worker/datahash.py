@@ -1,26 +1,35 @@
-"""Content ids of training data, reading as little of it as possible.
+"""Content ids of training data, and the bytes to train on, from git's object store.
 
-- tracked by git: the blob id from the pushed tree (no data byte read: one `git cat-file
-  --batch-command` process answers every question the cache decision has of the commit);
-- a Git LFS pointer: the LFS oid (sha256 of the real content) from the pointer itself;
-- `gs://` data: the object's md5 (or crc32c and generation) from its metadata;
-- anything else (a file the test stage produced or changed): a streaming blake3 digest,
-  remembered in a stat cache keyed by (path, device, inode, mtime, ctime, size).
+- tracked by git: the blob id from the pushed tree, however the file was reached: a file
+  that was touched, copied or moved keeps its bytes, so its blob, so its id. No data byte is
+  read: one `git cat-file --batch-command` process answers every question the cache
+  decision has of the commit (commit and tree objects, the size of the data blob from its
+  object header, symlink and LFS pointer blobs of at most a few KiB);
+- a Git LFS pointer: the LFS oid (sha256 of the real content) from the pointer blob;
+- `gs://` data: the object's md5 (or crc32c and generation) from its metadata.
+
+The export of the commit is never looked at: the test stage ran there, and whatever it did
+(rewrote the data and restored its mtime, deleted it, planted another candidate) changes
+neither the data chosen, nor its id, nor the bytes trained on. A file that is not in the
+commit's tree is never training data, so nothing is hashed by content any more: the blake3
+digest and its (path, inode, mtime, size) stat cache served only files the export held
+outside git (or changed after checkout) and were removed with the mtime trust.
+
+Training reads a copy written from the same store, each byte checked on the way:
+`write_blob` for git data (the bytes must hash to the blob id named in the key),
+`copy_lfs_object` for LFS data (they must hash to the oid, or the stage is refused).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import re
-import sqlite3
-import struct
 import subprocess
-import threading
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +45,21 @@ POINTER_MAX = 1024  # a Git LFS pointer is ~130 bytes; larger blobs are never re
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _LFS_OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.MULTILINE)
 _LFS_SIZE = re.compile(rb"^size ([0-9]+)$", re.MULTILINE)
-MMAP_MIN = 1 << 20  # smaller files are read in one go; larger ones mmapped, multi-threaded
 GIT_TIMEOUT = 60.0
+SYMLINK_MAX = 4096  # PATH_MAX: a longer symlink target is not one a checkout could follow
+SYMLINK_HOPS = 40  # as Linux's MAXSYMLINKS: more is a loop
+CHUNK = 1 << 20
+MODE_FILE = ("100644", "100755")
+MODE_TREE = "40000"
+MODE_SYMLINK = "120000"
+
+
+class DataPathError(ValueError):
+    """A configured data path that exists in the commit but cannot be training data."""
+
+
+class DataRefused(Exception):
+    """Data whose bytes are not what its content id names: never trained on or stored."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +69,7 @@ class TreeEntry:
 
     @property
     def is_file(self) -> bool:
-        return self.mode in ("100644", "100755")
+        return self.mode in MODE_FILE
 
 
 @dataclass(frozen=True)
@@ -63,12 +85,23 @@ class LfsPointer:
 @dataclass(frozen=True)
 class TreeFacts:
     """What the cache decision needs to know about one commit, read from its commit and tree
-    objects only: no blob is touched, not even its header."""
+    objects only."""
 
-    commit_time: int  # committer time: `git archive` gives every exported file this mtime
+    commit_time: int  # committer time
     root: dict[str, TreeEntry]  # the root tree's entries
     paths: dict[str, TreeEntry | None]  # asked path -> its entry, None when not in the tree
     attributes: dict[str, tuple[str, ...]]  # asked path -> blob ids of .gitattributes above it
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """A configured data path found in the commit: its real path (symlinks in the tree
+    followed), its blob, the blob's size, and the LFS pointer it holds, if any."""
+
+    path: str
+    entry: TreeEntry
+    size: int
+    pointer: LfsPointer | None
 
 
 def parse_lfs_pointer(data: bytes) -> LfsPointer | None:
@@ -177,10 +210,11 @@ class _Batch:
 
 
 class TreeReader:
-    """Answers what the cache decision asks of one commit, from ONE git process that reads
-    commit and tree objects only: blob ids come from the trees, so no blob is opened and no
-    data byte is read. The process starts (and is asked for the commit and its root tree) at
-    construction, so the caller can look at the checkout meanwhile."""
+    """Answers what the cache decision asks of one commit, from ONE git process: the commit,
+    its trees, and blobs only when they are small enough to be a symlink or an LFS pointer
+    (a blob's size comes from its object header; a larger blob is never opened further).
+    The process starts, and is asked for the commit and its root tree, at construction;
+    `facts` closes it, as does `close`."""
 
     def __init__(self, mirror: Path, sha: str) -> None:
         self.sha = sha
@@ -190,36 +224,126 @@ class TreeReader:
         except BaseException:
             self.batch.close()
             raise
+        self._root: dict[str, TreeEntry] | None = None
+        self._commit_time = 0
+        self._trees: dict[str, dict[str, TreeEntry]] = {}
+
+    def _start(self) -> dict[str, TreeEntry]:
+        """The root tree (reading the answers asked for at construction, once)."""
+        if self._root is not None:
+            return self._root
+        batch = self.batch
+        commit = batch.header()
+        if commit is None or commit[1] != "commit":
+            raise GitError(f"{self.sha} is not a commit in the mirror")
+        text = batch.body(commit[2])
+        found = re.search(rb"^committer .* (\d+) [+-]\d{4}$", text, re.MULTILINE)
+        self._commit_time = int(found.group(1)) if found else 0
+        root_tree = batch.tree()
+        if root_tree is None:
+            raise GitError(f"the tree of {self.sha} is missing from the mirror")
+        self._trees[root_tree[0]] = root_tree[1]
+        self._root = root_tree[1]
+        return self._root
+
+    def _subtree(self, entry: TreeEntry | None) -> dict[str, TreeEntry] | None:
+        # Only ever descend into trees: a blob in the way is never read.
+        if entry is None or entry.mode != MODE_TREE:
+            return None
+        if entry.oid not in self._trees:
+            self.batch.send([f"contents {entry.oid}"])
+            answer = self.batch.tree()
+            if answer is None:
+                return None
+            self._trees[entry.oid] = answer[1]
+        return self._trees[entry.oid]
+
+    def blob_size(self, oid: str) -> int | None:
+        """The size of blob `oid` from its object header (no content read), None if absent."""
+        self.batch.send([f"info {oid}"])
+        head = self.batch.header()
+        return head[2] if head is not None and head[1] == "blob" else None
+
+    def small_blob(self, oid: str, limit: int) -> bytes | None:
+        """The content of blob `oid` when it has at most `limit` bytes, else None."""
+        size = self.blob_size(oid)
+        if size is None or size > limit:
+            return None
+        self.batch.send([f"contents {oid}"])
+        head = self.batch.header()
+        if head is None:
+            return None
+        return self.batch.body(head[2])
+
+    def _walk(self, path: str, follow_last: bool) -> tuple[list[str], TreeEntry | None]:
+        """(real path components, entry) of `path` in the tree, symlinks followed on the way
+        (and at the end when `follow_last`), as the file system would resolve them in a
+        checkout; entry None when nothing is there."""
+        root = self._start()
+        pending = path.split("/")
+        real: list[str] = []
+        levels: list[dict[str, TreeEntry] | None] = [root]
+        hops = 0
+        while pending:
+            name = pending.pop(0)
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if not real:
+                    raise DataPathError(f"data path {path!r} is a symlink leaving the checkout")
+                real.pop()
+                levels.pop()
+                continue
+            level = levels[-1]
+            entry = level.get(name) if level is not None else None
+            if entry is None:
+                return [*real, name], None
+            last = all(part in ("", ".") for part in pending)
+            if entry.mode == MODE_SYMLINK and (follow_last or not last):
+                hops += 1
+                target = self.small_blob(entry.oid, SYMLINK_MAX)
+                if hops > SYMLINK_HOPS or target is None:
+                    raise DataPathError(f"data path {path!r} is a symlink loop")
+                text = target.decode("utf-8", "surrogateescape")
+                if text.startswith("/"):
+                    raise DataPathError(f"data path {path!r} is a symlink leaving the checkout")
+                pending = text.split("/") + pending
+                continue
+            real.append(name)
+            if last:
+                return real, entry
+            levels.append(self._subtree(entry))
+            if levels[-1] is None:
+                return real, None  # a file (or a submodule) where a folder should be
+        return real, None  # the root itself
+
+    def find(self, path: str) -> FoundFile | None:
+        """The regular file at `path` (relative to the root of the commit), or None when the
+        commit has nothing there. Raises DataPathError for a symlink leaving the tree or
+        dangling, a symlink loop, or something other than a regular file."""
+        real, entry = self._walk(path, follow_last=False)
+        if entry is None:
+            return None
+        if entry.mode == MODE_SYMLINK:
+            real, entry = self._walk(path, follow_last=True)
+            if entry is None:
+                raise DataPathError(f"data path {path!r} is a dangling symlink")
+        if not entry.is_file:
+            raise DataPathError(f"data path {path!r} is not a regular file")
+        size = self.blob_size(entry.oid)
+        if size is None:
+            raise GitError(f"blob {entry.oid} ({'/'.join(real)}) is missing from the mirror")
+        pointer = None
+        if size <= POINTER_MAX:
+            data = self.small_blob(entry.oid, POINTER_MAX)
+            pointer = parse_lfs_pointer(data) if data is not None else None
+        return FoundFile("/".join(real), entry, size, pointer)
 
     def facts(self, paths: Iterable[str]) -> TreeFacts:
-        """The commit's time, its root tree and the tree entry of every path in `paths`.
-        Closes the process."""
-        batch = self.batch
+        """The commit's time, its root tree and the tree entry of every path in `paths`
+        (real paths: no symlink is followed). Closes the process."""
         try:
-            commit = batch.header()
-            if commit is None or commit[1] != "commit":
-                raise GitError(f"{self.sha} is not a commit in the mirror")
-            text = batch.body(commit[2])
-            found = re.search(rb"^committer .* (\d+) [+-]\d{4}$", text, re.MULTILINE)
-            commit_time = int(found.group(1)) if found else 0
-            root_tree = batch.tree()
-            if root_tree is None:
-                raise GitError(f"the tree of {self.sha} is missing from the mirror")
-            trees: dict[str, dict[str, TreeEntry]] = {root_tree[0]: root_tree[1]}
-
-            def subtree(entry: TreeEntry | None) -> dict[str, TreeEntry] | None:
-                # Only ever descend into trees: a blob in the way is never read.
-                if entry is None or entry.mode != "40000":
-                    return None
-                if entry.oid not in trees:
-                    batch.send([f"contents {entry.oid}"])
-                    answer = batch.tree()
-                    if answer is None:
-                        return None
-                    trees[entry.oid] = answer[1]
-                return trees[entry.oid]
-
-            root = root_tree[1]
+            root = self._start()
             entries: dict[str, TreeEntry | None] = {}
             attributes: dict[str, tuple[str, ...]] = {}
             for path in dict.fromkeys(paths):
@@ -232,14 +356,14 @@ class TreeReader:
                         attrs.append(level[".gitattributes"].oid)
                     if folder is None:
                         break
-                    level = subtree(level.get(folder))
+                    level = self._subtree(level.get(folder))
                     if level is None:
                         break
                 entries[path] = level.get(name) if level is not None else None
                 attributes[path] = tuple(attrs)
         finally:
-            batch.close()
-        return TreeFacts(commit_time, root, entries, attributes)
+            self.batch.close()
+        return TreeFacts(self._commit_time, root, entries, attributes)
 
     def close(self) -> None:
         self.batch.close()
@@ -250,26 +374,9 @@ def tree_facts(mirror: Path, sha: str, paths: Iterable[str]) -> TreeFacts:
     return TreeReader(mirror, sha).facts(paths)
 
 
-def exported_unchanged(info: os.stat_result, commit_time: int) -> bool:
-    """True when the checkout's copy of a tracked file is still what `git archive` wrote:
-    its mtime is the commit time, which archive gives every file it writes. A test command
-    that rewrote the file fails this, and the file is hashed instead."""
-    return info.st_mtime_ns == commit_time * 1_000_000_000
-
-
-def read_pointer(path: Path, info: os.stat_result) -> LfsPointer | None:
-    """The Git LFS pointer in the checkout file `path`, when it is one (only a file of at
-    most POINTER_MAX bytes is opened)."""
-    if info.st_size > POINTER_MAX:
-        return None
-    try:
-        return parse_lfs_pointer(path.read_bytes())
-    except OSError:
-        return None
-
-
 def lfs_object(mirror: Path, pointer: LfsPointer) -> Path | None:
-    """The LFS object for `pointer` in the mirror's LFS store, if it was fetched there."""
+    """The LFS object for `pointer` in the mirror's LFS store, if it was fetched there (its
+    size is checked here, its content when it is used: `copy_lfs_object`)."""
     oid = pointer.oid
     path = mirror / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
     try:
@@ -278,171 +385,100 @@ def lfs_object(mirror: Path, pointer: LfsPointer) -> Path | None:
         return None
 
 
-# --- streaming hash and the stat cache -----------------------------------------------------
+# --- the bytes to train on -------------------------------------------------------------------
 
 
-def blake3_file(path: Path, size: int | None = None) -> str:
-    """blake3 of a file: memory-mapped and multi-threaded when large (as fast as b3sum)."""
-    import blake3
+def write_blob(mirror: Path, oid: str, dest: Path) -> int:
+    """Write blob `oid` of `mirror` to the new file `dest` and return its size, checking on
+    the way that the bytes hash to `oid` (git does not re-hash the objects it reads, and
+    `transfer.fsckObjects` checked them only when they arrived). What is trained on is
+    then exactly the blob the model key names, whatever happened to the export.
 
-    size = path.stat().st_size if size is None else size
-    if size < MMAP_MIN:
-        return blake3.blake3(path.read_bytes()).hexdigest()
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    hasher.update_mmap(str(path))
-    return hasher.hexdigest()
+    Why a copy from the object store rather than the export, measured on a 1 GiB blob
+    (2 cores, warm page cache): writing it out with `git cat-file` takes 2.3-3.0 s, and the
+    check costs nothing measurable on top (git's inflate on one core is the bottleneck, the
+    hash runs on the other); hashing the export in place takes 0.7-1.4 s, but leaves a
+    window between the check and the trainer's read, and an export is not the blob when
+    .gitattributes convert it (eol, working-tree-encoding). It runs only when a model is
+    trained, next to minutes of training on that much data.
+
+    Raises DataRefused when the bytes are not the blob, GitError when git cannot read it."""
+    new = hashlib.sha1 if len(oid) == 40 else hashlib.sha256
+    proc = subprocess.Popen(
+        ["git", *GIT_OPTIONS, "cat-file", "--batch"],
+        cwd=mirror,
+        env=batch_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    created = False
+    try:
+        proc.stdin.write(f"{oid}\n".encode())
+        proc.stdin.close()
+        head = proc.stdout.readline().decode("utf-8", "replace").split()
+        if len(head) != 3 or head[1] != "blob" or not head[2].isdigit():
+            raise GitError(f"blob {oid} is missing from the mirror ({' '.join(head[1:])})")
+        size = int(head[2])
+        hasher = new(b"blob %d\0" % size)
+        left = size
+        with dest.open("xb") as out:
+            created = True
+            while left:
+                block = proc.stdout.read(min(CHUNK, left))
+                if not block:
+                    raise GitError(f"git cat-file ended early reading blob {oid}")
+                hasher.update(block)
+                out.write(block)
+                left -= len(block)
+        actual = hasher.hexdigest()
+        if actual != oid:
+            raise DataRefused(
+                f"blob {oid} in the mirror does not hash to its id (its bytes hash to {actual}):"
+                " refused, nothing is trained on it or stored; the mirror is damaged"
+            )
+        return size
+    except BaseException:
+        if created:  # never a file this call did not make
+            dest.unlink(missing_ok=True)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            while proc.stdout.read(CHUNK):
+                pass
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
 
 
-Signature = tuple[int, int, int, int, int]  # device, inode, mtime_ns, ctime_ns, size
-PathLike = str | os.PathLike[str]
-
-
-def signature(info: os.stat_result) -> Signature:
-    return (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
-
-
-class StatCache:
-    """Digests of files by their stat signature (device, inode, mtime, ctime, size), in a
-    small SQLite file shared by every worker on the machine (WAL, short transactions).
-
-    A digest is remembered only when the file's mtime and ctime were older than the moment
-    it was hashed by more than `racy_ns`: a file changed again within the timestamp
-    granularity keeps its signature ("racy" in git's terms), so it is hashed every time until
-    it settles. `VERSION` is part of the schema: a new version starts an empty cache.
-
-    Rows read or written are also kept in memory (at most `MEMO_MAX`): a row is only ever
-    used when the file's signature still matches it, so the memory copy is as good as the
-    file's, and a warm pass costs a stat per file."""
-
-    VERSION = 2
-    ALGORITHM = "blake3"
-    _SIG = struct.Struct("<QQqqQ")
-    MEMO_MAX = 200_000
-
-    def __init__(self, path: Path, racy_ns: int = 2_000_000_000) -> None:
-        self.path = path
-        self.racy_ns = racy_ns
-        self._local = threading.local()
-        self.hashed_bytes = 0  # bytes read by this object (for tests and figures)
-        self._memo: dict[str, tuple[bytes, str]] = {}
-        self._memo_lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        try:
-            if conn is None:
-                conn = self._open()
-                self._local.conn = conn
-            yield conn
-        except sqlite3.DatabaseError as exc:
-            log.warning("stat cache %s unusable (%s): starting a new one", self.path, exc)
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.close()
-            self._local.conn = None
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            raise
-
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != self.VERSION:
-            conn.execute("BEGIN IMMEDIATE")
-            if conn.execute("PRAGMA user_version").fetchone()[0] != self.VERSION:
-                conn.execute("DROP TABLE IF EXISTS digests")
-                conn.execute(
-                    "CREATE TABLE digests (path TEXT PRIMARY KEY, sig BLOB, digest TEXT)"
-                    " WITHOUT ROWID"
-                )
-                conn.execute(f"PRAGMA user_version={self.VERSION}")
-            conn.execute("COMMIT")
-        return conn
-
-    def _known(self, paths: list[str]) -> dict[str, tuple[bytes, str]]:
-        """path -> (signature, digest) for `paths`; many paths are read in one range scan
-        of their common directory."""
-        query = "SELECT path, sig, digest FROM digests"
-        try:
-            with self._db() as conn:
-                if len(paths) > 64:
-                    prefix = os.path.commonpath(paths).rstrip("/") + "/"
-                    rows = conn.execute(
-                        query + " WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0")
-                    ).fetchall()
-                else:
-                    rows = []
-                    for at in range(0, len(paths), 500):
-                        chunk = paths[at : at + 500]
-                        marks = ",".join("?" * len(chunk))
-                        rows += conn.execute(f"{query} WHERE path IN ({marks})", chunk).fetchall()
-        except sqlite3.DatabaseError:
-            return {}
-        return {path: (sig, digest) for path, sig, digest in rows}
-
-    def digest_files(self, paths: Iterable[PathLike]) -> dict[PathLike, tuple[str, bool]]:
-        """`blake3:<hex>` of each file and whether it came from the cache, keyed by the
-        paths as given. An unchanged, settled file costs one stat and a dict lookup."""
-        given = list(paths)
-        names = []
-        for path in given:
-            name = os.fspath(path)
-            names.append(name if name.startswith("/") else os.path.abspath(name))
-        memo = self._memo
-        missing = [name for name in names if name not in memo]
-        known = self._known(missing) if missing else {}
-        if known:
-            self._keep(known)
-        out: dict[PathLike, tuple[str, bool]] = {}
-        fresh: list[tuple[str, bytes, str]] = []
-        prefix = self.ALGORITHM + ":"
-        pack = self._SIG.pack
-        for original, name in zip(given, names, strict=True):
-            info = os.stat(name)
-            row = memo.get(name) or known.get(name)
-            if row is not None and row[0] == pack(
-                info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size
-            ):
-                out[original] = (prefix + row[1], True)
-                continue
-            digest, sig, hashed_ns = self._hash(Path(name), info)
-            out[original] = (prefix + digest, False)
-            if max(sig[2], sig[3]) < hashed_ns - self.racy_ns:
-                fresh.append((name, pack(*sig), digest))
-        if fresh:
-            self._remember(fresh)
-            self._keep({name: (sig, digest) for name, sig, digest in fresh})
-        return out
-
-    def _keep(self, rows: dict[str, tuple[bytes, str]]) -> None:
-        with self._memo_lock:
-            if len(self._memo) + len(rows) > self.MEMO_MAX:
-                self._memo = {}
-            self._memo.update(rows)
-
-    def digest(self, path: PathLike) -> tuple[str, bool]:
-        return next(iter(self.digest_files([path]).values()))
-
-    def _hash(self, path: Path, info: os.stat_result) -> tuple[str, Signature, int]:
-        for _ in range(3):
-            hashed_ns = time.time_ns()
-            digest = blake3_file(path, info.st_size)
-            self.hashed_bytes += info.st_size
-            after = path.stat()
-            if signature(after) == signature(info):
-                return digest, signature(info), hashed_ns
-            info = after  # changed while being hashed: again
-        raise OSError(f"{path} keeps changing while it is hashed")
-
-    def _remember(self, rows: list[tuple[str, bytes, str]]) -> None:
-        with contextlib.suppress(sqlite3.DatabaseError), self._db() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?)", rows)
-            conn.execute("COMMIT")
+def copy_lfs_object(source: Path, pointer: LfsPointer, dest: Path, what: str) -> int:
+    """Copy the LFS object `source` to the new file `dest`, checking that its bytes hash to
+    the pointer's oid (sha256) and have its size; `what` names the data for the message.
+    Raises DataRefused naming the oid otherwise: such an object is never trained on or
+    stored (a model keyed by that oid must come from exactly those bytes)."""
+    hasher = hashlib.sha256()
+    size = 0
+    created = False
+    try:
+        with source.open("rb") as src, dest.open("xb") as out:
+            created = True
+            for block in iter(lambda: src.read(CHUNK), b""):
+                hasher.update(block)
+                out.write(block)
+                size += len(block)
+        actual = hasher.hexdigest()
+        if actual != pointer.oid or size != pointer.size:
+            raise DataRefused(
+                f"the Git LFS object for {what} does not match its oid sha256:{pointer.oid}"
+                f" ({pointer.size} bytes): its {size} bytes hash to sha256:{actual}; refused,"
+                f" nothing is trained on it or stored (remove {source} and fetch it again)"
+            )
+    except BaseException:
+        if created:  # never a file this call did not make
+            dest.unlink(missing_ok=True)
+        raise
+    return size
 
 
 # --- gs:// data ----------------------------------------------------------------------------

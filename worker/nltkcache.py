@@ -1,9 +1,14 @@
 """The nltk cache level: the NLTK data directory training reads, kept under
 `$TRAINHOOK_HOME/cache/nltk/<key>`, restored from the artifact store (a tarball) when this
-machine has none, downloaded only when neither has it (and then stored)."""
+machine has none, downloaded only when neither has it (and then stored). The key holds the
+cache scope, so each repository (or cache group) has its own.
+
+A forced build downloads afresh, replaces the stored entry and this machine's directory,
+and trains with what it downloaded, never with another build's copy."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,6 +51,24 @@ def _install(staged: Path, final: Path) -> Path:
         os.rename(staged, final)
     except OSError:
         shutil.rmtree(staged, ignore_errors=True)
+    return final
+
+
+def _replace(ctx: BuildContext, staged: Path, final: Path) -> Path:
+    """Put a forced build's download in place of this machine's directory and return what
+    the build trains with: always its own download. The old directory is moved aside and
+    removed when the build ends (a training that started with it may still read it)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = Path(tempfile.mkdtemp(prefix=".replaced-", dir=final.parent))
+    ctx.cleanup.callback(shutil.rmtree, old, True)
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(final, old / "data")
+    try:
+        os.rename(staged, final)
+    except OSError:
+        # Another build installed one in between: ours is still the one this build uses.
+        ctx.cleanup.callback(shutil.rmtree, staged, True)
+        return staged
     return final
 
 
@@ -117,10 +140,14 @@ def _download(
         make_tarball(staged, Path(scratch) / TARBALL)
         meta = {"build_id": ctx.build.id, "packages": list(packages), "repo": ctx.repo.name}
         try:
-            level.entry, _ = decision.store.publish("nltk", level.key, Path(scratch), meta)
+            level.entry, _ = decision.store.publish(
+                "nltk", level.key, Path(scratch), meta, replace=ctx.build.force
+            )
             stored = " and stored"
         except Exception as exc:  # storing is best effort: training goes on
             ctx.log("train", f"warning: NLTK data not stored: {exc}\n")
             stored = " (not stored: see log)"
     level.why = f"{why}; downloaded " + ", ".join(packages) + stored
+    if ctx.build.force:
+        return _replace(ctx, staged, final)
     return _install(staged, final)

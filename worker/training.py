@@ -1,5 +1,17 @@
 """The train stage: restore the stored model for this key, or train one in a child process
-and store it; then the quality gate against the model currently deployed."""
+and store it; then the quality gate against the model currently deployed.
+
+The trainer reads a copy of the data written from where its content id came from (the
+mirror's object store, its LFS store, or the keyed generation of a gs:// object), each byte
+checked against that id on the way, and never the export the test stage ran in; it runs in
+the build's own workspace, not in the checkout. So the bytes a model is trained on are
+exactly those its key names, whatever repository code did to the export. With the sandbox
+(the default) repository code cannot reach the mirror, the store or this workspace at all.
+A repository with `sandbox = false` runs its tests as the worker's own user: a test that
+rewrites its data file (and restores its mtime) still changes neither the key nor the
+bytes trained on, and a damaged or rewritten object in the mirror is refused by the check,
+but such code could write the artifact store or the database directly: only the sandbox
+keeps a hostile repository out of them."""
 
 from __future__ import annotations
 
@@ -16,7 +28,7 @@ from trainhook.artifacts import Entry
 from trainhook.models import utcnow
 from worker.commands import child_env, run_command
 from worker.context import BuildContext
-from worker.datahash import download_object
+from worker.datahash import DataRefused, copy_lfs_object, download_object, write_blob
 from worker.nltkcache import prepare_nltk
 from worker.stage import Outcome, StageFailed
 from worker.testcommand import secret_names
@@ -31,16 +43,20 @@ MODEL_KIND = "models"
 DeployedMetrics = Callable[[BuildContext], "dict[str, Any] | None"]
 
 
-def trainer_argv(ctx: BuildContext, data: Path | None, out: str, nltk: Path | None) -> list[str]:
-    """`python -m trainer train …` for this build. `-P` keeps the checkout's own modules
-    (say, a `trainer/` folder in the repository) from shadowing the real trainer."""
+def trainer_argv(
+    ctx: BuildContext, data: Path | None, out: str, nltk: Path | None, empty: Path | None = None
+) -> list[str]:
+    """`python -m trainer train …` for this build. `-P` keeps modules in the working
+    directory (say, a `trainer/` folder) from shadowing the real trainer. Without data
+    (no configured file is in the commit) the trainer is pointed at `empty`, an empty
+    folder, so that it generates its sample: never at the checkout, where a test could have
+    planted a file the key does not name."""
     assert ctx.data is not None
-    source = ctx.need_source()
     argv = [sys.executable, "-P", "-m", "trainer", "train"]
     if data is None:
-        # No configured file exists: let the trainer discover, then fall back to its sample.
-        local = [c for c in ctx.data.candidates if not c.startswith("gs://")]
-        argv += [str(source), "--data-candidates", ",".join(local) or "-"]
+        if empty is None:
+            raise ValueError("training without data needs an empty folder")
+        argv += [str(empty), "--data-candidates", "-"]
     else:
         argv.append(str(data))
     argv += ["--out", out, "--params", json.dumps(ctx.repo.train_params, sort_keys=True)]
@@ -52,15 +68,32 @@ def trainer_argv(ctx: BuildContext, data: Path | None, out: str, nltk: Path | No
 
 
 def data_file(ctx: BuildContext, scratch: Path) -> Path | None:
-    """The data file to train on, fetched first when it is not on this machine."""
+    """The data file to train on, written into `scratch/data` from where its content id
+    came from and checked against that id (see the module's docstring), or None when the
+    trainer generates its sample. Fails the stage for data that is not what its id names."""
     data = ctx.data
     assert data is not None
     if data.path is None:
         return None
-    if data.local is not None:
-        return data.local
+    name = data.path.rsplit("/", 1)[-1] or "data.csv"
+    (scratch / "data").mkdir(parents=True, exist_ok=True)
+    dest = scratch / "data" / name
+    if data.source == "git" and data.blob is not None:
+        if ctx.mirror is None:
+            raise RuntimeError("no mirror: the checkout stage has not run")
+        ctx.log("train", f"writing {data.path} from the mirror (blob {data.blob[:12]})\n")
+        try:
+            write_blob(ctx.mirror, data.blob, dest)
+        except DataRefused as exc:
+            raise StageFailed(f"{data.path}: {exc}") from None
+        return dest
+    if data.source == "lfs" and data.local is not None:
+        try:
+            copy_lfs_object(data.local, data.pointer, dest, data.path)
+        except DataRefused as exc:
+            raise StageFailed(str(exc)) from None
+        return dest
     if data.source == "gs":
-        name = data.path.rsplit("/", 1)[-1] or "data.csv"
         ctx.log("train", f"downloading {data.path} (generation {data.remote.generation})\n")
         client = getattr(ctx.cache.store, "client", None) if ctx.cache else None
         if client is None:
@@ -70,7 +103,7 @@ def data_file(ctx: BuildContext, scratch: Path) -> Path | None:
         from google.api_core.exceptions import NotFound
 
         try:
-            return download_object(client, data.remote, scratch / "data" / name)
+            return download_object(client, data.remote, dest)
         except NotFound:
             raise StageFailed(
                 f"{data.path} changed after the cache decision: generation "
@@ -88,13 +121,16 @@ def data_file(ctx: BuildContext, scratch: Path) -> Path | None:
 
 
 def run_trainer(ctx: BuildContext, scratch: Path, nltk: Path | None) -> Path:
-    """Train into `scratch/model` and return it."""
+    """Train into `scratch/model` and return it. The trainer runs in `scratch`, which only
+    this build writes."""
     out = scratch / "model"
-    argv = trainer_argv(ctx, data_file(ctx, scratch), str(out), nltk)
+    empty = scratch / "no-data"
+    empty.mkdir(exist_ok=True)
+    argv = trainer_argv(ctx, data_file(ctx, scratch), str(out), nltk, empty)
     ctx.log("train", "$ python -m trainer " + " ".join(argv[4:]) + "\n")
     result = run_command(
         argv,
-        cwd=ctx.need_source(),
+        cwd=scratch,
         env=child_env(secret_names(ctx)),
         timeout=ctx.settings.train_timeout,
         on_output=lambda text: ctx.log("train", text),
@@ -173,10 +209,12 @@ def obtain_model(ctx: BuildContext, workspace: Path) -> tuple[Path, str, str, di
         "data_id": ctx.data.content_id if ctx.data else None,
         "created_at": utcnow().isoformat(),
     }
-    why = "forced rebuild" if ctx.build.force else "cache miss"
-    entry, won = store.publish(MODEL_KIND, key, model, meta, warn)
+    force = ctx.build.force
+    why = "forced rebuild" if force else "cache miss"
+    # A forced build replaces whatever is stored and always uses what it trained.
+    entry, won = store.publish(MODEL_KIND, key, model, meta, warn, replace=force)
     level.entry = entry
-    if won:
+    if won or force:
         return model, "miss", f"trained ({why}), stored as key {key[:12]}", meta
     theirs = store.fetch(MODEL_KIND, key, workspace / "theirs", warn)
     if theirs is None:

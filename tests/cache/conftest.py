@@ -47,8 +47,18 @@ def bucket(gcs_client: Any) -> str:
 
 @pytest.fixture
 def builds(make_settings, sqlite_url, sqlite_engine, origin):
-    def make(extra: str = 'data = ["data/train.csv"]', env: dict | None = None, **kw) -> Builds:
-        settings = make_settings(sqlite_url, clone_url=origin.url, extra=extra, env=env)
+    def make(
+        extra: str = 'data = ["data/train.csv"]',
+        env: dict | None = None,
+        name: str = "octo-org/social-score-api",
+        clone_url: str | None = None,
+        **kw,
+    ) -> Builds:
+        """Builds of one configured repository (`name`, cloned from `clone_url`, default the
+        `origin` fixture); every repository made here shares one artifact store."""
+        settings = make_settings(
+            sqlite_url, name=name, clone_url=clone_url or origin.url, extra=extra, env=env
+        )
         return Builds(settings, sqlite_engine, **kw)
 
     return make

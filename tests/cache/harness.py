@@ -39,7 +39,9 @@ class Builds:
         self.train_stage = make_train_stage(lambda ctx: None)
 
     def context(self, sha: str, force: bool = False) -> BuildContext:
-        return context_for(self.settings, self.engine, new_build(self.engine, sha, force=force))
+        repo = self.settings.repos[0].name
+        build = new_build(self.engine, sha, force=force, repo=repo)
+        return context_for(self.settings, self.engine, build)
 
     def hash(self, sha: str, force: bool = False) -> tuple[BuildContext, str]:
         """Checkout and hash `sha`; the context is still open (call ctx.cleanup.close())."""

@@ -1,5 +1,6 @@
-"""The hash stage decides every cache level before training, from content ids that read no
-data git already vouches for, and says why each level hit or missed."""
+"""The hash stage decides every cache level before training, from content ids read from the
+mirror's object store (never the export the test stage ran in), in keys that belong to one
+repository or cache group, and says why each level hit or missed."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.cache.harness import DATA, Builds, fake_model
 from tests.conftest import REPO_ROOT
-from tests.support.gitrepo import git
+from tests.support.gitrepo import GitRepo, git
 from trainhook.artifacts import open_store
-from worker.datahash import StatCache
+from worker.cachekeys import Sources, choose_data
+from worker.checkout import checkout_stage
+from worker.stage import StageFailed
 
 LFS_OID = "4d7a2146e5e1ba3e7f1d0a1b5b1a6b5c9e0b1d2c3f4a5b6c7d8e9f0a1b2c3d4e"
 POINTER = f"version https://git-lfs.github.com/spec/v1\noid sha256:{LFS_OID}\nsize 123456\n"
@@ -28,7 +33,7 @@ def test_a_tracked_data_file_is_keyed_by_its_blob_id(builds, origin):
     sha = origin.commit({"data/train.csv": DATA})
     ctx, detail = builds().hash(sha)
 
-    assert ctx.data is not None and ctx.data.source == "git" and ctx.data.bytes_read == 0
+    assert ctx.data is not None and ctx.data.source == "git"
     assert ctx.data.content_id == "git:" + git(origin.path, "rev-parse", f"{sha}:data/train.csv")
     assert "(git blob, 0 data bytes read)" in detail
 
@@ -62,16 +67,12 @@ def test_the_decision_imports_neither_nltk_nor_scikit_learn(builds, origin, tmp_
         "import sys, json\n"
         "from pathlib import Path\n"
         "from worker.cachekeys import decide, Sources\n"
-        "from worker.checkout import export\n"
-        "from worker.datahash import StatCache\n"
         "from trainhook.artifacts import open_store\n"
         "from trainhook.repos import RepoConfig\n"
-        f"src = Path({str(tmp_path / 'src')!r}); src.mkdir()\n"
-        f"export(Path({str(origin.path / '.git')!r}), {sha!r}, src)\n"
         "repo = RepoConfig(name='r', clone_url='file:///x', secret_env='S',"
         " data=('data/train.csv',))\n"
-        f"d = decide(Path({str(origin.path / '.git')!r}), {sha!r}, src, repo,"
-        f" open_store({str(settings.artifacts)!r}), Sources(StatCache(src.parent / 's.db')))\n"
+        f"d = decide(Path({str(origin.path / '.git')!r}), {sha!r}, repo,"
+        f" open_store({str(settings.artifacts)!r}), Sources())\n"
         "print(json.dumps([d.model.result, sorted(m for m in ('nltk', 'sklearn', 'numpy')"
         " if m in sys.modules)]))\n"
     )
@@ -81,37 +82,62 @@ def test_the_decision_imports_neither_nltk_nor_scikit_learn(builds, origin, tmp_
     assert out.strip() == '["miss", []]'
 
 
-def test_a_data_file_rewritten_after_checkout_is_keyed_by_its_content(builds, origin):
+def test_a_data_file_rewritten_after_checkout_keeps_its_blob_id(builds, origin):
     sha = origin.commit({"data/train.csv": DATA})
     b = builds()
     ctx = b.context(sha)
-    from worker.checkout import checkout_stage
-
     checkout_stage(ctx)
-    cleaned = DATA + "meh,neg\n"
-    (ctx.need_source() / "data" / "train.csv").write_text(cleaned)  # say, by the test stage
+    (ctx.need_source() / "data" / "train.csv").write_text(DATA + "meh,neg\n")  # by a test
     detail = b.hash_stage(ctx).detail or ""
 
-    import blake3
-
-    assert ctx.data is not None and ctx.data.source == "file"
-    assert ctx.data.content_id == "blake3:" + blake3.blake3(cleaned.encode()).hexdigest()
-    assert "streaming blake3" in detail
+    assert ctx.data is not None and ctx.data.source == "git"
+    assert ctx.data.content_id == "git:" + git(origin.path, "rev-parse", f"{sha}:data/train.csv")
+    assert "(git blob, 0 data bytes read)" in detail
 
 
-def test_a_data_file_produced_at_build_time_is_hashed(builds, origin):
-    sha = origin.commit({"app.py": "x = 1\n"})
+def test_a_touched_data_file_keeps_its_blob_id_and_hits_the_cache(builds, origin):
+    b = builds()
+    first, _ = b.hash(origin.commit({"data/train.csv": DATA}))
+    assert first.keys is not None
+    store_model(b, first.keys.model, build_id=first.build.id)
+    ctx = b.context(origin.commit({"README.md": "docs\n"}))
+    checkout_stage(ctx)
+    data = ctx.need_source() / "data" / "train.csv"
+    data.write_bytes(data.read_bytes())  # the same bytes, a new mtime (a copy, a touch)
+    os.utime(data)
+
+    detail = b.hash_stage(ctx).detail or ""
+
+    assert ctx.data is not None and ctx.data.content_id == first.data.content_id  # type: ignore[union-attr]
+    assert ctx.keys is not None and ctx.keys.model == first.keys.model
+    assert "model: hit" in detail and "(git blob, 0 data bytes read)" in detail
+
+
+def test_the_same_bytes_moved_within_the_repository_keep_their_id_and_hit(builds, origin):
+    b = builds('data = ["data/prod.csv", "data/train.csv"]')
+    first, _ = b.hash(origin.commit({"data/train.csv": DATA}))
+    assert first.keys is not None and first.data is not None
+    store_model(b, first.keys.model, build_id=first.build.id)
+    git(origin.path, "mv", "data/train.csv", "data/prod.csv")
+    moved, detail = b.hash(origin.commit())
+
+    assert moved.data is not None and moved.data.path == "data/prod.csv"
+    assert moved.data.content_id == first.data.content_id
+    assert moved.keys is not None and moved.keys.model == first.keys.model
+    assert "model: hit (training file data/train.csv→data/prod.csv; key " in detail
+
+
+def test_a_data_file_not_in_the_commit_is_never_chosen(builds, origin):
+    sha = origin.commit({"data/train.csv": DATA})
     b = builds('data = ["data/generated.csv", "data/train.csv"]')
     ctx = b.context(sha)
-    from worker.checkout import checkout_stage
-
     checkout_stage(ctx)
-    (ctx.need_source() / "data").mkdir()
-    (ctx.need_source() / "data" / "generated.csv").write_text(DATA)
+    (ctx.need_source() / "data" / "generated.csv").write_text("planted,pos\n")  # by a test
+    (ctx.need_source() / "data" / "train.csv").unlink()
     b.hash_stage(ctx)
 
-    assert ctx.data is not None and ctx.data.path == "data/generated.csv"
-    assert ctx.data.source == "file" and ctx.data.content_id.startswith("blake3:")
+    assert ctx.data is not None and ctx.data.path == "data/train.csv"
+    assert ctx.data.source == "git" and ctx.data.content_id.startswith("git:")
 
 
 def test_a_git_lfs_pointer_is_keyed_by_its_lfs_oid(builds, origin):
@@ -229,58 +255,6 @@ def test_a_corrupt_stored_model_is_a_miss_with_the_reason(builds, origin):
     assert "model: miss (stored entry unusable:" in detail and "model.joblib has 4 bytes" in detail
 
 
-def test_stat_cache_remembers_a_settled_file_and_notices_a_change(tmp_path):
-    cache = StatCache(tmp_path / "stat.sqlite", racy_ns=0)
-    data = tmp_path / "data.csv"
-    data.write_text(DATA)
-    first, cached = cache.digest(data)
-    assert not cached and cache.hashed_bytes == len(DATA)
-
-    assert StatCache(tmp_path / "stat.sqlite", racy_ns=0).digest(data) == (first, True)
-
-    data.write_text(DATA.replace("love", "like"))  # same size, new content
-    changed, cached = cache.digest(data)
-    assert not cached and changed != first
-
-
-def test_stat_cache_does_not_trust_a_file_modified_within_the_racy_window(tmp_path):
-    cache = StatCache(tmp_path / "stat.sqlite")  # 2 s window
-    data = tmp_path / "data.csv"
-    data.write_text(DATA)
-    cache.digest(data)
-    assert cache.digest(data)[1] is False  # just written: hashed again, not remembered
-
-
-def test_a_damaged_stat_cache_is_replaced_not_fatal(tmp_path):
-    (tmp_path / "stat.sqlite").write_bytes(b"this is not a database" * 100)
-    data = tmp_path / "data.csv"
-    data.write_text(DATA)
-    cache = StatCache(tmp_path / "stat.sqlite", racy_ns=0)
-    digest, _ = cache.digest(data)
-    assert digest.startswith("blake3:")
-    assert cache.digest(data) == (digest, True)
-
-
-def test_stat_cache_is_shared_by_concurrent_processes(tmp_path):
-    files = []
-    for i in range(20):
-        path = tmp_path / f"f{i}.csv"
-        path.write_text(f"{DATA}{i}\n")
-        files.append(str(path))
-    script = (
-        "import sys\nfrom pathlib import Path\nfrom worker.datahash import StatCache\n"
-        f"c = StatCache(Path({str(tmp_path / 'stat.sqlite')!r}), racy_ns=0)\n"
-        "for _ in range(5):\n"
-        "    c.digest_files([Path(p) for p in sys.argv[1:]])\n"
-    )
-    procs = [
-        subprocess.Popen([sys.executable, "-c", script, *files], cwd=REPO_ROOT) for _ in range(3)
-    ]
-    assert [p.wait(timeout=60) for p in procs] == [0] * 3
-    cache = StatCache(tmp_path / "stat.sqlite", racy_ns=0)
-    assert all(cached for _, cached in cache.digest_files([Path(f) for f in files]).values())
-
-
 def test_an_artifacts_location_in_gcs_holds_the_levels(builds, origin, bucket, gcs_client):
     store = open_store(f"gs://{bucket}/cache", client=gcs_client)
     b = builds(store=store)
@@ -337,3 +311,106 @@ def test_the_dashboard_reads_the_levels_and_the_data_file_from_the_detail(builds
     stage = {"name": "hash", "detail": detail, "cache": None}
     assert cache_levels({"stages": [stage]}) == {"deps": "hit", "model": "hit"}
     assert ("data file", "datasets/v3.csv") in [(f.label, f.value) for f in stage_facts(stage)]
+
+
+def test_two_repositories_with_the_same_data_never_share_a_model(builds, origin, tmp_path):
+    other = GitRepo(tmp_path / "other")
+    a = builds()
+    b = builds(name="someone-else/copycat", clone_url=other.url)
+    ctx_a, _ = a.hash(origin.commit({"data/train.csv": DATA, "uv.lock": "v1\n"}))
+    assert ctx_a.keys is not None and ctx_a.data is not None
+    store_model(a, ctx_a.keys.model, build_id=ctx_a.build.id)
+
+    ctx_b, detail = b.hash(other.commit({"data/train.csv": DATA, "uv.lock": "v1\n"}))
+
+    assert ctx_b.data is not None and ctx_b.data.content_id == ctx_a.data.content_id
+    assert ctx_b.keys is not None
+    assert {ctx_b.keys.deps, ctx_b.keys.nltk, ctx_b.keys.model}.isdisjoint(
+        {ctx_a.keys.deps, ctx_a.keys.nltk, ctx_a.keys.model}
+    )
+    assert "model: miss" in detail and "deps: miss" in detail
+
+
+def test_repositories_in_one_cache_group_share_models(builds, origin, tmp_path):
+    other = GitRepo(tmp_path / "other")
+    group = 'data = ["data/train.csv"]\ncache_group = "team-nlp"'
+    a = builds(group)
+    b = builds(group, name="octo-org/sibling", clone_url=other.url)
+    ctx_a, _ = a.hash(origin.commit({"data/train.csv": DATA}))
+    assert ctx_a.keys is not None
+    store_model(a, ctx_a.keys.model, build_id=ctx_a.build.id)
+
+    ctx_b, detail = b.hash(other.commit({"data/train.csv": DATA}))
+
+    assert ctx_b.keys == ctx_a.keys
+    assert f"model: hit (key {ctx_a.keys.model[:12]} stored by build #{ctx_a.build.id})" in detail
+
+
+def test_joining_a_cache_group_is_named_as_the_reason_for_the_miss(builds, origin):
+    sha = origin.commit({"data/train.csv": DATA})
+    builds().hash(sha)
+    _, detail = builds('data = ["data/train.csv"]\ncache_group = "team-nlp"').hash(sha)
+
+    assert (
+        "model: miss (cache scope repository github:octo-org/social-score-api "
+        f"({origin.url})→cache group team-nlp)"
+    ) in detail
+
+
+@pytest.mark.parametrize("group", ["Team", "", "-x", "a b", "x" * 64])
+def test_a_cache_group_outside_the_grammar_is_refused_at_start(make_settings, group):
+    from trainhook.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="key 'cache_group'"):
+        make_settings(extra=f'cache_group = "{group}"')
+
+
+def test_an_lfs_pointer_copied_from_another_repository_does_not_get_its_model(
+    builds, origin, tmp_path
+):
+    victim = builds()
+    ctx_a, _ = victim.hash(origin.commit({"data/train.csv": POINTER}))
+    assert ctx_a.keys is not None and ctx_a.data is not None
+    store_model(victim, ctx_a.keys.model, build_id=ctx_a.build.id)
+    # The oid is public: the victim's hash log shows it. Commit the same pointer elsewhere.
+    attacker_repo = GitRepo(tmp_path / "attacker")
+    attacker = builds(name="mallory/steal", clone_url=attacker_repo.url)
+    ctx_b, detail = attacker.hash(attacker_repo.commit({"data/train.csv": POINTER}))
+
+    assert ctx_b.data is not None and ctx_b.data.content_id == ctx_a.data.content_id
+    assert ctx_b.keys is not None and ctx_b.keys.model != ctx_a.keys.model
+    assert "model: miss" in detail
+
+
+def test_the_data_choice_follows_symlinks_in_the_tree_not_the_export(builds, origin):
+    (origin.path / "data").mkdir()
+    os.symlink("../datasets/v3.csv", origin.path / "data" / "train.csv")
+    sha = origin.commit({"datasets/v3.csv": DATA})
+    b = builds()
+    ctx = b.context(sha)
+    checkout_stage(ctx)
+    (ctx.need_source() / "data" / "train.csv").unlink()  # the export no longer has it
+    detail = b.hash_stage(ctx).detail or ""
+
+    assert ctx.data is not None and ctx.data.path == "datasets/v3.csv"
+    assert ctx.data.content_id == "git:" + git(origin.path, "rev-parse", f"{sha}:datasets/v3.csv")
+    assert "(via data/train.csv)" in detail
+
+
+@pytest.mark.parametrize(
+    "target,message",
+    [
+        ("../../outside.csv", "is a symlink leaving the checkout"),
+        ("/etc/passwd", "is a symlink leaving the checkout"),
+        ("missing.csv", "is a dangling symlink"),
+        ("train.csv", "is a symlink loop"),
+        ("../datasets", "is not a regular file"),
+    ],
+)
+def test_a_data_path_that_cannot_be_data_fails_the_stage_naming_it(origin, target, message):
+    # Asked of the tree directly: the checkout refuses some of these trees on its own.
+    (origin.path / "data").mkdir()
+    os.symlink(target, origin.path / "data" / "train.csv")
+    sha = origin.commit({"datasets/v3.csv": DATA})
+    with pytest.raises(StageFailed, match=f"'data/train.csv' {message}"):
+        choose_data(origin.path / ".git", sha, ("data/train.csv",), Sources())
