@@ -1,9 +1,16 @@
-"""The deploy health check, run in a child process: `python -m worker.healthcheck DIR`.
+"""The deploy health check, run in a child process: `python -I worker/healthcheck.py DIR`.
 
 Loads DIR/model.joblib and DIR/vectorizer.joblib the way the served app does and scores a
 few texts with `model.predict(vectorizer.transform(texts))`. Prints one JSON line with the
 labels and exits 0, or prints the problem on stderr and exits 1. A child process, because
-unpickling runs code from the release and may crash or hang the interpreter.
+unpickling may crash or hang the interpreter.
+
+It never imports from the release: the release holds the repository's checkout, and
+unpickling and scoring try optional imports (`bllipparser`, `pandas`, ...) that a committed
+file of that name would answer. The worker runs it isolated (`-I`: no script or working
+directory on sys.path, no PYTHON* variables) in a sandbox that holds only the two model
+files, and trainhook's own `trainer` package (which the pickles reference) comes from the
+worker's installation.
 """
 
 from __future__ import annotations
@@ -26,9 +33,6 @@ def check(release: Path, texts: tuple[str, ...] = PROBE_TEXTS) -> list[str]:
     for name in ("model.joblib", "vectorizer.joblib"):
         if not (release / name).is_file():
             raise FileNotFoundError(f"{name} is missing from the release")
-    # The vendored trainer package is a fallback only, as in the served app.
-    if (release / "trainer" / "__init__.py").is_file():
-        sys.path.append(str(release))
     model = joblib.load(release / "model.joblib")
     vectorizer = joblib.load(release / "vectorizer.joblib")
     labels = [str(label) for label in model.predict(vectorizer.transform(list(texts)))]
@@ -39,7 +43,7 @@ def check(release: Path, texts: tuple[str, ...] = PROBE_TEXTS) -> list[str]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m worker.healthcheck RELEASE_DIR", file=sys.stderr)
+        print("usage: python -I healthcheck.py RELEASE_DIR", file=sys.stderr)
         return 2
     try:
         labels = check(Path(argv[0]))

@@ -9,13 +9,14 @@ from typing import Any
 
 from worker.builder import BUILDER_STAGES
 from worker.bundle import bundle_entries, write_bundle
-from worker.commands import child_env, run_command
 from worker.context import BuildContext, Bundle
 from worker.release import LocalRegistry, Releases
+from worker.repocode import isolation_note, runner_for, sandbox_spec
 from worker.stage import Outcome, StageFailed, skipped
-from worker.testcommand import secret_names
 
 HEALTH_TIMEOUT = 120.0
+HEALTH_SCRIPT = Path(__file__).with_name("healthcheck.py")
+HEALTH_FILES = ("model.joblib", "vectorizer.joblib")
 VERTEX_REASON = "Vertex AI pipelines need TRAINHOOK_BUILDER=cloudbuild"
 
 
@@ -73,10 +74,16 @@ class LocalBuilder:
         registry_copy = ctx.settings.home / "registry" / ctx.repo.slug / bundle.path.name
         releases = Releases(ctx.settings.home / "releases", ctx.repo.slug)
         release = releases.unpack(registry_copy, bundle.version, bundle.digest)
-        result = run_command(
-            [sys.executable, "-P", "-m", "worker.healthcheck", str(release)],
-            cwd=release,
-            env=child_env(secret_names(ctx)),
+        # Only the model files, never the checkout beside them in the release (see
+        # worker/healthcheck.py), in the repository's sandbox.
+        spec = sandbox_spec(
+            ctx,
+            files=tuple((n, release / n) for n in HEALTH_FILES if (release / n).is_file()),
+            readonly=(HEALTH_SCRIPT,),
+            workdir="/release",
+        )
+        result = runner_for(ctx, spec).run(
+            [sys.executable, "-I", str(HEALTH_SCRIPT), "."],
             timeout=HEALTH_TIMEOUT,
             on_output=lambda text: ctx.log("deploy", text),
         )
@@ -93,9 +100,10 @@ class LocalBuilder:
         ctx.log("deploy", f"current -> {release.name} (was {previous or 'none'})\n")
         if pruned:
             ctx.log("deploy", "pruned old releases: " + ", ".join(pruned) + "\n")
+        unsandboxed = f" ({note})" if (note := isolation_note(ctx)) and not ctx.repo.sandbox else ""
         return Outcome(
             detail=f"{release.name} is current (was {previous or 'none'}); "
-            f"health check scored {len(labels)} texts: {', '.join(labels)}"
+            f"health check{unsandboxed} scored {len(labels)} texts: {', '.join(labels)}"
         )
 
 

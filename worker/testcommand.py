@@ -6,24 +6,20 @@ from __future__ import annotations
 
 import shlex
 
-from worker.commands import child_env, run_command
 from worker.context import BuildContext
+from worker.repocode import isolation_note, runner_for, sandbox_spec, secret_names
+from worker.sandbox import Runner
 from worker.stage import Outcome, StageFailed, skipped
 
-
-def secret_names(ctx: BuildContext) -> set[str]:
-    """Every variable holding a secret of any configured repository: its webhook secret and
-    its forge API token, whatever the variables are called (child_env drops them)."""
-    repos = ctx.settings.repos
-    tokens = {repo.forge_token_env for repo in repos if repo.forge_token_env}
-    return {repo.secret_env for repo in repos} | tokens
+__all__ = ["repo_tests_stage", "run_tests", "secret_names"]
 
 
 def repo_tests_stage(ctx: BuildContext) -> Outcome:
-    """Run `test_command` (shell-split, no shell) in the checkout under `test_timeout`.
-    A non-zero exit or a timeout fails the build with the end of the output in detail; so
-    does a failed venv install (`test_env = "venv"`). With a venv, the detail says whether
-    it was created (and in how long) or reused."""
+    """Run `test_command` (shell-split, no shell) in a private copy of the checkout, in the
+    sandbox (see worker/repocode.py), under `test_timeout`. A non-zero exit or a timeout
+    fails the build with the end of the output in detail; so does a failed venv install
+    (`test_env = "venv"`) and a sandbox that does not work here. With a venv, the detail
+    says whether it was created (and in how long) or reused; unsandboxed, it says so."""
     command = ctx.repo.test_command
     if not command or not command.strip():
         return skipped("no test_command configured")
@@ -31,29 +27,41 @@ def repo_tests_stage(ctx: BuildContext) -> Outcome:
         argv = shlex.split(command)
     except ValueError as exc:
         raise StageFailed(f"test_command {command!r} cannot be split: {exc}") from None
-    secrets = secret_names(ctx)
+    network = ctx.repo.sandbox_network
+    notes = [note] if (note := isolation_note(ctx)) else []
     if ctx.repo.test_env != "venv":
-        return run_tests(ctx, argv, child_env(secrets))
+        spec = sandbox_spec(ctx, checkout=ctx.need_source(), network=network)
+        return run_tests(ctx, argv, runner_for(ctx, spec), note=" · ".join(notes) or None)
     # Imported here: the default setting never needs git trees or the venv directory.
     from worker.testenv import prepared_venv
 
-    with prepared_venv(ctx, secrets) as venv:  # held in use (never pruned) while tests run
-        return run_tests(ctx, argv, venv.env(child_env(secrets)), note=venv.note())
+    runner_for(ctx, sandbox_spec(ctx))  # refuse before building a venv nothing may use
+    with prepared_venv(ctx, secret_names(ctx)) as venv:  # held in use while tests run
+        path = venv.lease.path
+        spec = sandbox_spec(
+            ctx,
+            checkout=ctx.need_source(),
+            network=network,
+            readonly=(path,),  # the tests may not change the venv later builds reuse
+            path=(str(venv.lease.bin_dir), "/usr/local/bin", "/usr/bin", "/bin"),
+            env={"VIRTUAL_ENV": str(path)},
+        )
+        note = " · ".join([venv.note(), *notes])
+        return run_tests(ctx, argv, runner_for(ctx, spec), note=note)
 
 
 def run_tests(
-    ctx: BuildContext, argv: list[str], env: dict[str, str], note: str | None = None
+    ctx: BuildContext, argv: list[str], runner: Runner, note: str | None = None
 ) -> Outcome:
-    """Run the test command with `env`; `note` (how the venv was had) goes into the detail.
-    Raises StageFailed when it cannot start, fails or times out."""
+    """Run the test command with `runner`; `note` (how the venv was had, whether it was
+    sandboxed) goes into the detail. Raises StageFailed when it cannot start, fails or
+    times out."""
     suffix = f" · {note}" if note else ""
     timeout = ctx.settings.test_timeout
     ctx.log("test", f"$ {shlex.join(argv)}\n")
     try:
-        result = run_command(
+        result = runner.run(
             argv,
-            cwd=ctx.need_source(),
-            env=env,
             timeout=timeout,
             on_output=lambda text: ctx.log("test", text),
         )

@@ -14,13 +14,21 @@ build with the same files; `force` recreates it. What is installed:
 uv is used when the worker has it (beside its Python, else on PATH); without it the venv is
 made by `python -m venv` and filled by pip (a uv.lock is then not honoured: the requirements
 files, else pyproject.toml, are installed instead, and the log says so). Unless UV_CACHE_DIR /
-PIP_CACHE_DIR are set, the installers' caches are `$TRAINHOOK_HOME/cache/uv` and `.../pip`.
+PIP_CACHE_DIR are set, the installers' caches are `$TRAINHOOK_HOME/cache/uv/<repository>` and
+`.../pip/<repository>`: one per repository, because an install may run the repository's build
+backend, which can write the cache, and another repository must not install what it left.
+
+Installing runs repository code (build backends, uv's and pip's reading of its files), so it
+runs in the sandbox too (worker/repocode.py), with the network on (it must reach the
+package index), the venv and the caches writable, the operator's UV_*/PIP_* and proxy
+variables passed; the tests then get the venv read-only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -29,27 +37,49 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.cachekeys import deps_files, deps_key
-from worker.commands import child_env, run_command
+from worker.cachekeys import Scope, cache_scope, deps_files, deps_key
+from worker.commands import SECRET_MARKERS, child_env
 from worker.context import BuildContext
 from worker.datahash import tree_facts
+from worker.repocode import runner_for, sandbox_spec
 from worker.stage import StageFailed
 from worker.venvcache import Lease, VenvCache
 
 
-def commit_deps(mirror: Path, sha: str) -> tuple[str, list[tuple[str, str]]]:
-    """The deps key of commit `sha` and the (name, blob id) it is made of: the same value the
-    hash stage records. Reads trees only, in one git process."""
+def commit_deps(mirror: Path, sha: str, scope: Scope) -> tuple[str, list[tuple[str, str]]]:
+    """The deps key of commit `sha` in cache `scope` (the repository's) and the (name, blob
+    id) it is made of: the same value the hash stage records. Reads trees only, in one git
+    process."""
     files = deps_files(tree_facts(mirror, sha, []))
-    return deps_key(files), files
+    return deps_key(files, scope), files
 
 
 def find_uv() -> str | None:
-    """The uv binary beside the worker's Python (a venv with uv installed), else on PATH."""
-    beside = Path(sys.executable).parent / "uv"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
+    """The uv binary beside the worker's Python (a venv with uv installed), else beside the
+    interpreter it was made from (installed with that Python: a version manager's shim on
+    PATH would not run in the sandbox), else on PATH."""
+    for folder in (Path(sys.executable).parent, Path(sys.base_prefix) / "bin"):
+        beside = folder / "uv"
+        if beside.is_file() and os.access(beside, os.X_OK):
+            return str(beside)
     return shutil.which("uv")
+
+
+# The operator's installer configuration (index, find-links, offline, proxies,
+# certificates) reaches the sandboxed install; names that look like credentials do not.
+INSTALLER_ENV = re.compile(
+    r"^(UV_|PIP_|HTTPS?_PROXY$|NO_PROXY$|ALL_PROXY$|SSL_CERT_|REQUESTS_CA_BUNDLE$)",
+    re.IGNORECASE,
+)
+
+
+def installer_env(source: dict[str, str]) -> dict[str, str]:
+    """The variables of `source` an install is given in the sandbox."""
+    return {
+        key: value
+        for key, value in source.items()
+        if INSTALLER_ENV.match(key) and not any(m in key.upper() for m in SECRET_MARKERS)
+    }
 
 
 @dataclass(frozen=True)
@@ -144,23 +174,39 @@ def installer(
 
     def create(venv: Path) -> None:
         # The installer sees what test code would: no trainhook setting, no secret.
-        env = child_env(secrets, {"VIRTUAL_ENV": str(venv), "UV_PROJECT_ENVIRONMENT": str(venv)})
-        env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        base = child_env(secrets)
+        extra = {"VIRTUAL_ENV": str(venv), "UV_PROJECT_ENVIRONMENT": str(venv)}
+        extra.update(installer_env(base))
+        extra.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
         # Caches on the state volume unless the operator chose: the worker's user may have no
         # writable home, and uv hard-links from a cache on the venvs' own file system.
         caches = ctx.settings.home / "cache"
-        env.setdefault("UV_CACHE_DIR", str(caches / "uv"))
-        env.setdefault("PIP_CACHE_DIR", str(caches / "pip"))
-        env.pop("PYTHONHOME", None)
+        extra.setdefault("UV_CACHE_DIR", str(caches / "uv" / ctx.repo.slug))
+        extra.setdefault("PIP_CACHE_DIR", str(caches / "pip" / ctx.repo.slug))
+        writable = [venv]
+        for name in ("UV_CACHE_DIR", "PIP_CACHE_DIR"):
+            cache = Path(extra[name])
+            cache.mkdir(parents=True, exist_ok=True)
+            writable.append(cache)
+        # The mount point of the venv in the sandbox: uv and venv fill it in place.
+        venv.mkdir(parents=True, exist_ok=True)
+        readonly = tuple(Path(a) for a in (plan.uv,) if a)
+        spec = sandbox_spec(
+            ctx,
+            checkout=source,
+            network=True,
+            readonly=readonly,
+            writable=tuple(writable),
+            env=extra,
+        )
+        runner = runner_for(ctx, spec)
         if lock_ignored:
             ctx.log("test", "uv not found: uv.lock is not honoured, installing with pip\n")
         for argv in plan.commands(venv, source):
             ctx.log("test", f"$ {shlex.join(argv)}\n")
             try:
-                result = run_command(
+                result = runner.run(
                     argv,
-                    cwd=source,
-                    env=env,
                     timeout=ctx.settings.test_timeout,
                     on_output=lambda text: ctx.log("test", text),
                 )
@@ -191,17 +237,6 @@ class PreparedVenv:
             )
         return f"venv reused (deps {key})"
 
-    def env(self, base: dict[str, str]) -> dict[str, str]:
-        """`base` (a child_env) with the venv's bin first on PATH and the worker's own bin
-        dir removed, so `python` and the tools mean the venv's."""
-        env = dict(base)
-        own = str(Path(sys.executable).parent)
-        rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != own]
-        env["PATH"] = os.pathsep.join([str(self.lease.bin_dir), *rest])
-        env["VIRTUAL_ENV"] = str(self.lease.path)
-        env.pop("PYTHONHOME", None)
-        return env
-
 
 @contextlib.contextmanager
 def prepared_venv(ctx: BuildContext, secrets: set[str]) -> Iterator[PreparedVenv]:
@@ -210,7 +245,7 @@ def prepared_venv(ctx: BuildContext, secrets: set[str]) -> Iterator[PreparedVenv
     left behind; the next build tries again)."""
     if ctx.mirror is None:
         raise RuntimeError("no mirror: the checkout stage has not run")
-    key, files = commit_deps(ctx.mirror, ctx.build.sha)
+    key, files = commit_deps(ctx.mirror, ctx.build.sha, cache_scope(ctx.repo))
     plan = plan_for(files, find_uv())
     cache = VenvCache(ctx.settings.venvs_dir, ctx.settings.venv_keep)
     lock_ignored = plan.kind != "uv.lock" and any(name == "uv.lock" for name, _ in files)

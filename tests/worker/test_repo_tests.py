@@ -32,9 +32,10 @@ def test_model_threshold():
     assert 0.5 > 0.9, "macro F1 below threshold"
 """
 
+# Printed, not written to a file: the tests run in a sandbox that sees no path of the host's.
 ENV_REPORT = """
 import json, os, sys
-json.dump({"argv": sys.argv[1:], "env": dict(os.environ)}, open(sys.argv[1], "w"))
+print("REPORT " + json.dumps({"argv": sys.argv[1:], "env": dict(os.environ)}))
 print("env written")
 """
 
@@ -94,13 +95,12 @@ def test_test_command_runs_without_a_shell_or_trainhook_secrets(
     monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("TRAINHOOK_DATABASE_URL", "postgresql://u:pw@db/trainhook")
     monkeypatch.setenv("DEPLOY_TOKEN", "t0ken")
-    report = tmp_path / "report.json"
     origin = GitRepo(tmp_path / "origin")
     sha = origin.commit({"env_report.py": ENV_REPORT})
     settings = make_settings(
         sqlite_url,
         clone_url=origin.url,
-        extra=f"test_command = \"python env_report.py {report} '$HOME; touch pwned'\"",
+        extra="test_command = \"python env_report.py report '$HOME; touch pwned'\"",
     )
     ctx = context_for(settings, sqlite_engine, new_build(sqlite_engine, sha))
     checkout_stage(ctx)
@@ -108,8 +108,9 @@ def test_test_command_runs_without_a_shell_or_trainhook_secrets(
     outcome = repo_tests_stage(ctx)
 
     assert "env written" in (outcome.detail or "")
-    seen = json.loads(report.read_text())
-    assert seen["argv"] == [str(report), "$HOME; touch pwned"]  # no shell expansion
+    log = logs(sqlite_engine, ctx.build.id)["test"]
+    seen = json.loads(log.split("REPORT ", 1)[1].splitlines()[0])
+    assert seen["argv"] == ["report", "$HOME; touch pwned"]  # no shell expansion
     assert not (ctx.need_source() / "pwned").exists()
     env = seen["env"]
     assert not [k for k in env if k.startswith("TRAINHOOK_")]

@@ -85,8 +85,10 @@ def wheels(tmp_path) -> Path:
 
 
 @pytest.fixture
-def settings(make_settings, sqlite_url, origin):
-    return make_settings(sqlite_url, clone_url=origin.url, extra=VENV)
+def settings(make_settings, sqlite_url, origin, wheels):
+    # The installs run in the sandbox, which sees the local wheelhouse only when told to.
+    sandbox_paths = {"TRAINHOOK_SANDBOX_PATHS": str(wheels)}
+    return make_settings(sqlite_url, clone_url=origin.url, extra=VENV, env=sandbox_paths)
 
 
 def run_test_stage(settings, engine, sha: str, force: bool = False):
@@ -407,7 +409,11 @@ def test_prune_keeps_the_most_recently_used_venvs_and_never_one_in_use(tmp_path)
 
 def test_venv_keep_is_read_from_trainhook_venv_keep(settings, sqlite_engine, origin, wheels):
     assert settings.venv_keep == 5
-    env = {"TRAINHOOK_HOME": str(settings.home), "TRAINHOOK_CONFIG": str(settings.config_path)}
+    env = {
+        "TRAINHOOK_HOME": str(settings.home),
+        "TRAINHOOK_CONFIG": str(settings.config_path),
+        "TRAINHOOK_SANDBOX_PATHS": str(wheels),
+    }
     kept_one = load_settings({**env, "TRAINHOOK_VENV_KEEP": "1", "TEST_WEBHOOK_SECRET": "s"})
     origin.commit({"requirements.txt": f"{make_wheel(wheels)}\n", "check.py": CHECK})
     run_test_stage(kept_one, sqlite_engine, origin.head())
