@@ -1,6 +1,9 @@
 """What the stage details say, as facts for the pages: cache levels, reasons, data, metrics,
-gate decision, digests, releases, links. Only reads text the worker wrote; never trusts it as
-markup (the templates escape every value) or as a link unless it is a plain https URL."""
+gate decision, digests, releases, links. Only reads text the worker wrote, and that text
+carries what repositories control (test output, commit messages, error text): never markup
+(the templates escape every value) and never a link. The links are trainhook's own: other
+builds of this service, and the Cloud Build log URL the Cloud Build API returned, read from
+the one event only the Cloud Build builder writes (`cloud_build_log`)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,12 @@ CACHE_LEVELS = ("deps", "nltk", "model")
 # `deps hit`, `nltk: miss`, `deps cache=hit` ... in the hash or train detail. The worker records
 # the model level in the train stage's `cache` field; deps and nltk only when it writes them.
 _LEVEL = re.compile(r"\b(deps|nltk|model)(?: cache)?\s*[:=]?\s*(hit|miss)\b", re.IGNORECASE)
-_HTTPS = re.compile(r"https://[A-Za-z0-9.-]+(?::\d+)?(?:/[A-Za-z0-9\-._~/?#@!$&'()*+,;=%:]*)?")
+# The record the Cloud Build builder writes once it has a Cloud Build (worker/cloudbuild.py,
+# `record_detail`): the `build` stage's only `pending` event, whose whole detail is this line
+# with the id, status and log URL the API returned. A stage's status is set by trainhook's
+# code, never by text, so no repository output can produce such an event.
+CLOUD_BUILD_RECORD = re.compile(r"Cloud Build id [\w-]+ [A-Z_]+; logs (https://\S+)")
+CLOUD_CONSOLE = "console.cloud.google.com"
 _SHA256 = re.compile(r"\bsha256:([0-9a-f]{12,64})\b")
 
 
@@ -40,16 +48,20 @@ def cache_levels(build: dict[str, Any]) -> dict[str, str]:
     return {level: found[level] for level in CACHE_LEVELS if level in found}
 
 
-def _links(detail: str) -> list[Fact]:
-    facts = []
-    for url in dict.fromkeys(_HTTPS.findall(detail)):
-        url = url.rstrip(".,;)")
-        host = urlsplit(url).hostname or ""
-        if "cloud-build" in url or "cloudbuild" in url:
-            facts.append(Fact("Cloud Build log", "open", url))
-        elif host:
-            facts.append(Fact("link", host, url))
-    return facts
+def cloud_build_log(stage: str, status: str | None, detail: str | None) -> Fact | None:
+    """The "Cloud Build log" link when this stage event is the Cloud Build builder's record of
+    its build and the log URL is on the Cloud console; None for every other event."""
+    if stage != "build" or status != "pending" or not detail:
+        return None
+    match = CLOUD_BUILD_RECORD.fullmatch(detail)
+    if match is None:
+        return None
+    url = match[1]
+    parts = urlsplit(url)
+    # Belt and braces: even the builder's own record links nowhere but the console.
+    if parts.hostname != CLOUD_CONSOLE or parts.port or parts.username or parts.password:
+        return None
+    return Fact("Cloud Build log", "open", url)
 
 
 def _train(detail: str) -> list[Fact]:
@@ -98,7 +110,9 @@ def _release(stage: str, detail: str) -> list[Fact]:
 
 
 def stage_facts(stage: dict[str, Any]) -> list[Fact]:
-    """Facts read from one stage's detail (and cache field), for the build page."""
+    """Facts read from one stage's detail (and cache field), for the build page. URLs in the
+    detail stay text; the Cloud Build log is linked only when `stage` is the builder's record
+    (a single event, with its `status`, as the live updates send them)."""
     detail = stage.get("detail") or ""
     name = stage["name"]
     facts: list[Fact] = []
@@ -110,7 +124,8 @@ def stage_facts(stage: dict[str, Any]) -> list[Fact]:
         facts += _release(name, detail)
     if m := re.search(r"\bcancel(?:led| requested)[^;\n]*", detail):
         facts.append(Fact("cancel", m[0], None, "warn"))
-    return facts + _links(detail)
+    log = cloud_build_log(name, stage.get("status"), detail)
+    return facts + ([log] if log else [])
 
 
 def commit_url(clone_url: str | None, provider: str | None, sha: str) -> str | None:

@@ -80,7 +80,8 @@ class Subscriber:
 
 
 def stage_message(row: Any, position: Position) -> Message:
-    stage = {"name": row.stage, "detail": row.text, "cache": row.cache}
+    # With its status: the Cloud Build builder's record is known by it (service/details.py).
+    stage = {"name": row.stage, "status": row.status, "detail": row.text, "cache": row.cache}
     levels = cache_levels({"stages": [stage]}) if row.stage in ("hash", "train") else {}
     data = {
         "build": row.build_id,

@@ -23,14 +23,14 @@ from service.api import (
     read,
 )
 from service.charts import waterfall
-from service.details import cache_levels, commit_url, stage_facts
+from service.details import cache_levels, cloud_build_log, commit_url, stage_facts
 from service.formatting import branch, duration, elapsed, first_line, stage_title, when
 from service.history import WINDOW, summarise
 from service.rendering import env, error_page, render, unavailable
 from trainhook.builds import STAGES, TERMINAL_BUILD
 from trainhook.buildview import get_logs_after, load_build, recent_finished
 from trainhook.errors import DatabaseUnavailable
-from trainhook.models import utcnow
+from trainhook.models import stage_events, utcnow
 from trainhook.runtime import Runtime
 
 __all__ = ["branch", "duration", "env", "first_line", "routes", "stage_title", "when"]
@@ -111,18 +111,40 @@ def _log_views(logs: dict[str, str], stages: list[dict[str, Any]]) -> list[dict[
     return views
 
 
+def _cloud_build_record(conn: sa.Connection, build_id: int) -> str | None:
+    """The detail of the Cloud Build builder's latest record of this build's Cloud Build: a
+    later event of the stage replaces the folded detail, and the log link lives only here."""
+    return conn.execute(
+        sa.select(stage_events.c.detail)
+        .where(
+            stage_events.c.build_id == build_id,
+            stage_events.c.stage == "build",
+            stage_events.c.status == "pending",
+        )
+        .order_by(stage_events.c.id.desc())
+        .limit(1)
+    ).scalar()
+
+
 def _build_view(conn: sa.Connection, build_id: int) -> dict[str, Any] | None:
-    """Everything the build page shows, read on one connection (three queries; five with
+    """Everything the build page shows, read on one connection (four queries; six with
     the repository's history)."""
     build, last_event = load_build(conn, build_id)
     if build is None:
         return None
     logs, last_log = get_logs_after(conn, build_id)
+    record = _cloud_build_record(conn, build_id)
     # History only matters for an ETA (in flight) or for the time a cache hit saved.
     train = build["stages"][STAGES.index("train")]
     wanted = build["status"] not in TERMINAL_BUILD or train["cache"] == "hit"
     history = recent_finished(conn, build["repo"], WINDOW) if wanted else []
-    return {"build": build, "since": f"{last_event}.{last_log}", "logs": logs, "history": history}
+    return {
+        "build": build,
+        "since": f"{last_event}.{last_log}",
+        "logs": logs,
+        "history": history,
+        "cloud_build_log": cloud_build_log("build", "pending", record),
+    }
 
 
 async def build_page(request: Request) -> Response:
@@ -148,12 +170,15 @@ async def build_page(request: Request) -> Response:
         medians["train"] = summary.miss_median  # forced: it will train, not hit the cache
     repo = runtime.settings.repo(build["repo"], build["provider"])
     live = build["status"] not in TERMINAL_BUILD
+    facts = {s["name"]: stage_facts(s) for s in build["stages"]}
+    if (log := view["cloud_build_log"]) and log not in facts["build"]:
+        facts["build"].append(log)
     return render(
         "build.html",
         build=build,
         total=elapsed(build, now),
         chart=waterfall(build, now, medians if live else None),
-        facts={s["name"]: stage_facts(s) for s in build["stages"]},
+        facts=facts,
         levels=cache_levels(build),
         logs=_log_views(view["logs"], build["stages"]),
         since=view["since"],

@@ -147,8 +147,7 @@ class CloudBuilder:
 
     def _remember(self, ctx: BuildContext, build: Any) -> None:
         """Store the Cloud Build id at once (see worker/cloudbuild_supersede.py)."""
-        detail = f"{MARKER}{build.id} {status_name(build.status)}; logs {build.log_url}"
-        self._write(ctx, [StageEvent("build", "pending", None, detail)], {})
+        self._write(ctx, [StageEvent("build", "pending", None, record_detail(build))], {})
         ctx.log("build", f"Cloud Build {build.id}: {build.log_url}\n")
 
     # -- tracking ---------------------------------------------------------------------------
@@ -240,6 +239,15 @@ class CloudBuilder:
             "vertex": f"Vertex AI pipeline {ctx.repo.vertex.pipeline if ctx.repo.vertex else ''}"
             " submitted (not awaited)",
         }
+
+
+def record_detail(build: Any) -> str:
+    """The detail of the `build` stage's `pending` event, written once a Cloud Build exists:
+    its id (how a retried job finds it again, worker/cloudbuild_supersede.py) and its log URL
+    exactly as the API returned it. The dashboard links that log from this event only
+    (service/details.py): no other code writes a `pending` build event, so no text a
+    repository controls can pose as it."""
+    return f"{MARKER}{build.id} {status_name(build.status)}; logs {build.log_url}"
 
 
 def _short(ctx: BuildContext) -> str:

@@ -49,30 +49,42 @@
 
   // ---- the build page ------------------------------------------------------------------------
 
+  // The only links a fact may carry (service/details.py): another build, or the Cloud Build
+  // log on the Cloud console. Anything else is shown as text.
+  const CONSOLE = /^https:\/\/console\.cloud\.google\.com\//;
+
   function renderFacts(cell, facts, detail) {
+    // The Cloud Build log comes from one event (the builder's record of its Cloud Build);
+    // the stage's later events do not repeat it, so it stays when they replace the facts.
+    const kept = [...cell.querySelectorAll('li[data-keep="cloud-build-log"]')];
     cell.textContent = "";
-    if (facts && facts.length) {
+    const items = [];
+    (facts || []).forEach((fact) => {
+      const item = document.createElement("li");
+      const key = document.createElement("span");
+      key.className = "k";
+      key.textContent = fact.label;
+      const external = !!fact.href && CONSOLE.test(fact.href);
+      const safe = external || (!!fact.href && /^\/builds\/\d+$/.test(fact.href));
+      const value = document.createElement(safe ? "a" : "span");
+      if (safe) {
+        value.href = fact.href;
+        if (external) {
+          value.rel = "noopener noreferrer";
+          value.target = "_blank";
+          item.dataset.keep = "cloud-build-log";
+        }
+      }
+      value.className = "badge b-" + (fact.tone || "pending");
+      value.textContent = fact.value;
+      item.append(key, value);
+      items.push(item);
+    });
+    if (!items.some((item) => item.dataset.keep)) items.push(...kept);
+    if (items.length) {
       const list = document.createElement("ul");
       list.className = "facts";
-      facts.forEach((fact) => {
-        const item = document.createElement("li");
-        const key = document.createElement("span");
-        key.className = "k";
-        key.textContent = fact.label;
-        const safe = fact.href && (/^\/builds\/\d+$/.test(fact.href) || /^https:\/\//.test(fact.href));
-        const value = document.createElement(safe ? "a" : "span");
-        if (safe) {
-          value.href = fact.href;
-          if (fact.href.startsWith("https://")) {
-            value.rel = "noopener noreferrer";
-            value.target = "_blank";
-          }
-        }
-        value.className = "badge b-" + (fact.tone || "pending");
-        value.textContent = fact.value;
-        item.append(key, value);
-        list.appendChild(item);
-      });
+      list.append(...items);
       cell.appendChild(list);
     }
     if (detail) {

@@ -10,14 +10,16 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from google.cloud.devtools.cloudbuild_v1 import Build
 
 from tests.browser.cdp import Page
 from tests.browser.conftest import save_screenshot
 from tests.browser.server import LiveServer
 from tests.service.test_api import make_build
-from tests.service.test_dashboard_pages import HASH, TRAIN_HIT, TRAIN_MISS
+from tests.service.test_dashboard_pages import FORGED, HASH, TRAIN_HIT, TRAIN_MISS
 from trainhook.builds import add_event, append_log, mark_finished
 from trainhook.models import builds, stage_events
+from worker.cloudbuild import record_detail
 
 TOKEN = "test-token-0123456789"
 XSS_MESSAGE = '<img src=x onerror="window.__xss=1;alert(1)">Retrain'
@@ -277,6 +279,29 @@ def test_payloads_in_message_branch_and_details_show_as_text(
         "document.querySelector('#stage-checkout pre')?.textContent.includes('<img src=y')"
     )
     assert page.eval("window.__xss") is None
+    assert_page_healthy(page)
+
+
+def test_live_urls_in_details_are_text_and_only_the_builders_cloud_build_log_is_a_link(
+    page: Page, site: LiveServer, engine: sa.Engine
+):
+    log_url = "https://console.cloud.google.com/cloud-build/builds/abc-123?project=p"
+    record = record_detail(Build(id="abc-123", status=Build.Status.QUEUED, log_url=log_url))
+    build_id = make_build(engine, status="running", stages={"checkout": ("running", None, None)})
+    page.goto(f"{site.url}/builds/{build_id}")
+    page.wait_for("document.querySelector('#live')?.textContent === 'live'")
+    links = "[...document.querySelectorAll('#stage-{} a')].map((a) => a.href)"
+    with engine.begin() as conn:
+        add_event(conn, build_id, "test", "failed", detail=FORGED)
+    page.wait_for("document.querySelector('#stage-test pre')?.textContent.includes('evil')")
+    assert page.eval(links.format("test")) == []
+    with engine.begin() as conn:  # as the Cloud Build builder writes them
+        add_event(conn, build_id, "build", "pending", detail=record)
+        add_event(conn, build_id, "build", "running", detail="Cloud Build step build")
+        add_event(conn, build_id, "build", "succeeded", detail=f"built; logs {log_url}x")
+    status = "document.querySelector('#stage-build [data-cell=status] .badge').textContent"
+    page.wait_for(f"{status} === 'succeeded'")
+    assert page.eval(links.format("build")) == [log_url]  # kept through the later events
     assert_page_healthy(page)
 
 

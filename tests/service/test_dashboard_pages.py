@@ -8,12 +8,14 @@ import re
 
 import pytest
 import sqlalchemy as sa
+from google.cloud.devtools.cloudbuild_v1 import Build
 from starlette.testclient import TestClient
 
 from service.rendering import SCRIPTS, static_url
 from tests.service.test_api import count_selects, make_build
 from tests.service.test_pages import Tags, rows
 from trainhook.builds import add_event, append_log
+from worker.cloudbuild import record_detail
 
 TRAIN_HIT = (
     "model cache hit: key 3f2a9c0d1e2b produced by build #4; macro F1 0.812; gate: first model"
@@ -210,17 +212,52 @@ def test_build_page_links_the_commit_on_its_forge(client: TestClient, engine: sa
     assert not Tags(client.get(f"/builds/{unknown}").text).find("a", id="commit-link")
 
 
-def test_build_page_links_a_cloud_build_log_but_never_a_script_url(client, engine):
-    log_url = "https://console.cloud.google.com/cloud-build/builds/abc-123?project=p"
+FORGED = (
+    "FAILED test_deploy: Cloud Build log https://console.cloud.google.com/evil\n"
+    "logs https://evil.example/cloudbuild and https://example.com/<b>x</b> javascript:alert(1)"
+)
+
+
+def external_links(page: str, stage: str) -> list[str]:
+    """The hrefs of one stage row that leave the service."""
+    anchors = Tags(section(page, stage)).find("a")
+    return [h for a in anchors if not (h := html.unescape(a["href"] or "")).startswith("/")]
+
+
+def test_a_url_in_test_output_is_shown_as_text_not_a_link(client, engine):
     build_id = make_build(
         engine,
         status="failed",
-        stages={"build": ("failed", f"cloud build failed: {log_url} javascript:alert(1)", None)},
+        stages={"test": ("failed", FORGED, None), "build": ("failed", FORGED, None)},
     )
     page = client.get(f"/builds/{build_id}").text
-    anchors = Tags(section(page, "build")).find("a")
-    assert [html.unescape(a["href"] or "") for a in anchors] == [log_url]
-    assert anchors[0]["target"] == "_blank" and "Cloud Build log" in section(page, "build")
+    for stage in ("test", "build"):
+        row = section(page, stage)
+        assert external_links(page, stage) == [] and "Cloud Build log" not in row.split("<pre>")[0]
+        assert "https://console.cloud.google.com/evil" in row  # still shown, as text
+        assert "https://example.com/&lt;b&gt;x&lt;/b&gt;" in row
+
+
+def test_the_cloud_build_log_link_comes_only_from_the_cloud_build_builder(client, engine):
+    log_url = "https://console.cloud.google.com/cloud-build/builds/abc-123?project=p"
+    made = Build(id="abc-123", status=Build.Status.QUEUED, log_url=log_url)
+    build_id = make_build(engine, status="running", stages={"test": ("failed", FORGED, None)})
+    with engine.begin() as conn:  # as the Cloud Build builder writes them
+        add_event(conn, build_id, "build", "pending", detail=record_detail(made))
+        add_event(conn, build_id, "build", "running", detail="Cloud Build step build")
+        add_event(conn, build_id, "build", "succeeded", detail=f"built img; logs {log_url}x")
+    page = client.get(f"/builds/{build_id}").text
+    assert external_links(page, "build") == [log_url]  # once, and not the detail's URL
+    (anchor,) = Tags(section(page, "build")).find("a")
+    assert anchor["target"] == "_blank" and anchor["rel"] == "noopener noreferrer"
+    assert external_links(page, "test") == []
+    # Without the builder's record (a local build, a forged line elsewhere) there is no link.
+    local = make_build(
+        engine,
+        status="failed",
+        stages={"build": ("failed", record_detail(made), None)},  # e.g. an exception's text
+    )
+    assert external_links(client.get(f"/builds/{local}").text, "build") == []
 
 
 def test_waterfall_labels_every_bar_with_its_duration(client: TestClient, engine):
