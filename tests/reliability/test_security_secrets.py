@@ -149,7 +149,14 @@ def forge_api() -> Iterator[ForgeApi]:
 def environment(tmp_path: Path, db_url: str, clone_url: str, api_base: str) -> dict[str, str]:
     extra = {
         p: f'forge_token_env = "{env}"\nforge_api_url = "{api_base}"\n'
-        + ('test_command = "python env_dump.py"\nhook_id = 7\n' if p == "github" else "")
+        + (
+            'test_command = "python env_dump.py"\nhook_id = 7\n'
+            # The sandbox gives the tests an empty environment plus what the repository
+            # declares: this marker proves the environment dump reached the log.
+            'sandbox_env = { SAFE_MARKER = "visible-to-tests" }\n'
+            if p == "github"
+            else ""
+        )
         for p, (env, _) in FORGE_TOKENS.items()
     }
     config = tmp_path / "trainhook.toml"
