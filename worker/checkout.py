@@ -79,7 +79,7 @@ class MalformedObject(StageFailed):
 
     def __init__(self, url: str, stderr: str) -> None:
         found = _FSCK_ERROR.search(stderr)
-        what = ": ".join(found.groups()) if found else stderr.strip().splitlines()[-1]
+        what = found.group(0) if found else stderr.strip().splitlines()[-1]
         super().__init__(
             f"malformed git object refused, fetched from {redact(url)}: {what} "
             "(the mirror is unchanged; a branch holding this object cannot be built "
@@ -334,7 +334,7 @@ def check_tree(entries: list[TreeEntry], dest: Path) -> None:
         kinds[path] = mode
 
 
-def _escapes(root: Path, link: str) -> bool:
+def link_escapes(root: Path, link: str) -> bool:
     """Whether following the symlink `link` (relative to `root`) leaves `root`: resolved the
     way the kernel does, one component at a time on what is on disk, never with realpath()
     (it stops resolving at PATH_MAX: the tarfile bypass). Anything this cannot resolve with
@@ -464,7 +464,7 @@ def export(mirror: Path, sha: str, dest: Path) -> int:
         _run_checkout(env, "read-tree", "--end-of-options", sha)
         _run_checkout(env, "checkout-index", "--all", needs=needs)
     for entry in entries:
-        if entry.mode == _MODE_LINK and _escapes(dest, entry.path):
+        if entry.mode == _MODE_LINK and link_escapes(dest, entry.path):
             target = os.readlink(dest / entry.path)
             raise _refuse(entry.path, f"a symlink to {target!r} leads outside")
     return len(entries)

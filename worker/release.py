@@ -1,4 +1,10 @@
-"""The local registry and releases: push a bundle, unpack it, switch `current` atomically."""
+"""The local registry and releases: push a bundle, unpack it, switch `current` atomically.
+
+A bundle holds the repository's checkout, so its content is untrusted. It is unpacked by
+our own code, not by `tarfile`'s extraction filter (which has known bypasses on the Python
+versions this runs on, CVE-2025-4517 among them): only regular files, directories and
+symlinks that resolve inside the release are accepted, and symlinks are made last, so no
+file is ever written through one."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tarfile
 import tempfile
 from pathlib import Path
@@ -14,7 +21,9 @@ from typing import Any
 
 from trainhook.models import utcnow
 from worker.bundle import file_digest
+from worker.checkout import NAME_MAX, PATH_MAX, link_escapes
 from worker.context import Bundle
+from worker.stage import StageFailed
 
 KEEP_RELEASES = 5
 
@@ -110,8 +119,7 @@ class Releases:
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.folder))
         tmp.chmod(0o755)  # readable by the account that serves it, like any unpacked release
         try:
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(tmp, filter="data")
+            unpack_bundle(archive, tmp)
             (tmp / ".trainhook").mkdir(exist_ok=True)
             (tmp / ".trainhook" / "digest").write_text(digest + "\n")
             if target.exists():
@@ -153,6 +161,81 @@ class Releases:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path.name)
         return removed
+
+
+def _refuse(name: str, why: str) -> StageFailed:
+    return StageFailed(f"release bundle refused {name!r}: {why}")
+
+
+def _member_name(member: tarfile.TarInfo, room: int) -> str:
+    name = member.name
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\0" in name:
+        raise _refuse(name, "not a relative path")
+    if any(part in ("", ".", "..") for part in parts):
+        raise _refuse(name, "empty, '.' or '..' path component")
+    if any(len(os.fsencode(part)) > NAME_MAX for part in parts) or len(os.fsencode(name)) >= room:
+        raise _refuse(name, "name or path too long for the file system")
+    return name
+
+
+def unpack_bundle(archive: Path, dest: Path) -> int:
+    """Unpack the tar.gz `archive` into the empty directory `dest`; returns the number of
+    entries. Raises StageFailed, naming the entry, for anything but a regular file, a
+    directory or a symlink; a name that is absolute, has `..`, is too long, is given twice
+    or lies below a non-directory; a symlink that resolves outside `dest`.
+
+    Files and directories are written first with O_EXCL|O_NOFOLLOW while no symlink exists
+    in `dest`; symlinks are made after them, each then resolved on disk. This does not use
+    tarfile's extraction filters at all, so their bypasses do not matter here."""
+    room = PATH_MAX - len(os.fsencode(dest)) - 1
+    kinds: dict[str, str] = {}  # name -> "dir" | "file" | "link"; parents count as dirs
+    links: list[tarfile.TarInfo] = []
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            name = _member_name(member, room)
+            if member.isdir():
+                kind = "dir"
+            elif member.isreg():
+                kind = "file"
+            elif member.issym():
+                kind = "link"
+            else:
+                raise _refuse(name, "only files, directories and symlinks may be released")
+            parts = name.split("/")
+            for depth in range(1, len(parts)):
+                if kinds.setdefault("/".join(parts[:depth]), "dir") != "dir":
+                    raise _refuse(name, "is below an entry that is not a directory")
+            if name in kinds and not (kind == "dir" == kinds[name]):
+                raise _refuse(name, "given twice")
+            kinds[name] = kind
+            target = dest / name
+            if kind == "dir":
+                target.mkdir(mode=0o755, parents=True, exist_ok=True)
+            elif kind == "file":
+                target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                _write_member(tar, member, target)
+            else:
+                links.append(member)
+    for member in links:
+        target = dest / member.name
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.symlink(member.linkname, target)
+    # Checked once all exist: one link may lead out only through another made after it.
+    for member in links:
+        if link_escapes(dest, member.name):
+            raise _refuse(member.name, f"a symlink to {member.linkname!r} leads outside")
+    return len(kinds)
+
+
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    source = tar.extractfile(member)
+    assert source is not None  # a regular file always has a stream
+    mode = 0o755 if member.mode & stat.S_IXUSR else 0o644
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as out, source:
+        shutil.copyfileobj(source, out, 1 << 20)
+    os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
 
 
 def _unpacked_digest(path: Path) -> str | None:
