@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gitrepo import GIT_ENV, GitRepo, git
+from tests.support.gitrepo import GIT_ENV, GitRepo
 from tests.worker.conftest import (
     build_view,
     context_for,
@@ -35,10 +35,8 @@ from worker.release import Releases, unpack_bundle
 from worker.stage import StageFailed
 
 # The Python versions whose tarfile `data` filter the CVE-shaped trees get through.
-TARFILE_FILTER_BYPASSABLE = sys.version_info < (3, 11, 13) or (3, 12) <= sys.version_info < (
-    3,
-    12,
-    11,
+TARFILE_FILTER_BYPASSABLE = sys.version_info < (3, 11, 13) or (
+    (3, 12) <= sys.version_info < (3, 12, 11)
 )
 STEPS = "abcdefghijklmnop"  # 16 levels, as in the published proof of concept
 
@@ -366,7 +364,7 @@ BAD_BUNDLES = {
     "hardlink": (
         [(member("app.py"), b"x"), (member("h", tarfile.LNKTYPE, "app.py"), None)],
         "only files, directories and symlinks",
-    ),  # fmt: skip
+    ),
     "fifo": ([(member("f", tarfile.FIFOTYPE), None)], "only files, directories and symlinks"),
     "device": ([(member("d", tarfile.CHRTYPE), None)], "only files, directories and symlinks"),
     "absolute-symlink": ([(member("l", tarfile.SYMTYPE, "/etc"), None)], "leads outside"),
