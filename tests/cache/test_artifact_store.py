@@ -269,3 +269,60 @@ def test_a_local_entry_without_manifest_is_a_miss_and_is_replaced(tmp_path):
     _, won = store.publish("models", KEY, files(tmp_path / "src", MODEL), {})
     assert won and (leftover / "model.joblib").read_bytes() == MODEL["model.joblib"]
     assert [p.name for p in (store.root / "models").iterdir()] == [KEY]
+
+
+def test_a_forced_publish_replaces_the_stored_entry_and_wins(backend, tmp_path):
+    store = backend.store
+    store.publish("models", KEY, files(tmp_path / "a", MODEL), {"build_id": 1})
+    ours = {**MODEL, "model.joblib": b"forced"}
+    entry, won = store.publish(
+        "models", KEY, files(tmp_path / "b", ours), {"build_id": 2}, replace=True
+    )
+
+    assert won and entry.build_id == 2
+    found = store.lookup("models", KEY)
+    assert found is not None and found.build_id == 2 and found.version == entry.version
+    assert store.fetch("models", KEY, tmp_path / "out") is not None
+    assert restored(tmp_path / "out") == ours
+    if isinstance(store, GcsStore):  # the replaced entry's own files are gone
+        names = {b.name.rsplit("/", 1)[-1] for b in store.client.list_blobs(store._bucket)}
+        assert hashlib.sha256(MODEL["model.joblib"]).hexdigest() not in names
+    else:
+        assert [p.name for p in (store.root / "models").iterdir()] == [KEY]  # nothing aside
+
+
+def test_a_forced_publish_racing_other_publishers_gets_its_own_entry(backend, tmp_path):
+    store = backend.store
+    sources = [
+        files(tmp_path / f"w{i}", {**MODEL, "model.joblib": f"worker {i}".encode() * 100})
+        for i in range(4)
+    ]
+    barrier = threading.Barrier(len(sources))
+    results: dict[int, tuple[int | None, bool]] = {}
+
+    def publish(i: int) -> None:
+        barrier.wait()
+        entry, won = store.publish("models", KEY, sources[i], {"build_id": i}, replace=i == 0)
+        results[i] = (entry.build_id, won)
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(len(sources))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert results[0] == (0, True)  # whoever was first, the forced one uses its own
+    found = store.lookup("models", KEY)
+    assert found is not None
+    assert store.fetch("models", KEY, tmp_path / "out") is not None
+    assert (tmp_path / "out" / "model.joblib").read_bytes() == (
+        f"worker {found.build_id}".encode() * 100
+    )
+
+
+def test_a_forced_publish_over_a_broken_entry_replaces_it(backend, tmp_path):
+    backend.write_manifest("models", KEY, b"torn")
+    entry, won = backend.store.publish(
+        "models", KEY, files(tmp_path / "src", MODEL), {"build_id": 5}, replace=True
+    )
+    assert won and backend.store.lookup("models", KEY) == entry

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -233,3 +234,75 @@ def test_an_nltk_download_that_fails_stores_nothing_and_training_degrades(
     assert folder is not None and not (folder / "corpora" / "stopwords").exists()
     assert b.store.lookup("nltk", ctx.keys.nltk) is None
     assert not (b.settings.home / "cache" / "nltk" / ctx.keys.nltk).exists()
+
+
+def test_a_test_that_rewrites_the_data_and_restores_its_mtime_cannot_poison_the_model(
+    builds, origin, sample_csv
+):
+    from tests.support.gitrepo import git
+    from worker.checkout import checkout_stage
+
+    b = builds()
+    sha = origin.commit({"data/train.csv": sample_csv})
+    ctx = b.context(sha)
+    checkout_stage(ctx)
+    # What a hostile (or careless) test could do to the export before the sandbox: rewrite
+    # the data, then give it back the mtime `git archive` gave it (the commit time).
+    exported = ctx.need_source() / "data" / "train.csv"
+    exported.write_text("".join(sample_csv.splitlines(keepends=True)[:61]))  # 60 rows
+    commit_time = int(git(origin.path, "log", "-1", "--format=%ct", sha))
+    os.utime(exported, (commit_time, commit_time))
+
+    b.hash_stage(ctx)
+    outcome = b.train_stage(ctx)
+
+    blob = git(origin.path, "rev-parse", f"{sha}:data/train.csv")
+    assert ctx.data is not None and ctx.data.content_id == f"git:{blob}"
+    assert outcome.cache == "miss"
+    assert ctx.metrics is not None and ctx.metrics["rows"]["read"] == 240  # the commit's rows
+    assert (
+        f"writing data/train.csv from the mirror (blob {blob[:12]})"
+        in (logs(b.engine, ctx.build.id)["train"])
+    )
+    # The stored model is the honest one: the next build of that blob gets it.
+    ctx2, _, outcome2 = b.train(origin.commit({"README.md": "x\n"}))
+    assert outcome2.cache == "hit" and ctx2.metrics is not None
+    assert ctx2.metrics["rows"]["read"] == 240
+
+
+def test_a_forced_build_uses_the_model_it_trained_not_the_stored_one(builds, origin, sample_csv):
+    b = builds()
+    sha = origin.commit({"data/train.csv": sample_csv})
+    ctx, _ = b.hash(sha)
+    assert ctx.keys is not None
+    key = ctx.keys.model
+    b.store.publish("models", key, fake_model(b.settings.home / "m"), {"build_id": 41})
+
+    ctx, _detail, outcome = b.train(sha, force=True)
+
+    assert (outcome.detail or "").startswith(f"trained (forced rebuild), stored as key {key[:12]}")
+    assert ctx.model_dir is not None
+    trained = (ctx.model_dir / "model.joblib").read_bytes()
+    assert trained != b"stored model.joblib"
+    entry = b.store.lookup("models", key)
+    assert entry is not None and entry.build_id == ctx.build.id  # its own result won
+    assert b.store.fetch("models", key, b.settings.home / "check") is not None
+    assert (b.settings.home / "check" / "model.joblib").read_bytes() == trained
+
+
+def test_an_lfs_object_not_matching_its_oid_is_refused(builds, origin, sample_csv):
+    b = builds()
+    sha, oid = lfs_commit(origin, sample_csv)
+    ctx, _ = b.hash(sha)  # clones the mirror
+    assert ctx.mirror is not None and ctx.keys is not None
+    objects = ctx.mirror / "lfs" / "objects" / oid[:2] / oid[2:4]
+    objects.mkdir(parents=True)
+    forged = sample_csv.replace("pos", "neg", 5)
+    assert len(forged) == len(sample_csv) and forged != sample_csv
+    (objects / oid).write_text(forged)  # the right size, other bytes
+
+    with pytest.raises(StageFailed, match=f"does not match its oid sha256:{oid}") as failed:
+        b.train(sha)
+
+    assert "refused, nothing is trained on it or stored" in str(failed.value)
+    assert b.store.lookup("models", ctx.keys.model) is None
