@@ -30,10 +30,12 @@ COPY examples/social-score-api ./examples/social-score-api
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --extra gcp --no-editable
 
-# ---- runtime: the virtualenv, git (the worker mirrors repositories) and a non-root user ----
+# ---- runtime: the virtualenv, git (the worker mirrors repositories), bubblewrap (the
+# sandbox repositories' tests run in; prlimit from util-linux sets its limits) and a
+# non-root user ----
 FROM ${PYTHON_IMAGE} AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git ca-certificates \
+    && apt-get install -y --no-install-recommends git ca-certificates bubblewrap util-linux \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 trainhook \
     && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin trainhook \

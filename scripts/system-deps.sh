@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the system packages the test suite drives for real (PostgreSQL, git, Chromium).
+# Install the system packages the test suite drives for real (PostgreSQL, git, Chromium,
+# bubblewrap: the sandbox repository code runs in; prlimit and setpriv come with util-linux).
 # Needs root and apt; elsewhere it says what is missing and the suite skips those tests.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
   need+=(postgresql)
 fi
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+{ command -v prlimit && command -v setpriv; } >/dev/null 2>&1 || need+=(util-linux)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
