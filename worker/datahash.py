@@ -395,12 +395,13 @@ def write_blob(mirror: Path, oid: str, dest: Path) -> int:
     then exactly the blob the model key names, whatever happened to the export.
 
     Why a copy from the object store rather than the export, measured on a 1 GiB blob
-    (2 cores, warm page cache): writing it out with `git cat-file` takes 2.3-3.0 s, and the
-    check costs nothing measurable on top (git's inflate on one core is the bottleneck, the
-    hash runs on the other); hashing the export in place takes 0.7-1.4 s, but leaves a
-    window between the check and the trainer's read, and an export is not the blob when
-    .gitattributes convert it (eol, working-tree-encoding). It runs only when a model is
-    trained, next to minutes of training on that much data.
+    (2 cores, warm page cache; bench/cache/run.py): on a quiet machine writing it out takes
+    2.3-3.0 s with or without the check (git's inflate on one core is the bottleneck, the
+    hash runs on the other); with the cores busy with other work, 3.6-6.4 s against
+    1.6-3.2 s for `git cat-file blob` into a file alone. Hashing the export in place takes
+    0.7-1.4 s, but leaves a window between the check and the trainer's read, and an export
+    is not the blob when .gitattributes convert it (eol, working-tree-encoding). The copy
+    is made only when a model is trained, next to minutes of training on that much data.
 
     Raises DataRefused when the bytes are not the blob, GitError when git cannot read it."""
     new = hashlib.sha1 if len(oid) == 40 else hashlib.sha256
