@@ -1,4 +1,8 @@
-"""Recording verified deliveries, many per transaction (group commit), each with its build."""
+"""Recording verified deliveries, many per transaction (group commit), each with its build.
+
+A push that would take its branch back behind the deployed commit (a captured delivery
+resent with a new delivery id, see trainhook/stale.py) is recorded as ignored, decided in
+the same transaction that stores it."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from trainhook.builds import (
     opening_events,
 )
 from trainhook.models import builds, deliveries, jobs, stage_events, utcnow
+from trainhook.stale import GUARDED_TRIGGERS, Deployed, last_deployed, stale_reason
 
 
 @dataclass(frozen=True)
@@ -76,15 +81,37 @@ def _delivery_row(item: Incoming) -> dict[str, object]:
     }
 
 
+def _unless_stale(conn: sa.Connection, items: Sequence[Incoming]) -> list[Incoming]:
+    """`items`, with every stale push turned into an ignored delivery (its reason says why).
+
+    Read in the writer's transaction, so no deploy recorded before it is missed; the last
+    deployed build is read once per branch per batch (a batch never deploys anything)."""
+    deployed: dict[tuple[str, str, str], Deployed | None] = {}
+    checked = []
+    for item in items:
+        spec = item.spec
+        if spec is None or spec.trigger not in GUARDED_TRIGGERS:
+            checked.append(item)
+            continue
+        branch = (spec.provider, spec.repo, spec.ref)
+        if branch not in deployed:
+            deployed[branch] = last_deployed(conn, *branch)
+        reason = stale_reason(conn, *branch, spec.sha, deployed[branch])
+        checked.append(item if reason is None else Incoming(item.delivery, None, reason))
+    return checked
+
+
 def record_deliveries(conn: sa.Connection, items: Sequence[Incoming]) -> list[Recorded]:
     """Store every delivery, and for each new one that builds, its build, its `received` and
     `queued` stage events and its job — a handful of statements for the whole batch.
 
     Runs in the caller's transaction. A delivery already stored (or twice in `items`) is
-    answered as a duplicate and builds nothing. Returns one Recorded per item, in order.
+    answered as a duplicate and builds nothing; a stale push (trainhook/stale.py) is stored
+    as ignored with its reason. Returns one Recorded per item, in order.
     """
     if not items:
         return []
+    items = _unless_stale(conn, items)
     rows = conn.execute(_insert_deliveries(conn), [_delivery_row(i) for i in items]).all()
     new_ids = {(r.provider, r.hook_id, r.delivery_id): r.id for r in rows}
     fresh: list[tuple[int, Incoming, int]] = []  # (position, item, delivery row id)
