@@ -595,3 +595,33 @@ def test_disk_and_memory_hogs_never_take_the_receiver_down(start_up):
     assert "full fill.bin" in log and "memory refused after MiB" in log
     assert up.alive()
     assert up.push(up.origin.commit({"next.txt": "1"})) == 202
+
+
+LOOK = """
+import os
+print(open("{shared}").read())
+try:
+    print(os.listdir("{home}"))
+except OSError:
+    print("HOME HIDDEN")
+"""
+
+
+def test_trainhook_home_stays_hidden_inside_a_path_the_operator_shares(
+    run_stage: Callable[..., StageRun], make_settings: Callable[..., Settings]
+):
+    home = make_settings().home
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "trainhook.db").write_text("every raw delivery")
+    (home.parent / "wheelhouse.txt").write_text("shared")
+    home.parent.chmod(0o755)  # readable by the sandbox's user, as a shared path must be
+    shared = {"TRAINHOOK_SANDBOX_PATHS": str(home.parent)}  # the parent of $TRAINHOOK_HOME
+
+    run = run_stage(
+        {"look.py": LOOK.format(shared=home.parent / "wheelhouse.txt", home=home)},
+        "python look.py",
+        env=shared,
+    )
+
+    assert "shared" in run.log  # the operator's path is there...
+    assert "HOME HIDDEN" in run.log and "trainhook.db" not in run.log  # ...its home is not
