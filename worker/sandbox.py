@@ -338,6 +338,7 @@ class Unsandboxed:
             own = str(Path(sys.executable).parent)
             rest = [p for p in env.get("PATH", os.defpath).split(":") if p and p != own]
             env["PATH"] = ":".join([*self.spec.path, *(p for p in rest if p not in self.spec.path)])
+            env.pop("PYTHONHOME", None)  # a venv's python must not look in the worker's
         env.update(self.spec.env)
         return env
 
