@@ -90,7 +90,7 @@ def _unless_stale(conn: sa.Connection, items: Sequence[Incoming]) -> list[Incomi
     checked = []
     for item in items:
         spec = item.spec
-        if spec is None or spec.trigger not in GUARDED_TRIGGERS:
+        if spec is None or spec.trigger not in GUARDED_TRIGGERS or spec.force:
             checked.append(item)
             continue
         branch = (spec.provider, spec.repo, spec.ref)

@@ -18,7 +18,8 @@ Decided twice:
 "Deployed" is the newest build of the same provider, repository and ref whose `deploy` stage
 succeeded. Only operator actions go back: `trainhook rebuild --sha` (and `rollback`). A
 `replay` re-runs the stored commit of a failed build: it is held to the same rule, so a
-bulk replay after an outage never rolls a branch back behind what was deployed meanwhile.
+bulk replay after an outage never rolls a branch back behind what was deployed meanwhile;
+`replay --force` (like every forced build) is an explicit operator choice and may.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import sqlalchemy as sa
 
 from trainhook.models import builds, stage_events
 
-# Builds that must not take their branch back (operator actions, `rebuild`, may).
+# Builds that must not take their branch back, unless forced (operator actions may).
 GUARDED_TRIGGERS = frozenset({"push", "replay"})
 
 

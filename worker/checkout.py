@@ -473,7 +473,9 @@ def export(mirror: Path, sha: str, dest: Path) -> int:
 def checkout_stage(ctx: BuildContext) -> Outcome:
     """Mirror, export `ctx.build.sha` into a fresh work dir, remove unused old work dirs.
     A build by ref (a rebuild) has no sha yet: the ref is resolved on the fresh mirror and
-    the commit recorded on the build."""
+    the commit recorded on the build. A push that would take the branch back behind the
+    deployed commit (worker/stalegate.py) or changed only filtered-out paths
+    (worker/pathgate.py) ends here, nothing exported."""
     mirror = Mirror(ctx.settings.mirrors_dir, ctx.repo)
     if not ctx.build.sha and ctx.build.ref:
         resolved, action = mirror.resolve(ctx.build.ref)
@@ -486,8 +488,13 @@ def checkout_stage(ctx: BuildContext) -> Outcome:
             raise StageFailed(f"{ctx.build.sha!r} is not a commit id (expected 7-64 hex digits)")
         action = mirror.ensure(ctx.build.sha.lower())
     sha = ctx.build.sha.lower()
-    from worker.pathgate import end_if_only_ignored  # here: it imports this module
+    # Imported here: both import this module.
+    from worker.pathgate import end_if_only_ignored
+    from worker.stalegate import end_if_stale
 
+    stale = end_if_stale(ctx, mirror.path)
+    if stale:
+        return Outcome(detail=f"{sha[:12]}: mirror {action}; {stale}; nothing exported")
     ignored = end_if_only_ignored(ctx, mirror.path)
     if ignored:
         return Outcome(detail=f"{sha[:12]}: mirror {action}; {ignored}; nothing exported")
