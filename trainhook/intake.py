@@ -22,7 +22,7 @@ from trainhook.builds import (
     opening_events,
 )
 from trainhook.models import builds, deliveries, jobs, stage_events, utcnow
-from trainhook.stale import GUARDED_TRIGGERS, Deployed, last_deployed, stale_reason
+from trainhook.stale import GUARDED_TRIGGERS, BranchHistory, branch_history
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,9 @@ def _delivery_row(item: Incoming) -> dict[str, object]:
 def _unless_stale(conn: sa.Connection, items: Sequence[Incoming]) -> list[Incoming]:
     """`items`, with every stale push turned into an ignored delivery (its reason says why).
 
-    Read in the writer's transaction, so no deploy recorded before it is missed; the last
-    deployed build is read once per branch per batch (a batch never deploys anything)."""
-    deployed: dict[tuple[str, str, str], Deployed | None] = {}
+    Read in the writer's transaction, so no deploy recorded before it is missed; the
+    history of a branch is read once per batch (a batch never deploys anything)."""
+    histories: dict[tuple[str, str, str], BranchHistory] = {}
     checked = []
     for item in items:
         spec = item.spec
@@ -94,9 +94,9 @@ def _unless_stale(conn: sa.Connection, items: Sequence[Incoming]) -> list[Incomi
             checked.append(item)
             continue
         branch = (spec.provider, spec.repo, spec.ref)
-        if branch not in deployed:
-            deployed[branch] = last_deployed(conn, *branch)
-        reason = stale_reason(conn, *branch, spec.sha, deployed[branch])
+        if branch not in histories:
+            histories[branch] = branch_history(conn, *branch)
+        reason = histories[branch].stale_reason(spec.sha)
         checked.append(item if reason is None else Incoming(item.delivery, None, reason))
     return checked
 

@@ -32,6 +32,10 @@ from trainhook.models import builds, stage_events
 
 # Builds that must not take their branch back, unless forced (operator actions may).
 GUARDED_TRIGGERS = frozenset({"push", "replay"})
+# How many of a branch's newest builds are read. This runs inside the webhook writer's
+# transaction, so it reads a bounded number of rows however long the history: a deploy or
+# a build further back is not known here (the worker's ancestry check still is).
+RECENT_BUILDS = 200
 
 
 @dataclass(frozen=True)
@@ -46,58 +50,53 @@ class Deployed:
         return self.sha[:12]
 
 
-def last_deployed(
+@dataclass(frozen=True)
+class BranchHistory:
+    """What the database knows of a branch: its last deployed build, and the commits its
+    builds had before that one (within the newest RECENT_BUILDS)."""
+
+    deployed: Deployed | None
+    before_deployed: frozenset[str]
+
+    def stale_reason(self, sha: str) -> str | None:
+        """Why a push of `sha` is stale, or None (a commit never built here is not decided
+        from the database: the worker's ancestry check is)."""
+        sha = sha.lower()
+        if self.deployed is None or not sha:
+            return None
+        if sha == self.deployed.sha:
+            return f"stale push: {sha[:12]} is already deployed"
+        if sha in self.before_deployed:
+            return (
+                f"stale push: {sha[:12]} is older than {self.deployed.short_sha} "
+                f"(build #{self.deployed.build_id})"
+            )
+        return None
+
+
+def branch_history(
     conn: sa.Connection, provider: str, repo: str, ref: str, *, other_than: int | None = None
-) -> Deployed | None:
-    """The newest build of `provider`/`repo`/`ref` whose `deploy` succeeded (excluding
-    build `other_than`), or None. Walks the branch's builds newest first (the repository
-    index), so the usual case — a recent build deployed — reads a few rows."""
-    deployed = (
-        sa.select(stage_events.c.id)
-        .where(
-            stage_events.c.build_id == builds.c.id,
-            stage_events.c.stage == "deploy",
-            stage_events.c.status == "succeeded",
-        )
-        .exists()
-    )
+) -> BranchHistory:
+    """The history of `provider`/`repo`/`ref`, leaving out build `other_than`. Two indexed
+    queries: the branch's newest builds (by id), then which of them deployed. "Deployed" is
+    the newest of them whose `deploy` stage succeeded."""
     query = sa.select(builds.c.id, builds.c.sha).where(
-        builds.c.repo == repo,
-        builds.c.provider == provider,
-        builds.c.ref == ref,
-        builds.c.sha != "",
-        deployed,
+        builds.c.repo == repo, builds.c.provider == provider, builds.c.ref == ref
     )
     if other_than is not None:
         query = query.where(builds.c.id != other_than)
-    row = conn.execute(query.order_by(builds.c.id.desc()).limit(1)).first()
-    return None if row is None else Deployed(row.id, row.sha.lower())
-
-
-def stale_reason(
-    conn: sa.Connection, provider: str, repo: str, ref: str, sha: str, deployed: Deployed | None
-) -> str | None:
-    """Why a push of `sha` to `ref` is stale, decided from the database alone, or None.
-
-    Stale: `sha` is the deployed commit, or an earlier build of the branch (before the
-    deployed one) had `sha` — it is then older than what is deployed. A commit never built
-    on this branch is not decided here (the worker's ancestry check is)."""
-    if deployed is None or not sha:
-        return None
-    sha = sha.lower()
-    if sha == deployed.sha:
-        return f"stale push: {sha[:12]} is already deployed"
-    earlier = conn.execute(
-        sa.select(builds.c.id)
-        .where(
-            builds.c.repo == repo,
-            builds.c.provider == provider,
-            builds.c.ref == ref,
-            builds.c.id < deployed.build_id,
-            sa.func.lower(builds.c.sha) == sha,
+    recent = conn.execute(query.order_by(builds.c.id.desc()).limit(RECENT_BUILDS)).all()
+    shas = {row.id: row.sha.lower() for row in recent if row.sha}
+    if not shas:
+        return BranchHistory(None, frozenset())
+    newest = conn.execute(
+        sa.select(sa.func.max(stage_events.c.build_id)).where(
+            stage_events.c.build_id.in_(list(shas)),
+            stage_events.c.stage == "deploy",
+            stage_events.c.status == "succeeded",
         )
-        .limit(1)
-    ).first()
-    if earlier is None:
-        return None
-    return f"stale push: {sha[:12]} is older than {deployed.short_sha} (build #{deployed.build_id})"
+    ).scalar()
+    if newest is None:
+        return BranchHistory(None, frozenset())
+    deployed = Deployed(int(newest), shas[newest])
+    return BranchHistory(deployed, frozenset(s for i, s in shas.items() if i < newest))

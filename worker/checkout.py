@@ -418,7 +418,7 @@ def _free_bytes(path: Path) -> int:
 def _run_checkout(env: dict[str, str], *args: str, needs: int = 0) -> None:
     try:
         done = subprocess.run(
-            ["git", *args],
+            ["git", *GIT_OPTIONS, *args],
             env=env,
             capture_output=True,
             text=True,

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from trainhook.builds import STAGES, mark_finished
 from trainhook.db import reading
 from trainhook.models import builds
-from trainhook.stale import GUARDED_TRIGGERS, Deployed, last_deployed
+from trainhook.stale import GUARDED_TRIGGERS, Deployed, branch_history
 from worker.checkout import GIT_OPTIONS, GIT_TIMEOUT, git_env
 from worker.context import BuildContext
 
@@ -72,7 +72,7 @@ def end_if_stale(ctx: BuildContext, mirror: Path) -> str | None:
         if trigger not in GUARDED_TRIGGERS or ctx.build.force:
             return None  # an operator's rebuild, or a forced replay, may go back
         b = ctx.build
-        deployed = last_deployed(conn, b.provider, b.repo, b.ref, other_than=b.id)
+        deployed = branch_history(conn, b.provider, b.repo, b.ref, other_than=b.id).deployed
     if deployed is None:
         return None
     reason = stale_reason(str(trigger), ctx.build.sha, deployed, mirror)
