@@ -186,12 +186,12 @@ class Sandbox:
         for path in spec.writable:
             mounts.append((path, ["--bind", str(path), str(path)]))
         bound = [p for p, _ in mounts]
-        for secret in spec.hide:
+        for hidden in spec.hide:
             # Only when inside something bound (else it is not there at all); an empty
             # tmpfs over it, mounted after its parent and before anything bound inside it.
-            if secret.is_dir() and any(_under(secret, p) and secret != p for p in bound):
-                empty = ["--perms", "0000", "--size", "4096", "--tmpfs", str(secret)]
-                mounts.append((secret, empty))
+            if hidden.is_dir() and any(_under(hidden, p) and hidden != p for p in bound):
+                empty = ["--perms", "0000", "--size", "4096", "--tmpfs", str(hidden)]
+                mounts.append((hidden, empty))
         mounts.sort(key=lambda item: len(item[0].parts))
         # bwrap makes the missing parents of a mount point 0700 (as root: unreadable for
         # the sandbox's user); make them 0755 first, as on the host.
