@@ -286,9 +286,15 @@ class BuildLifecycle(RuleBasedStateMachine):
         ref = f"refs/heads/{branch}"
         body, headers = signed(push_payload(ref=ref, after=sha), delivery=delivery)
         self.world.heads[ref] = sha  # the push reached the forge (and the mirror) first
+        stale = branch == "main" and self._behind_deployed(ref, sha)
         answer = self.client.post("/webhooks/github", content=body, headers=headers)
         data = answer.json()
-        if branch == "main":
+        if stale:
+            # The deployed commit, or one built before it: a stale push builds nothing.
+            assert (answer.status_code, data["status"]) == (200, "ignored"), data
+            assert data["reason"].startswith(f"stale push: {sha[:12]} is "), data
+            build_id = None
+        elif branch == "main":
             assert answer.status_code == 202, data
             assert data["status"] == "queued"
             build_id = int(data["build_id"])
@@ -426,6 +432,28 @@ class BuildLifecycle(RuleBasedStateMachine):
         assert not unfinished, f"builds never finished: {unfinished}"
         for build_id, rows in snap.jobs.items():
             assert rows[0].status in ("done", "dead"), (build_id, rows[0].status)
+
+    def _behind_deployed(self, ref: str, sha: str) -> bool:
+        """The model of stale pushes: `sha` is the commit of the newest build of `ref` whose
+        deploy succeeded, or an earlier build of `ref` had it."""
+        with reading(self.runtime.engine) as conn:
+            rows = conn.execute(
+                sa.select(builds.c.id, builds.c.sha).where(
+                    builds.c.repo == REPO, builds.c.ref == ref
+                )
+            ).all()
+            deployed_ids = set(
+                conn.execute(
+                    sa.select(stage_events.c.build_id).where(
+                        stage_events.c.stage == "deploy", stage_events.c.status == "succeeded"
+                    )
+                ).scalars()
+            )
+        deployed = [row for row in rows if row.id in deployed_ids]
+        if not deployed:
+            return False
+        last = max(deployed, key=lambda row: row.id)
+        return sha == last.sha or any(row.sha == sha and row.id < last.id for row in rows)
 
     def _snapshot(self) -> Snapshot:
         with reading(self.runtime.engine) as conn:
