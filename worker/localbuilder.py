@@ -13,6 +13,7 @@ from worker.context import BuildContext, Bundle
 from worker.release import LocalRegistry, Releases
 from worker.repocode import isolation_note, runner_for, sandbox_spec
 from worker.stage import Outcome, StageFailed, skipped
+from worker.stalegate import supersede_if_stale
 
 HEALTH_TIMEOUT = 120.0
 HEALTH_SCRIPT = Path(__file__).with_name("healthcheck.py")
@@ -95,6 +96,11 @@ class LocalBuilder:
                 f"({current}):\n{result.last_lines(5)}"
             )
         labels = _labels(result.tail)
+        # Checked again at the last moment: a newer commit of the branch may have been
+        # deployed since this build's checkout (two workers, the older one slower).
+        stale = supersede_if_stale(ctx, ctx.mirror) if ctx.mirror is not None else None
+        if stale:
+            return skipped(f"{stale}; current release unchanged ({releases.current_version()})")
         previous = releases.switch(release.name)
         pruned = releases.prune()
         ctx.log("deploy", f"current -> {release.name} (was {previous or 'none'})\n")

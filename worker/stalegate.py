@@ -62,9 +62,10 @@ def stale_reason(trigger: str, sha: str, deployed: Deployed, mirror: Path) -> st
     return None
 
 
-def end_if_stale(ctx: BuildContext, mirror: Path) -> str | None:
-    """End the build when it would take its branch back; returns the reason, or None when
-    the build goes on. Called by the checkout stage once the commit is in the mirror."""
+def current_stale_reason(ctx: BuildContext, mirror: Path) -> str | None:
+    """Why this build must not deploy now, or None: its trigger is guarded, it is not forced,
+    and its commit is the branch's deployed one or an ancestor of it. Reads the database
+    afresh, so a deploy that finished since the checkout counts."""
     with reading(ctx.engine) as conn:
         trigger = conn.execute(
             sa.select(builds.c.trigger).where(builds.c.id == ctx.build.id)
@@ -75,12 +76,28 @@ def end_if_stale(ctx: BuildContext, mirror: Path) -> str | None:
         deployed = branch_history(conn, b.provider, b.repo, b.ref, other_than=b.id).deployed
     if deployed is None:
         return None
-    reason = stale_reason(str(trigger), ctx.build.sha, deployed, mirror)
+    return stale_reason(str(trigger), ctx.build.sha, deployed, mirror)
+
+
+def supersede_if_stale(ctx: BuildContext, mirror: Path) -> str | None:
+    """Mark the build `superseded` when it would take its branch back; returns the reason,
+    or None when the build goes on (also when someone else ended it meanwhile: the worker
+    then stops at the next stage boundary)."""
+    reason = current_stale_reason(ctx, mirror)
     if reason is None:
         return None
     with ctx.engine.begin() as conn:
         if not mark_finished(conn, ctx.build.id, "superseded", error=reason):
-            return None  # ended meanwhile by someone else: the worker stops at the boundary
+            return None
+    return reason
+
+
+def end_if_stale(ctx: BuildContext, mirror: Path) -> str | None:
+    """End the build when it would take its branch back; returns the reason, or None when
+    the build goes on. Called by the checkout stage once the commit is in the mirror."""
+    reason = supersede_if_stale(ctx, mirror)
+    if reason is None:
+        return None
     for stage in ctx.recorder.stages:
         if STAGES.index(stage) > STAGES.index("checkout") and stage not in ctx.recorder.done:
             ctx.recorder.skip(stage, reason)

@@ -180,3 +180,35 @@ def test_a_newer_commit_and_one_on_a_rewritten_branch_still_deploy(
     git(origin.path, "reset", "-q", "--hard", older)
     sibling = queue_build(sqlite_engine, origin.commit({"app.py": "v = 2, rewritten\n"}))
     assert run(settings, sqlite_engine) == [sibling]
+
+
+def test_a_build_overtaken_by_a_newer_deploy_after_its_checkout_never_deploys(
+    history: tuple[str, str],
+    origin: GitRepo,
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    sqlite_engine: sa.Engine,
+    tmp_path,
+):
+    """Two workers: the older commit's build passed checkout while nothing was deployed, the
+    newer one deployed meanwhile. The older build's deploy must not put it back."""
+    from tests.worker.conftest import context_for
+    from tests.worker.test_localbuilder import small_model
+    from worker.localbuilder import LocalBuilder
+    from worker.release import Releases
+
+    older, newer = history
+    settings = make_settings(sqlite_url, clone_url=origin.url)
+    ctx = context_for(settings, sqlite_engine, queue_build(sqlite_engine, older))
+    checkout_stage(ctx)  # nothing deployed yet: it goes on
+    ctx.model_dir = small_model(tmp_path / "model")
+    newer_build = deployed_build(sqlite_engine, newer)
+
+    LocalBuilder()(ctx)
+
+    view = build_view(sqlite_engine, ctx.build.id)
+    stages = stage_map(sqlite_engine, ctx.build.id)
+    assert view["status"] == "superseded"
+    assert stages["deploy"]["status"] == "skipped"
+    assert f"build #{newer_build}" in stages["deploy"]["detail"]
+    assert Releases(settings.home / "releases", ctx.repo.slug).current_version() is None
