@@ -325,8 +325,8 @@ def bench_end_to_end(work: Path) -> dict[str, Any]:
     from service.app import create_app
     from trainhook import db
     from trainhook.buildview import get_build
+    from trainhook.cli.demo import create_example_repo
     from trainhook.db import reading
-    from trainhook.demo import create_example_repo
     from trainhook.runtime import build_runtime
     from trainhook.settings import load_settings
     from worker.loop import Worker

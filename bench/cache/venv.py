@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from trainhook import db  # noqa: E402
 from trainhook.builds import BuildSpec, create_build  # noqa: E402
+from trainhook.cli.demo import create_example_repo  # noqa: E402
 from trainhook.db import make_engine, reading  # noqa: E402
-from trainhook.demo import create_example_repo  # noqa: E402
 from trainhook.metrics import Metrics  # noqa: E402
 from trainhook.settings import Settings, load_settings  # noqa: E402
 from worker import testenv  # noqa: E402

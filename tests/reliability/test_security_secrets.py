@@ -38,8 +38,8 @@ from tests.support.gitrepo import GitRepo
 from tests.support.postgres import free_port
 from tests.worker.conftest import toy_pipeline
 from trainhook import cli
-from trainhook.commands import print_banner
-from trainhook.demo import DemoSession
+from trainhook.cli.commands import print_banner
+from trainhook.cli.demo import DemoSession
 from trainhook.models import metadata
 from trainhook.notify import StatusReporter
 from trainhook.runtime import build_runtime

@@ -48,9 +48,9 @@ from service.app import create_app
 from tests.conftest import new_pg_database
 from tests.service.github_payloads import push_payload, signed
 from trainhook.builds import TERMINAL_BUILD, set_cache_key, set_sha
+from trainhook.cli.replay import ReplayFilter, replay
 from trainhook.db import make_engine, reading
 from trainhook.models import builds, deliveries, jobs, stage_events, utcnow
-from trainhook.replay import ReplayFilter, replay
 from trainhook.runtime import Runtime, build_runtime
 from trainhook.settings import Settings
 from worker.context import BuildContext, CacheKeys

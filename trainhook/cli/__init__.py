@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest = list(args.args)
         return train_main(rest if rest and rest[0] == "train" else ["train", *rest])
     try:
-        from trainhook import commands
+        from trainhook.cli import commands
 
         return int(commands.run(args))
     except ConfigError as exc:

@@ -44,7 +44,7 @@ def _serve(runtime: Any, host: str, port: int, on_started: Callable[[], None] | 
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from trainhook.demo import DemoSession, prepare_demo
+    from trainhook.cli.demo import DemoSession, prepare_demo
     from trainhook.runtime import build_runtime
     from worker.loop import Worker
 
@@ -159,8 +159,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from trainhook.cli.replay import ReplayFilter, replay
     from trainhook.outbox import unpublished
-    from trainhook.replay import ReplayFilter, replay
     from trainhook.runtime import build_runtime
 
     if args.seek or args.snapshot:
@@ -182,9 +182,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _seek(args: argparse.Namespace) -> int:
+    from trainhook.cli.replay import parse_time
     from trainhook.pubsub import PubSubClients
     from trainhook.pubsub_admin import published_since, seek
-    from trainhook.replay import parse_time
 
     settings = load_settings()
     if settings.queue != "pubsub":
@@ -273,8 +273,8 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from trainhook.cli.replay import parse_time
     from trainhook.reconcile import reconcile
-    from trainhook.replay import parse_time
 
     settings = load_settings()
     if args.repo and not any(r.name == args.repo for r in settings.repos):
