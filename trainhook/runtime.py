@@ -8,7 +8,7 @@ from sqlalchemy.engine import Engine
 
 from trainhook.db import make_engine
 from trainhook.metrics import Metrics
-from trainhook.queue import Queue, SqlQueue
+from trainhook.queue.sql import Queue, SqlQueue
 from trainhook.settings import Settings
 
 
@@ -41,7 +41,7 @@ def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
     engine = engine or make_engine(settings.database_url)
     queue: Queue
     if settings.queue == "pubsub":
-        from trainhook.pubsub import PubSubQueue  # google-cloud-pubsub: only when configured
+        from trainhook.queue.pubsub import PubSubQueue  # google-cloud-pubsub: only when configured
 
         queue = PubSubQueue(engine, settings)
     else:

@@ -85,8 +85,8 @@ class Stack:
         return runtime
 
     def setup_pubsub(self) -> None:
-        from trainhook.pubsub import PubSubClients
-        from trainhook.pubsub_admin import setup_pubsub
+        from trainhook.queue.admin import setup_pubsub
+        from trainhook.queue.pubsub import PubSubClients
 
         clients = PubSubClients.from_settings(self.settings())
         try:

@@ -21,10 +21,10 @@ from tests.queue.conftest import (
     run_workers,
 )
 from trainhook import cli
-from trainhook.deadletters import list_dead, requeue
 from trainhook.models import jobs, utcnow
-from trainhook.outbox import ordering_key
-from trainhook.pubsub import PubSubClients
+from trainhook.queue.deadletters import list_dead, requeue
+from trainhook.queue.outbox import ordering_key
+from trainhook.queue.pubsub import PubSubClients
 from worker.context import BuildContext
 from worker.stage import Outcome
 
@@ -225,7 +225,7 @@ def test_a_dead_letter_pubsub_gave_up_on_fails_the_build(pstack: Stack):
     attrs = {"build_id": str(build_id), "CloudPubSubDeadLetterSourceDeliveryCount": "20"}
     clients.publisher.publish(clients.dead_topic, b"{}", **attrs).result(timeout=10)
 
-    from trainhook.deadletters import reconcile
+    from trainhook.queue.deadletters import reconcile
 
     (line,) = reconcile(pstack.engine, clients, pstack.settings(TRAINHOOK_MAX_ATTEMPTS="1"))
 

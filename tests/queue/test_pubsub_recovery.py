@@ -25,7 +25,7 @@ from tests.support.postgres import PostgresServer
 from tests.support.pubsub import PubSubEmulator, emulator_or_skip
 from trainhook.db import make_engine, reading
 from trainhook.models import jobs, utcnow
-from trainhook.outbox import owe_messages
+from trainhook.queue.outbox import owe_messages
 from trainhook.settings import Settings
 
 BUILDS = 12

@@ -87,7 +87,7 @@ def pipeline_for(mode: str, sync: Path, name: str) -> Pipeline:
 
 
 def die_at_the_ack() -> None:
-    from trainhook.pubsub import PubSubQueue
+    from trainhook.queue.pubsub import PubSubQueue
 
     def ack(self: PubSubQueue, ack_id: str | None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)  # the job is done in the database; no ack leaves

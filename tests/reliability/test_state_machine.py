@@ -81,7 +81,7 @@ class WorkerDied(BaseException):
 
 
 class QueueClock:
-    """The queue's clock (`trainhook.queue.utcnow`), which only the machine moves forward
+    """The queue's clock (`trainhook.queue.sql.utcnow`), which only the machine moves forward
     past real time: a lease then runs out at a chosen step, never by how fast a step ran,
     so every example replays the same way (Hypothesis needs that to shrink)."""
 
@@ -592,7 +592,7 @@ def run_machine(
         pass
 
     Machine.clock = QueueClock()
-    monkeypatch.setattr("trainhook.queue.utcnow", Machine.clock)
+    monkeypatch.setattr("trainhook.queue.sql.utcnow", Machine.clock)
     Machine.new_database = staticmethod(new_database)  # type: ignore[method-assign]
     Machine.make_settings = staticmethod(  # type: ignore[method-assign]
         lambda url: make_settings(url, branches=("main",), env=env)

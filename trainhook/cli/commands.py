@@ -160,7 +160,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from trainhook.cli.replay import ReplayFilter, replay
-    from trainhook.outbox import unpublished
+    from trainhook.queue.outbox import unpublished
     from trainhook.runtime import build_runtime
 
     if args.seek or args.snapshot:
@@ -183,8 +183,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _seek(args: argparse.Namespace) -> int:
     from trainhook.cli.replay import parse_time
-    from trainhook.pubsub import PubSubClients
-    from trainhook.pubsub_admin import published_since, seek
+    from trainhook.queue.admin import published_since, seek
+    from trainhook.queue.pubsub import PubSubClients
 
     settings = load_settings()
     if settings.queue != "pubsub":
@@ -219,8 +219,8 @@ def _seek_report(by_status: dict[str, int]) -> str:
 
 
 def cmd_setup_pubsub(args: argparse.Namespace) -> int:
-    from trainhook.pubsub import PubSubClients
-    from trainhook.pubsub_admin import setup_pubsub
+    from trainhook.queue.admin import setup_pubsub
+    from trainhook.queue.pubsub import PubSubClients
 
     settings = load_settings(require_repos=False)
     if not settings.pubsub_project:
@@ -235,8 +235,8 @@ def cmd_setup_pubsub(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from trainhook.pubsub import PubSubClients
-    from trainhook.pubsub_admin import create_snapshot
+    from trainhook.queue.admin import create_snapshot
+    from trainhook.queue.pubsub import PubSubClients
 
     settings = load_settings(require_repos=False)
     if not settings.pubsub_project:
@@ -250,7 +250,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    from trainhook.deadletters import list_dead, reconcile, requeue
+    from trainhook.queue.deadletters import list_dead, reconcile, requeue
     from trainhook.runtime import build_runtime
 
     runtime = build_runtime(load_settings())

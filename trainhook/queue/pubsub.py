@@ -10,7 +10,7 @@ database lease are two clocks), and acking it would leave nobody to retry the jo
 Pub/Sub may lose its resources (deleted by hand; an emulator restarted, all in memory): a
 NOT_FOUND on publish or pull makes the process create what is missing, as `setup-pubsub`
 does, and a subscription made anew gets every unfinished job published again (see
-`trainhook.outbox.owe_messages`).
+`trainhook.queue.outbox.owe_messages`).
 
 google-cloud-pubsub is imported only here, and only when this queue is configured.
 """
@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from trainhook.models import jobs, utcnow
-from trainhook.outbox import Relay, owe_messages
-from trainhook.queue import Job, SqlQueue, claim_row
+from trainhook.queue.outbox import Relay, owe_messages
+from trainhook.queue.sql import Job, SqlQueue, claim_row
 from trainhook.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class PubSubQueue(SqlQueue):
         unpublished for the outbox sweep (a duplicate is harmless, a lost job is not).
         Returns whether anything was created; at most one try per RECREATE_SECONDS per
         process (every worker sees the same NOT_FOUND at once). Never raises."""
-        from trainhook.pubsub_admin import setup_pubsub
+        from trainhook.queue.admin import setup_pubsub
 
         with self._recreate_lock:
             if time.monotonic() - self._recreated_at < RECREATE_SECONDS:
@@ -190,7 +190,7 @@ class PubSubQueue(SqlQueue):
             self._watcher.start()
 
     def _watch_dead_letters(self) -> None:
-        from trainhook.deadletters import reconcile
+        from trainhook.queue.deadletters import reconcile
 
         while not self._closing.wait(self.settings.pubsub_sweep_seconds):
             try:

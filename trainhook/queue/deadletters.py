@@ -24,7 +24,7 @@ from trainhook.models import builds, jobs, utcnow
 from trainhook.settings import Settings
 
 if TYPE_CHECKING:
-    from trainhook.pubsub import PubSubClients
+    from trainhook.queue.pubsub import PubSubClients
     from trainhook.runtime import Runtime
 
 log = logging.getLogger(__name__)
