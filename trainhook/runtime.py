@@ -8,7 +8,8 @@ from sqlalchemy.engine import Engine
 
 from trainhook.db import make_engine
 from trainhook.metrics import Metrics
-from trainhook.queue.sql import Queue, SqlQueue
+from trainhook.queue import Queue
+from trainhook.queue.sql import SqlQueue
 from trainhook.settings import Settings
 
 
@@ -24,15 +25,11 @@ class Runtime:
     def start_background(self) -> None:
         """Start what a serving process runs beside requests: with Pub/Sub, the outbox
         sweeper (publishes jobs left unpublished; records Pub/Sub's dead letters)."""
-        start = getattr(self.queue, "start_sweeper", None)
-        if start is not None:
-            start()
+        self.queue.start_background()
 
     def close(self) -> None:
         """Flush and stop the queue's background work, then release the engine."""
-        close = getattr(self.queue, "close", None)
-        if close is not None:
-            close()
+        self.queue.close()
         self.engine.dispose()
 
 

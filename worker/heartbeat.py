@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from trainhook.queue.sql import Job, Queue
+from trainhook.queue import Job, Queue
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from trainhook.builds import TERMINAL_BUILD, add_event, mark_finished, mark_started
 from trainhook.db import reading
 from trainhook.models import builds
-from trainhook.queue.sql import Job
+from trainhook.queue import Job
 from trainhook.runtime import Runtime, build_runtime
 from trainhook.settings import Settings
 from worker.context import BuildContext, BuildInfo

@@ -41,14 +41,6 @@ ALLOWED_CYCLES: dict[frozenset[str], str] = {
     frozenset({"trainhook.settings", "trainhook.cloudsettings"}): "being broken up",
     frozenset(
         {
-            "trainhook.queue.deadletters",
-            "trainhook.queue.pubsub",
-            "trainhook.queue.admin",
-            "trainhook.runtime",
-        }
-    ): "being broken up",
-    frozenset(
-        {
             "worker.cacheexplain",
             "worker.cachekeys",
             "worker.checkout",

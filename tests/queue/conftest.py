@@ -86,7 +86,7 @@ class Stack:
 
     def setup_pubsub(self) -> None:
         from trainhook.queue.admin import setup_pubsub
-        from trainhook.queue.pubsub import PubSubClients
+        from trainhook.queue.pubsubclients import PubSubClients
 
         clients = PubSubClients.from_settings(self.settings())
         try:

@@ -9,7 +9,7 @@ from collections import Counter as Tally
 
 from tests.queue.conftest import Stack, job, new_build, publish
 from trainhook.models import jobs
-from trainhook.queue.sql import Job
+from trainhook.queue import Job
 
 
 def claim_within(stack: Stack, runtime, owner: str, seconds: float) -> Job | None:

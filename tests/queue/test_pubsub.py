@@ -24,7 +24,7 @@ from trainhook import cli
 from trainhook.models import jobs, utcnow
 from trainhook.queue.deadletters import list_dead, requeue
 from trainhook.queue.outbox import ordering_key
-from trainhook.queue.pubsub import PubSubClients
+from trainhook.queue.pubsubclients import PubSubClients
 from worker.context import BuildContext
 from worker.stage import Outcome
 
@@ -184,7 +184,7 @@ def test_poison_job_goes_to_the_dead_letter_topic_and_fails_the_build(pstack: St
     (listed,) = list_dead(pstack.engine)
     assert (listed.build_id, listed.attempts, listed.requeued_as) == (build_id, 2, None)
 
-    again = requeue(runtime, build_id)
+    again = requeue(runtime.engine, runtime.queue, build_id)
     run_workers([pstack.runtime()], Counter().pipeline(), all_finished(pstack.engine, 2))
 
     assert build_status(pstack.engine, again).status == "succeeded"

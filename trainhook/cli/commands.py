@@ -184,7 +184,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _seek(args: argparse.Namespace) -> int:
     from trainhook.cli.replay import parse_time
     from trainhook.queue.admin import published_since, seek
-    from trainhook.queue.pubsub import PubSubClients
+    from trainhook.queue.pubsubclients import PubSubClients
 
     settings = load_settings()
     if settings.queue != "pubsub":
@@ -220,7 +220,7 @@ def _seek_report(by_status: dict[str, int]) -> str:
 
 def cmd_setup_pubsub(args: argparse.Namespace) -> int:
     from trainhook.queue.admin import setup_pubsub
-    from trainhook.queue.pubsub import PubSubClients
+    from trainhook.queue.pubsubclients import PubSubClients
 
     settings = load_settings(require_repos=False)
     if not settings.pubsub_project:
@@ -236,7 +236,7 @@ def cmd_setup_pubsub(args: argparse.Namespace) -> int:
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from trainhook.queue.admin import create_snapshot
-    from trainhook.queue.pubsub import PubSubClients
+    from trainhook.queue.pubsubclients import PubSubClients
 
     settings = load_settings(require_repos=False)
     if not settings.pubsub_project:
@@ -256,7 +256,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     runtime = build_runtime(load_settings())
     try:
         if args.requeue is not None:
-            new_id = requeue(runtime, args.requeue)
+            new_id = requeue(runtime.engine, runtime.queue, args.requeue)
             print(f"requeued build {args.requeue} as build {new_id}: /builds/{new_id}")
             return 0
         queue: Any = runtime.queue

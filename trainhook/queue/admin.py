@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from trainhook.errors import TrainhookError
 from trainhook.models import jobs
-from trainhook.queue.pubsub import PubSubClients
+from trainhook.queue.pubsubclients import PubSubClients
 from trainhook.settings import Settings
 
 RETENTION = timedelta(days=7)  # the longest a subscription keeps acked messages for seek

@@ -24,8 +24,8 @@ from trainhook.models import builds, jobs, utcnow
 from trainhook.settings import Settings
 
 if TYPE_CHECKING:
-    from trainhook.queue.pubsub import PubSubClients
-    from trainhook.runtime import Runtime
+    from trainhook.queue import Queue
+    from trainhook.queue.pubsubclients import PubSubClients
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,11 @@ def list_dead(engine: Engine, limit: int = 200) -> list[DeadJob]:
         return [DeadJob(*row) for row in conn.execute(query)]
 
 
-def requeue(runtime: Runtime, build_id: int) -> int:
+def requeue(engine: Engine, queue: Queue, build_id: int) -> int:
     """Queue a new attempt of a dead job: a new `replay` build of the same commit, published
     through the outbox. Returns the new build id; raises TrainhookError when the build has
     no dead job."""
-    with runtime.engine.begin() as conn:
+    with engine.begin() as conn:
         row = conn.execute(
             sa.select(builds, jobs.c.status.label("job_status"))
             .join(jobs, jobs.c.build_id == builds.c.id)
@@ -100,7 +100,7 @@ def requeue(runtime: Runtime, build_id: int) -> int:
             commit_message=row.commit_message, author=row.author, replay_of=row.id,
         )  # fmt: skip
         new_id = create_build(conn, spec)
-    runtime.queue.notify([new_id])
+    queue.notify([new_id])
     return new_id
 
 

@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -29,8 +29,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from trainhook.models import jobs, utcnow
+from trainhook.queue import Job
+from trainhook.queue.admin import setup_pubsub
+from trainhook.queue.deadletters import reconcile
 from trainhook.queue.outbox import Relay, owe_messages
-from trainhook.queue.sql import Job, SqlQueue, claim_row
+from trainhook.queue.pubsubclients import PubSubClients
+from trainhook.queue.sql import SqlQueue, claim_row
 from trainhook.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,62 +47,6 @@ RECREATE_SECONDS = 5.0  # the least time between two attempts to recreate missin
 def ack_seconds(seconds: float) -> int:
     """`seconds` as an ack deadline Pub/Sub accepts (0-600, whole seconds)."""
     return int(min(MAX_DEADLINE, max(0, math.ceil(seconds))))
-
-
-@dataclass
-class PubSubClients:
-    """The two Google clients and the full resource paths, built from Settings.
-    `PUBSUB_EMULATOR_HOST` is honoured by the clients themselves."""
-
-    publisher: Any
-    subscriber: Any
-    topic: str
-    subscription: str
-    dead_topic: str
-    dead_subscription: str
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PubSubClients:
-        import google.cloud.pubsub_v1 as pubsub_v1
-        from google.api_core import exceptions as gexc
-        from google.api_core.retry import Retry, if_exception_type
-
-        transient = if_exception_type(
-            gexc.Aborted,
-            gexc.DeadlineExceeded,
-            gexc.InternalServerError,
-            gexc.ResourceExhausted,
-            gexc.ServiceUnavailable,
-            gexc.Unknown,
-        )
-        timeout = settings.pubsub_publish_timeout
-        publisher = pubsub_v1.PublisherClient(
-            batch_settings=pubsub_v1.types.BatchSettings(max_latency=0.005, max_messages=100),
-            publisher_options=pubsub_v1.types.PublisherOptions(
-                enable_message_ordering=True,
-                retry=Retry(predicate=transient, initial=0.1, maximum=2.0, timeout=timeout),
-                timeout=min(timeout, 5.0),
-            ),
-        )
-        subscriber = pubsub_v1.SubscriberClient()
-        project = settings.pubsub_project
-        return cls(
-            publisher=publisher,
-            subscriber=subscriber,
-            topic=publisher.topic_path(project, settings.pubsub_topic),
-            subscription=subscriber.subscription_path(project, settings.pubsub_subscription),
-            dead_topic=publisher.topic_path(project, settings.dead_letter_topic),
-            dead_subscription=subscriber.subscription_path(
-                project, settings.dead_letter_subscription
-            ),
-        )
-
-    def close(self) -> None:
-        for close in (self.publisher.stop, self.subscriber.close):
-            try:
-                close()
-            except Exception as exc:  # closing twice, or a transport already gone
-                log.debug("closing a Pub/Sub client: %s", exc)
 
 
 class PubSubQueue(SqlQueue):
@@ -142,8 +90,6 @@ class PubSubQueue(SqlQueue):
         unpublished for the outbox sweep (a duplicate is harmless, a lost job is not).
         Returns whether anything was created; at most one try per RECREATE_SECONDS per
         process (every worker sees the same NOT_FOUND at once). Never raises."""
-        from trainhook.queue.admin import setup_pubsub
-
         with self._recreate_lock:
             if time.monotonic() - self._recreated_at < RECREATE_SECONDS:
                 return False
@@ -179,7 +125,7 @@ class PubSubQueue(SqlQueue):
     def notify(self, build_ids: list[int]) -> None:
         self.relay.submit(build_ids)
 
-    def start_sweeper(self) -> None:
+    def start_background(self) -> None:
         """Run the outbox sweep, and in a thread of its own (its pull waits) the dead-letter
         reconciliation, every TRAINHOOK_PUBSUB_SWEEP_SECONDS. Idempotent."""
         self.relay.start(sweep=True)
@@ -190,8 +136,6 @@ class PubSubQueue(SqlQueue):
             self._watcher.start()
 
     def _watch_dead_letters(self) -> None:
-        from trainhook.queue.deadletters import reconcile
-
         while not self._closing.wait(self.settings.pubsub_sweep_seconds):
             try:
                 reconcile(self.engine, self.clients, self.settings)
