@@ -18,6 +18,7 @@ from trainhook.deployconfig import (
     parse_vertex,
 )
 from trainhook.errors import ConfigError
+from trainhook.gcs import parse_gs_url
 from trainhook.pathfilter import PathFilter, PatternError, check_pattern
 
 PROVIDERS = ("github", "gitlab", "gitea", "forgejo")
@@ -118,8 +119,6 @@ def _fail(path: Path, repo: str, message: str) -> ConfigError:
 
 def _check_data_path(path: Path, repo: str, value: str) -> None:
     if value.startswith("gs://"):
-        from trainhook.artifacts import parse_gs_url
-
         try:
             _, name = parse_gs_url(value)
         except ValueError as exc:
