@@ -5,32 +5,47 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 from trainhook.deployconfig import IMAGE_FORMAT
 from trainhook.errors import ConfigError
+from trainhook.gcs import split_bucket
 
 if TYPE_CHECKING:
-    from trainhook.settings import Settings
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from trainhook.repos import RepoConfig
 
 PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-PREFIX_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
 
 
-def split_bucket(value: str) -> tuple[str, str]:
-    """`gs://bucket/some/prefix` -> ("bucket", "some/prefix"); raises ValueError if malformed."""
-    if not value.startswith("gs://"):
-        raise ValueError("must start with gs://")
-    bucket, _, prefix = value[len("gs://") :].partition("/")
-    prefix = prefix.strip("/")
-    if not BUCKET_RE.fullmatch(bucket) or ".." in bucket:
-        raise ValueError(f"{bucket!r} is not a bucket name")
-    if not PREFIX_RE.fullmatch(prefix) or ".." in prefix.split("/"):
-        raise ValueError(f"prefix {prefix!r} has characters outside A-Z a-z 0-9 . _ / -")
-    return bucket, prefix
+class CloudBuildConfig(Protocol):
+    """The settings the Cloud Build check reads (trainhook.settings.Settings has them; a
+    Protocol so that settings may import this module without this module importing it)."""
+
+    @property
+    def gcp_project(self) -> str | None: ...
+    @property
+    def gcp_region(self) -> str | None: ...
+    @property
+    def source_bucket(self) -> str | None: ...
+    @property
+    def cloudbuild_endpoint(self) -> str | None: ...
+    @property
+    def cloudbuild_timeout(self) -> float: ...
+    @property
+    def cloudbuild_queue_ttl(self) -> float: ...
+    @property
+    def cloudbuild_poll_interval(self) -> float: ...
+    @property
+    def cloudbuild_service_account(self) -> str | None: ...
+    @property
+    def config_path(self) -> Path: ...
+    @property
+    def repos(self) -> Sequence[RepoConfig]: ...
 
 
 def cloudbuild_env(env: Mapping[str, str], number: Any) -> dict[str, Any]:
@@ -51,7 +66,7 @@ def cloudbuild_env(env: Mapping[str, str], number: Any) -> dict[str, Any]:
     }
 
 
-def _env_problems(settings: Settings) -> list[str]:
+def _env_problems(settings: CloudBuildConfig) -> list[str]:
     problems = []
     project, region, bucket = settings.gcp_project, settings.gcp_region, settings.source_bucket
     if not project:
@@ -90,7 +105,7 @@ def _env_problems(settings: Settings) -> list[str]:
     return problems
 
 
-def cloudbuild_problems(settings: Settings) -> list[str]:
+def cloudbuild_problems(settings: CloudBuildConfig) -> list[str]:
     """Everything missing or wrong for TRAINHOOK_BUILDER=cloudbuild, one line each."""
     problems = _env_problems(settings)
     for repo in settings.repos:
@@ -102,7 +117,7 @@ def cloudbuild_problems(settings: Settings) -> list[str]:
     return problems
 
 
-def check_cloudbuild(settings: Settings) -> None:
+def check_cloudbuild(settings: CloudBuildConfig) -> None:
     """Raise ConfigError listing every problem, or return when the builder can start."""
     problems = cloudbuild_problems(settings)
     if problems:

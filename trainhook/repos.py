@@ -19,6 +19,7 @@ from trainhook.deployconfig import (
     parse_vertex,
 )
 from trainhook.errors import ConfigError
+from trainhook.gcs import parse_gs_url
 from trainhook.pathfilter import PathFilter, PatternError, check_pattern
 from trainhook.sandboxsettings import parse_repo_env, parse_repo_limits
 
@@ -139,8 +140,6 @@ def _fail(path: Path, repo: str, message: str) -> ConfigError:
 
 def _check_data_path(path: Path, repo: str, value: str) -> None:
     if value.startswith("gs://"):
-        from trainhook.artifacts import parse_gs_url
-
         try:
             _, name = parse_gs_url(value)
         except ValueError as exc:

@@ -11,6 +11,7 @@ from typing import Any
 
 from trainhook.cloudsettings import check_cloudbuild, cloudbuild_env
 from trainhook.errors import ConfigError
+from trainhook.gcs import parse_gs_url
 from trainhook.repos import RepoConfig, load_repos
 from trainhook.sandboxsettings import SandboxLimits, sandbox_env
 
@@ -208,8 +209,6 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
     if queue not in ("sql", "pubsub"):
         raise ConfigError(f"TRAINHOOK_QUEUE={queue!r}: expected 'sql' or 'pubsub'")
     if artifacts.startswith("gs://"):
-        from trainhook.artifacts import parse_gs_url
-
         try:
             parse_gs_url(artifacts)
         except ValueError as exc:

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 import trainer
 from trainer.nltkdata import NLTK_PACKAGES, nltk_cache_key_material, nltk_version
 from trainer.params import ParamsError, TrainParams
-from trainhook.artifacts import ArtifactStore, Entry, make_gcs_client, open_store
+from trainhook.artifacts import ArtifactStore, Entry, open_store
 from trainhook.builds import set_cache_key
+from trainhook.gcs import make_gcs_client
 from trainhook.repos import RepoConfig
 from worker.checkout import redact
 from worker.context import BuildContext, CacheKeys, DataChoice

@@ -17,10 +17,11 @@ from typing import Any
 
 from trainhook.builds import add_event, mark_finished
 from trainhook.db import reading
+from trainhook.gcs import make_gcs_client
 from trainhook.settings import Settings
 from worker.builder import BUILDER_STAGES
 from worker.cloudbuild_request import build_request, build_tag
-from worker.cloudbuild_source import SourceStore, make_storage_client
+from worker.cloudbuild_source import SourceStore
 from worker.cloudbuild_submit import (
     CALL_TIMEOUT,
     LOOKUP_DELAYS,
@@ -257,5 +258,5 @@ def _short(ctx: BuildContext) -> str:
 def make_cloud_builder(settings: Settings) -> CloudBuilder:
     """The builder TRAINHOOK_BUILDER=cloudbuild selects, with its clients made from settings."""
     assert settings.source_bucket is not None
-    store = SourceStore(make_storage_client(settings), settings.source_bucket)
+    store = SourceStore(make_gcs_client(settings.gcp_project), settings.source_bucket)
     return CloudBuilder(settings, make_client(settings), store)

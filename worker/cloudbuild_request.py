@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from trainhook.cloudsettings import split_bucket
+from trainhook.gcs import split_bucket
 from trainhook.repos import RepoConfig
 from trainhook.settings import Settings
 

@@ -7,20 +7,12 @@ import json
 import logging
 from typing import Any
 
-from trainhook.cloudsettings import split_bucket
-from trainhook.settings import Settings
+from trainhook.gcs import split_bucket
 from worker.context import Bundle
 
 log = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 5
-
-
-def make_storage_client(settings: Settings) -> Any:
-    """The google-cloud-storage client (STORAGE_EMULATOR_HOST selects an emulator, as usual)."""
-    from google.cloud import storage
-
-    return storage.Client(project=settings.gcp_project)
 
 
 def _precondition_failed(exc: Exception) -> bool:

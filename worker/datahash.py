@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainhook.gcs import parse_gs_url
 from worker.checkout import GIT_OPTIONS, GitError, scrub
 
 if TYPE_CHECKING:
@@ -510,8 +511,6 @@ def _hex(value: str | None) -> str | None:
 
 def gcs_object(client: Client, url: str) -> GcsObject | None:
     """The metadata of `gs://bucket/name` (no content read), or None when it does not exist."""
-    from trainhook.artifacts import parse_gs_url
-
     bucket, name = parse_gs_url(url)
     blob: Any = client.bucket(bucket).get_blob(name)
     if blob is None:

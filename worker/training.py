@@ -25,6 +25,7 @@ from typing import Any
 import trainer
 from trainer.gate import decide
 from trainhook.artifacts import Entry
+from trainhook.gcs import make_gcs_client
 from trainhook.models import utcnow
 from worker.commands import child_env, run_command
 from worker.context import BuildContext
@@ -97,8 +98,6 @@ def data_file(ctx: BuildContext, scratch: Path) -> Path | None:
         ctx.log("train", f"downloading {data.path} (generation {data.remote.generation})\n")
         client = getattr(ctx.cache.store, "client", None) if ctx.cache else None
         if client is None:
-            from trainhook.artifacts import make_gcs_client
-
             client = make_gcs_client()
         from google.api_core.exceptions import NotFound
 

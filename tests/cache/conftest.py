@@ -33,7 +33,7 @@ def fake_gcs() -> Iterator[FakeGcs]:
 
 @pytest.fixture
 def gcs_client(fake_gcs: FakeGcs) -> Any:
-    from trainhook.artifacts import make_gcs_client
+    from trainhook.gcs import make_gcs_client
 
     return make_gcs_client()
 

@@ -18,8 +18,8 @@ from trainhook.artifacts import (
     GcsStore,
     LocalStore,
     open_store,
-    parse_gs_url,
 )
+from trainhook.gcs import parse_gs_url
 
 KEY = "5e" * 32
 OTHER = "a1" * 32

@@ -18,9 +18,10 @@ import sqlalchemy as sa
 from tests.cloudbuild.fake_server import FakeCloudBuild, ServerThread
 from tests.worker.conftest import context_for, new_build
 from trainhook.db import make_engine
+from trainhook.gcs import make_gcs_client
 from trainhook.settings import Settings
 from worker.cloudbuild import CloudBuilder, make_client
-from worker.cloudbuild_source import SourceStore, make_storage_client
+from worker.cloudbuild_source import SourceStore
 from worker.context import BuildContext, CacheKeys
 
 IMAGE = "europe-west1-docker.pkg.dev/octo-project/models/social-score-api"
@@ -128,7 +129,7 @@ def db(sqlite_url: str) -> Iterator[sa.Engine]:
 def make_builder(settings: Settings, client: Any = None, **kwargs: Any) -> CloudBuilder:
     """The builder over the real google-cloud-build client (REST) and the fake GCS bucket."""
     assert settings.source_bucket is not None
-    store = SourceStore(make_storage_client(settings), settings.source_bucket)
+    store = SourceStore(make_gcs_client(settings.gcp_project), settings.source_bucket)
     options: dict[str, Any] = {"lookup_delays": (0.0, 0.0), "sleep": lambda _s: None}
     options.update(kwargs)
     return CloudBuilder(settings, client or make_client(settings), store, **options)

@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.cloudbuild.fake_server import Plan
+from trainhook.gcs import make_gcs_client
 from worker.builder import builder_for
 from worker.cloudbuild import CloudBuilder
-from worker.cloudbuild_source import SourceStore, make_storage_client
+from worker.cloudbuild_source import SourceStore
 from worker.context import Bundle
 
 
 def store_for(settings: Any) -> SourceStore:
-    return SourceStore(make_storage_client(settings), settings.source_bucket)
+    return SourceStore(make_gcs_client(settings.gcp_project), settings.source_bucket)
 
 
 def bundle(tmp_path: Path, data: bytes = b"tar.gz bytes") -> Bundle:

@@ -38,7 +38,6 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 # Import cycles that are allowed, each with its reason. Keep this list short: a cycle means
 # neither module can be read, tested or moved without the other.
 ALLOWED_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"trainhook.settings", "trainhook.cloudsettings"}): "being broken up",
     frozenset(
         {
             "worker.cacheexplain",
