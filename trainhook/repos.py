@@ -19,7 +19,7 @@ from trainhook.deployconfig import (
 )
 from trainhook.errors import ConfigError
 from trainhook.gcs import parse_gs_url
-from trainhook.pathfilter import PathFilter, PatternError, check_pattern
+from trainhook.pathglobs import PathFilter, PatternError, check_pattern
 
 PROVIDERS = ("github", "gitlab", "gitea", "forgejo")
 DEFAULT_DATA = ("data/cleaned_training_sample.csv", "data/prod.csv", "data/train.csv")

@@ -272,7 +272,7 @@ def checkout_stage(ctx: BuildContext) -> Outcome:
             raise StageFailed(f"{ctx.build.sha!r} is not a commit id (expected 7-64 hex digits)")
         action = mirror.ensure(ctx.build.sha.lower())
     sha = ctx.build.sha.lower()
-    from worker.pathgate import end_if_only_ignored  # here: it imports this module
+    from worker.difffilter import end_if_only_ignored  # here: it imports this module
 
     ignored = end_if_only_ignored(ctx, mirror.path)
     if ignored:

@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.cachekeys import deps_files, deps_key
 from worker.commands import child_env, run_command
 from worker.context import BuildContext
-from worker.datahash import tree_facts
+from worker.hash.gittree import tree_facts
+from worker.hash.keys import deps_files, deps_key
 from worker.stage import StageFailed
 from worker.venvcache import Lease, VenvCache
 

@@ -165,9 +165,9 @@ def make_big_repo(work: Path, size: int) -> tuple[Path, str, str]:
 def bench_decision(work: Path, size: int, reps: int) -> dict[str, Any]:
     from trainhook.artifacts import LocalStore
     from trainhook.repos import RepoConfig
-    from worker.cachekeys import Sources, decide
     from worker.checkout import export
-    from worker.datahash import StatCache
+    from worker.hash.gittree import StatCache
+    from worker.hash.keys import Sources, decide
 
     print("1. cache decision on a code-only push")
     repo, _, sha = make_big_repo(work, size)
@@ -251,7 +251,7 @@ def bench_decision(work: Path, size: int, reps: int) -> dict[str, Any]:
 def bench_stream(work: Path, path: Path, reps: int) -> dict[str, Any]:
     import blake3
 
-    from worker.datahash import StatCache
+    from worker.hash.gittree import StatCache
 
     print("2. streaming hash of a file outside git")
     size = path.stat().st_size
@@ -290,7 +290,7 @@ def bench_stream(work: Path, path: Path, reps: int) -> dict[str, Any]:
 
 
 def bench_walk(work: Path, files: int, reps: int) -> dict[str, Any]:
-    from worker.datahash import StatCache
+    from worker.hash.gittree import StatCache
 
     print(f"3. warm stat cache over {files:,} files")
     tree = work / "tree"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 
 from trainer.params import TrainParams
-from worker.cachekeys import (
+from worker.hash.keys import (
     KEY_VERSION,
     canonical_json,
     deps_key,

@@ -43,13 +43,13 @@ ALLOWED = {
     # Header *names* are filtered out of what is stored; no secret value is compared.
     ("service/ingest.py", "k.lower() not in SECRET_HEADERS"),
     # A file's stat signature (size, mtime, inode), not a cryptographic one.
-    ("worker/datahash.py", "signature(after) == signature(info)"),
+    ("worker/hash/gittree.py", "signature(after) == signature(info)"),
     # Content digests of a model bundle the worker wrote itself: integrity, not authentication,
     # and both sides are the worker's own values.
-    ("worker/release.py", "old.get('digest') == bundle.digest"),
-    ("worker/release.py", "file_digest(target) == bundle.digest"),
-    ("worker/release.py", "_unpacked_digest(target) != digest"),
-    ("worker/release.py", "_unpacked_digest(target) == digest"),
+    ("worker/local/release.py", "old.get('digest') == bundle.digest"),
+    ("worker/local/release.py", "file_digest(target) == bundle.digest"),
+    ("worker/local/release.py", "_unpacked_digest(target) != digest"),
+    ("worker/local/release.py", "_unpacked_digest(target) == digest"),
 }
 # Functions that check a credential sent by a client: each must use hmac.compare_digest.
 CHECKERS = {

@@ -5,7 +5,7 @@ Keys are sha256 of canonical JSON (sorted keys, no whitespace, UTF-8):
 - deps  = {key version, (name, git blob id) of uv.lock, pyproject.toml, requirements*.txt};
 - nltk  = the trainer's NLTK packages and the NLTK version (no nltk import: see trainer);
 - model = {key version, trainer version, every training param, data manifest [(path, id)]}.
-Content ids come from `worker.datahash`: no data byte is read for data tracked by git.
+Content ids come from `worker.hash.gittree`: no data byte is read for data tracked by git.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from trainhook.builds import set_cache_key
 from trainhook.gcs import make_gcs_client
 from trainhook.repos import RepoConfig
 from worker.context import BuildContext, CacheKeys, DataChoice
-from worker.datahash import (
+from worker.hash.gittree import (
     StatCache,
     TreeFacts,
     TreeReader,
@@ -396,7 +396,7 @@ def make_hash_stage(
 ) -> Callable[[BuildContext], Outcome]:
     """The hash stage over `store` (default: TRAINHOOK_ARTIFACTS). `gcs_client` is used for
     gs:// data (default: the store's client, else one made on first use)."""
-    from worker.cacheexplain import explain, previous_inputs
+    from worker.hash.explain import explain, previous_inputs
 
     caches: dict[Path, StatCache] = {}
     made: dict[str, Client] = {}

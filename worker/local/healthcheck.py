@@ -1,4 +1,4 @@
-"""The deploy health check, run in a child process: `python -m worker.healthcheck DIR`.
+"""The deploy health check, run in a child process: `python -m worker.local.healthcheck DIR`.
 
 Loads DIR/model.joblib and DIR/vectorizer.joblib the way the served app does and scores a
 few texts with `model.predict(vectorizer.transform(texts))`. Prints one JSON line with the
@@ -39,7 +39,7 @@ def check(release: Path, texts: tuple[str, ...] = PROBE_TEXTS) -> list[str]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m worker.healthcheck RELEASE_DIR", file=sys.stderr)
+        print("usage: python -m worker.local.healthcheck RELEASE_DIR", file=sys.stderr)
         return 2
     try:
         labels = check(Path(argv[0]))

@@ -11,7 +11,7 @@ from worker.builder import BUILDER_STAGES
 from worker.bundle import bundle_entries, write_bundle
 from worker.commands import child_env, run_command
 from worker.context import BuildContext, Bundle
-from worker.release import LocalRegistry, Releases
+from worker.local.release import LocalRegistry, Releases
 from worker.stage import Outcome, StageFailed, skipped
 from worker.testcommand import secret_names
 
@@ -74,7 +74,7 @@ class LocalBuilder:
         releases = Releases(ctx.settings.home / "releases", ctx.repo.slug)
         release = releases.unpack(registry_copy, bundle.version, bundle.digest)
         result = run_command(
-            [sys.executable, "-P", "-m", "worker.healthcheck", str(release)],
+            [sys.executable, "-P", "-m", "worker.local.healthcheck", str(release)],
             cwd=release,
             env=child_env(secret_names(ctx)),
             timeout=HEALTH_TIMEOUT,
