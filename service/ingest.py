@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from service.forge import Forge, ForgeEvent, NotConfigured, Unauthorized, bounded
-from service.pathfilter import payload_files
+from service.payloadfilter import payload_files
 from service.writer import DeliveryWriter
 from trainhook.builds import BuildSpec, Delivery
 from trainhook.intake import Incoming

@@ -20,7 +20,7 @@ from trainhook.deployconfig import (
 )
 from trainhook.errors import ConfigError
 from trainhook.gcs import parse_gs_url
-from trainhook.pathfilter import PathFilter, PatternError, check_pattern
+from trainhook.pathglobs import PathFilter, PatternError, check_pattern
 from trainhook.sandboxsettings import parse_repo_env, parse_repo_limits
 
 PROVIDERS = ("github", "gitlab", "gitea", "forgejo")

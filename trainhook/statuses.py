@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from trainhook.forgeapi import ApiError, ForgeApi, request
 from trainhook.models import stage_events
-from trainhook.pathfilter import IGNORED
+from trainhook.pathglobs import IGNORED
 
 CONTEXT = "trainhook"
 MAX_DESCRIPTION = 140  # GitHub's limit; the others allow more

@@ -45,11 +45,11 @@ def builder_for(settings: Settings) -> Builder:
     """The builder selected by TRAINHOOK_BUILDER (`local`, or `cloudbuild` with its Google
     clients made from the settings). Raises NotImplementedError for an unknown builder."""
     if settings.builder == "local":
-        from worker.localbuilder import LocalBuilder
+        from worker.local.builder import LocalBuilder
 
         return LocalBuilder()
     if settings.builder == "cloudbuild":
-        from worker.cloudbuild import make_cloud_builder
+        from worker.cloudbuild.builder import make_cloud_builder
 
         return make_cloud_builder(settings)
     raise NotImplementedError(f"TRAINHOOK_BUILDER={settings.builder} is not available yet")

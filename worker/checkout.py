@@ -475,7 +475,7 @@ def checkout_stage(ctx: BuildContext) -> Outcome:
     A build by ref (a rebuild) has no sha yet: the ref is resolved on the fresh mirror and
     the commit recorded on the build. A push that would take the branch back behind the
     deployed commit (worker/stalegate.py) or changed only filtered-out paths
-    (worker/pathgate.py) ends here, nothing exported."""
+    (worker/difffilter.py) ends here, nothing exported."""
     mirror = Mirror(ctx.settings.mirrors_dir, ctx.repo)
     if not ctx.build.sha and ctx.build.ref:
         resolved, action = mirror.resolve(ctx.build.ref)
@@ -489,7 +489,7 @@ def checkout_stage(ctx: BuildContext) -> Outcome:
         action = mirror.ensure(ctx.build.sha.lower())
     sha = ctx.build.sha.lower()
     # Imported here: both import this module.
-    from worker.pathgate import end_if_only_ignored
+    from worker.difffilter import end_if_only_ignored
     from worker.stalegate import end_if_stale
 
     stale = end_if_stale(ctx, mirror.path)

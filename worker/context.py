@@ -15,7 +15,7 @@ from trainhook.settings import Settings
 from worker.recorder import Recorder
 
 if TYPE_CHECKING:
-    from worker.cachekeys import CacheDecision
+    from worker.hash.keys import CacheDecision
 
 
 @dataclass(frozen=True)

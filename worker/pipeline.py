@@ -78,8 +78,8 @@ def default_pipeline(
     The cache levels live in `store` (default: the one TRAINHOOK_ARTIFACTS names)."""
     # Imported here: these stages load the trainer library, which toy pipelines never need.
     from trainhook.artifacts import open_store
-    from worker.cachekeys import make_hash_stage
     from worker.checkout import checkout_stage
+    from worker.hash.keys import make_hash_stage
     from worker.testcommand import repo_tests_stage
     from worker.training import make_train_stage
 

@@ -37,10 +37,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.cachekeys import Scope, cache_scope, deps_files, deps_key
 from worker.commands import SECRET_MARKERS, child_env
 from worker.context import BuildContext
-from worker.datahash import tree_facts
+from worker.hash.gittree import tree_facts
+from worker.hash.keys import Scope, cache_scope, deps_files, deps_key
 from worker.repocode import runner_for, sandbox_spec
 from worker.stage import StageFailed
 from worker.venvcache import Lease, VenvCache

@@ -167,8 +167,8 @@ def make_big_repo(work: Path, size: int) -> tuple[Path, str, str]:
 def bench_decision(work: Path, size: int, reps: int) -> dict[str, Any]:
     from trainhook.artifacts import LocalStore
     from trainhook.repos import RepoConfig
-    from worker.cachekeys import Sources, decide
     from worker.checkout import export
+    from worker.hash.keys import Sources, decide
 
     print("1. cache decision on a code-only push")
     repo, _, sha = make_big_repo(work, size)
@@ -275,7 +275,7 @@ def bench_decision(work: Path, size: int, reps: int) -> dict[str, Any]:
 def bench_copy(work: Path, mirror: Path, blob: str, export: Path, reps: int) -> dict[str, Any]:
     import hashlib
 
-    from worker.datahash import write_blob
+    from worker.hash.gittree import write_blob
 
     print("3. the training copy of the data (a model miss only)")
     size = export.stat().st_size

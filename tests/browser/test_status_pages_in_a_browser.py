@@ -19,7 +19,7 @@ from tests.service.test_api import make_build
 from tests.service.test_dashboard_pages import FORGED, HASH, TRAIN_HIT, TRAIN_MISS
 from trainhook.builds import add_event, append_log, mark_finished
 from trainhook.models import builds, stage_events
-from worker.cloudbuild import record_detail
+from worker.cloudbuild.builder import record_detail
 
 TOKEN = "test-token-0123456789"
 XSS_MESSAGE = '<img src=x onerror="window.__xss=1;alert(1)">Retrain'

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from tests.worker.conftest import context_for, new_build
 from trainhook.artifacts import ArtifactStore, open_store
 from trainhook.settings import Settings
-from worker.cachekeys import make_hash_stage
 from worker.checkout import checkout_stage
 from worker.context import BuildContext
+from worker.hash.keys import make_hash_stage
 from worker.stage import Outcome
 from worker.training import make_train_stage
 

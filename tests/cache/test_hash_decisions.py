@@ -15,8 +15,8 @@ from tests.cache.harness import DATA, Builds, fake_model
 from tests.conftest import REPO_ROOT
 from tests.support.gitrepo import GitRepo, git
 from trainhook.artifacts import open_store
-from worker.cachekeys import Sources, choose_data
 from worker.checkout import checkout_stage
+from worker.hash.keys import Sources, choose_data
 from worker.stage import StageFailed
 
 LFS_OID = "4d7a2146e5e1ba3e7f1d0a1b5b1a6b5c9e0b1d2c3f4a5b6c7d8e9f0a1b2c3d4e"
@@ -66,7 +66,7 @@ def test_the_decision_imports_neither_nltk_nor_scikit_learn(builds, origin, tmp_
     script = (
         "import sys, json\n"
         "from pathlib import Path\n"
-        "from worker.cachekeys import decide, Sources\n"
+        "from worker.hash.keys import decide, Sources\n"
         "from trainhook.artifacts import open_store\n"
         "from trainhook.repos import RepoConfig\n"
         "repo = RepoConfig(name='r', clone_url='file:///x', secret_env='S',"

@@ -8,7 +8,7 @@ import hashlib
 
 from trainer.params import TrainParams
 from trainhook.repos import RepoConfig
-from worker.cachekeys import (
+from worker.hash.keys import (
     KEY_VERSION,
     _nltk_material,
     cache_scope,

@@ -8,9 +8,9 @@ import json
 from trainhook.builds import BuildSpec, append_log, create_build, set_cache_key
 from trainhook.db import reading
 from trainhook.models import builds
-from worker.cacheexplain import previous_inputs
-from worker.cachekeys import INPUTS_MARK
 from worker.context import BuildInfo
+from worker.hash.explain import previous_inputs
+from worker.hash.keys import INPUTS_MARK
 
 REPO = "octo-org/social-score-api"
 

@@ -20,8 +20,8 @@ from tests.worker.conftest import context_for, new_build
 from trainhook.db import make_engine
 from trainhook.gcs import make_gcs_client
 from trainhook.settings import Settings
-from worker.cloudbuild import CloudBuilder, make_client
-from worker.cloudbuild_source import SourceStore
+from worker.cloudbuild.builder import CloudBuilder, make_client
+from worker.cloudbuild.source import SourceStore
 from worker.context import BuildContext, CacheKeys
 
 IMAGE = "europe-west1-docker.pkg.dev/octo-project/models/social-score-api"

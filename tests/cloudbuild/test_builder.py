@@ -12,7 +12,7 @@ from tests.cloudbuild.conftest import IMAGE, METRICS, make_builder, ready
 from tests.cloudbuild.fake_server import Plan
 from tests.worker.conftest import events, stage_map
 from trainhook.db import reading
-from worker.cloudbuild_supersede import stored_cloud_build
+from worker.cloudbuild.supersede import stored_cloud_build
 from worker.pipeline import Pipeline
 from worker.stage import StageFailed
 

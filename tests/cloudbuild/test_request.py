@@ -21,8 +21,8 @@ from tests.cloudbuild.conftest import IMAGE, REPO_KEYS, VERTEX
 from tests.cloudbuild.rules import invalid, step_environment
 from trainhook.cli import main
 from trainhook.settings import Settings
-from worker.cloudbuild_request import BuildInputs, build_request
-from worker.cloudbuild_yaml import to_yaml
+from worker.cloudbuild.render_yaml import to_yaml
+from worker.cloudbuild.request import BuildInputs, build_request
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 SOURCE = "gs://octo-src/trainhook/sources/x/abc.tar.gz"

@@ -9,8 +9,8 @@ from typing import Any
 from tests.cloudbuild.fake_server import Plan
 from trainhook.gcs import make_gcs_client
 from worker.builder import builder_for
-from worker.cloudbuild import CloudBuilder
-from worker.cloudbuild_source import SourceStore
+from worker.cloudbuild.builder import CloudBuilder
+from worker.cloudbuild.source import SourceStore
 from worker.context import Bundle
 
 

@@ -10,7 +10,7 @@ from tests.cloudbuild.conftest import make_builder, ready
 from tests.cloudbuild.fake_server import Plan
 from tests.worker.conftest import build_view, events, new_build
 from trainhook.builds import BuildSpec, add_event, create_build, mark_started
-from worker.cloudbuild_supersede import MARKER
+from worker.cloudbuild.supersede import MARKER
 
 STEPS = [
     {"id": "build", "name": "docker"},

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from google.cloud.devtools.cloudbuild_v1 import Build
 
-from worker.cloudbuild_track import BUILD_STATUS, Tracker, build_status
+from worker.cloudbuild.track import BUILD_STATUS, Tracker, build_status
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 STAGES = ("build", "push", "deploy", "vertex")

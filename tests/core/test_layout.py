@@ -40,17 +40,19 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 ALLOWED_CYCLES: dict[frozenset[str], str] = {
     frozenset(
         {
-            "worker.cacheexplain",
-            "worker.cachekeys",
+            "worker.hash.explain",
+            "worker.hash.keys",
             "worker.checkout",
             "worker.context",
-            "worker.datahash",
-            "worker.pathgate",
+            "worker.hash.gittree",
+            "worker.difffilter",
             "worker.recorder",
             "worker.stage",
         }
     ): "being broken up",
-    frozenset({"worker.builder", "worker.cloudbuild", "worker.localbuilder"}): "being broken up",
+    frozenset(
+        {"worker.builder", "worker.cloudbuild.builder", "worker.local.builder"}
+    ): "being broken up",
     frozenset({"trainer.features", "trainer.text", "trainer.tfidf"}): "being broken up",
 }
 

@@ -10,13 +10,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from service.app import create_app
-from service.pathfilter import payload_files
+from service.payloadfilter import payload_files
 from tests.service.forge_kits import BEFORE, GITEA, GITHUB, GITLAB, KITS, ZERO, Kit, post
 from tests.support.gitrepo import GitRepo, git
 from tests.worker.conftest import build_view, stage_map, toy_pipeline
 from trainhook.builds import BuildSpec, create_build
 from trainhook.errors import ConfigError
-from trainhook.pathfilter import PathFilter, PatternError, check_pattern
+from trainhook.pathglobs import PathFilter, PatternError, check_pattern
 from trainhook.runtime import build_runtime
 from worker.checkout import checkout_stage
 from worker.loop import Worker

@@ -77,7 +77,7 @@ def pipeline_for(mode: str, sync: Path, name: str) -> Pipeline:
         stages: dict[str, Callable[[BuildContext], Outcome]] = {"checkout": checkout_stage}
         return Pipeline([logged(sync, name, s, stages.get(s, ok)) for s in TOY])
     if mode == "cloudbuild":
-        from worker.cloudbuild import make_cloud_builder
+        from worker.cloudbuild.builder import make_cloud_builder
 
         checkout, train = source_and_model(sync / f"work-{name}")
         stages = {"checkout": checkout, "train": train}

@@ -25,7 +25,7 @@ from tests.worker.conftest import build_view, events, job_row, new_build
 from trainhook.db import reading
 from trainhook.runtime import build_runtime
 from trainhook.settings import Settings
-from worker.cloudbuild_supersede import stored_cloud_build
+from worker.cloudbuild.supersede import stored_cloud_build
 from worker.context import BuildContext
 from worker.loop import Worker
 

@@ -24,9 +24,9 @@ from trainhook.artifacts import MANIFEST, LocalStore
 from trainhook.db import reading
 from trainhook.models import stage_events
 from trainhook.runtime import build_runtime
-from worker.cachekeys import make_hash_stage
 from worker.checkout import checkout_stage
 from worker.context import BuildContext
+from worker.hash.keys import make_hash_stage
 from worker.loop import Worker
 from worker.pipeline import Pipeline
 from worker.stage import Outcome, SingleStage

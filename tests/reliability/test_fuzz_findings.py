@@ -12,7 +12,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from service.pathfilter import payload_files
+from service.payloadfilter import payload_files
 from service.webhooks import declared_over
 from service.writer import DeliveryWriter
 from tests.conftest import new_pg_database

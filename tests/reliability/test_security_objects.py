@@ -30,8 +30,8 @@ from tests.worker.conftest import (
 from trainhook.repos import RepoConfig
 from trainhook.runtime import build_runtime
 from worker.checkout import MalformedObject, Mirror, checkout_stage
+from worker.local.release import Releases, unpack_bundle
 from worker.loop import Worker
-from worker.release import Releases, unpack_bundle
 from worker.stage import StageFailed
 
 # The Python versions whose tarfile `data` filter the CVE-shaped trees get through.

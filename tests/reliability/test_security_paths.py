@@ -23,8 +23,8 @@ from trainer.cli import main as trainer_main
 from trainhook.errors import ConfigError
 from trainhook.repos import load_repos
 from trainhook.runtime import build_runtime
-from worker.cachekeys import hash_stage
 from worker.checkout import checkout_stage
+from worker.hash.keys import hash_stage
 from worker.loop import Worker
 from worker.testcommand import repo_tests_stage
 

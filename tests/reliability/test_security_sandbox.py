@@ -41,7 +41,7 @@ from trainhook.errors import ConfigError
 from trainhook.settings import Settings
 from worker import sandbox
 from worker.checkout import checkout_stage
-from worker.localbuilder import LocalBuilder
+from worker.local.builder import LocalBuilder
 from worker.stage import StageFailed
 from worker.testcommand import repo_tests_stage
 
@@ -343,7 +343,7 @@ def test_the_health_check_never_runs_code_committed_beside_the_model(
     # runs it.
     old = (
         "import sys; from pathlib import Path; sys.path.append(sys.argv[1]);"
-        "from worker.healthcheck import check; print(check(Path(sys.argv[1])))"
+        "from worker.local.healthcheck import check; print(check(Path(sys.argv[1])))"
     )
     ran = subprocess.run(
         [sys.executable, "-P", "-c", old, str(release)],

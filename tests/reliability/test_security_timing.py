@@ -44,10 +44,10 @@ ALLOWED = {
     ("service/ingest.py", "k.lower() not in SECRET_HEADERS"),
     # Content digests of a model bundle the worker wrote itself: integrity, not authentication,
     # and both sides are the worker's own values.
-    ("worker/release.py", "old.get('digest') == bundle.digest"),
-    ("worker/release.py", "file_digest(target) == bundle.digest"),
-    ("worker/release.py", "_unpacked_digest(target) != digest"),
-    ("worker/release.py", "_unpacked_digest(target) == digest"),
+    ("worker/local/release.py", "old.get('digest') == bundle.digest"),
+    ("worker/local/release.py", "file_digest(target) == bundle.digest"),
+    ("worker/local/release.py", "_unpacked_digest(target) != digest"),
+    ("worker/local/release.py", "_unpacked_digest(target) == digest"),
 }
 # Functions that check a credential sent by a client: each must use hmac.compare_digest.
 CHECKERS = {

@@ -11,7 +11,7 @@ from service.details import Fact, cache_levels, cloud_build_log, commit_url, sta
 from service.feed import Position
 from service.hub import stage_message
 from trainhook.models import utcnow
-from worker.cloudbuild import record_detail
+from worker.cloudbuild.builder import record_detail
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

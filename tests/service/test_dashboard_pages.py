@@ -15,7 +15,7 @@ from service.rendering import SCRIPTS, static_url
 from tests.service.test_api import count_selects, make_build
 from tests.service.test_pages import Tags, rows
 from trainhook.builds import add_event, append_log
-from worker.cloudbuild import record_detail
+from worker.cloudbuild.builder import record_detail
 
 TRAIN_HIT = (
     "model cache hit: key 3f2a9c0d1e2b produced by build #4; macro F1 0.812; gate: first model"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from worker.bundle import MANIFEST, bundle_entries, write_bundle
-from worker.release import LocalRegistry, Releases
+from worker.local.release import LocalRegistry, Releases
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from tests.support.gitrepo import git
 from tests.worker.conftest import context_for, new_build
 from trainhook.models import builds
-from worker.cachekeys import hash_stage
 from worker.checkout import checkout_stage
 from worker.context import BuildContext
+from worker.hash.keys import hash_stage
 
 DATA = "text,label\nlove it,pos\nhate it,neg\n"
 

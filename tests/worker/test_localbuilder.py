@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 
 from tests.worker.conftest import context_for, new_build
 from worker.context import BuildContext
-from worker.localbuilder import VERTEX_REASON, LocalBuilder
+from worker.local.builder import VERTEX_REASON, LocalBuilder
 from worker.stage import StageFailed
 
 

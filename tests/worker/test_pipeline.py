@@ -18,9 +18,9 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tests.worker.conftest import build_view, logs, new_build, stage_map
 from trainhook.runtime import build_runtime
-from worker.cachekeys import hash_stage
 from worker.checkout import checkout_stage
 from worker.context import BuildContext
+from worker.hash.keys import hash_stage
 from worker.loop import Worker
 from worker.pipeline import Pipeline, default_pipeline
 from worker.stage import Outcome, SingleStage

@@ -194,8 +194,8 @@ def test_a_build_overtaken_by_a_newer_deploy_after_its_checkout_never_deploys(
     newer one deployed meanwhile. The older build's deploy must not put it back."""
     from tests.worker.conftest import context_for
     from tests.worker.test_localbuilder import small_model
-    from worker.localbuilder import LocalBuilder
-    from worker.release import Releases
+    from worker.local.builder import LocalBuilder
+    from worker.local.release import Releases
 
     older, newer = history
     settings = make_settings(sqlite_url, clone_url=origin.url)

@@ -28,8 +28,8 @@ from trainhook.artifacts import open_store
 from trainhook.errors import ConfigError
 from trainhook.settings import load_settings
 from worker import testenv
-from worker.cachekeys import make_hash_stage
 from worker.checkout import checkout_stage
+from worker.hash.keys import make_hash_stage
 from worker.stage import Outcome, StageFailed
 from worker.testcommand import repo_tests_stage
 from worker.testenv import find_uv

@@ -296,8 +296,8 @@ def cmd_cloudbuild_config(args: argparse.Namespace) -> int:
     import json
 
     from trainhook.cloudsettings import check_cloudbuild
-    from worker.cloudbuild_request import build_request, example_inputs
-    from worker.cloudbuild_yaml import to_yaml
+    from worker.cloudbuild.render_yaml import to_yaml
+    from worker.cloudbuild.request import build_request, example_inputs
 
     settings = load_settings()
     check_cloudbuild(settings)

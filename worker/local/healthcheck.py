@@ -1,4 +1,4 @@
-"""The deploy health check, run in a child process: `python -I worker/healthcheck.py DIR`.
+"""The deploy health check, run in a child process: `python -I worker/local/healthcheck.py DIR`.
 
 Loads DIR/model.joblib and DIR/vectorizer.joblib the way the served app does and scores a
 few texts with `model.predict(vectorizer.transform(texts))`. Prints one JSON line with the

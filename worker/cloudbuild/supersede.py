@@ -91,7 +91,7 @@ def _never_picked_up(conn: sa.Connection, build_id: int) -> bool:
 def _deploy_started(client: Any, name: str) -> bool:
     """True when the Cloud Build `name` has started (or finished) its deploy step, or when
     that cannot be told (then it is left alone)."""
-    from worker.cloudbuild_track import status_name
+    from worker.cloudbuild.track import status_name
 
     try:
         remote = client.get_build(request={"name": name}, timeout=30)

@@ -1,9 +1,9 @@
 """The Cloud Build builder: one remote build runs build → push → deploy ∥ vertex.
 
 The worker supersedes older builds of the branch, bundles the commit with the model, uploads
-it to the source bucket, submits the generated request exactly once (worker/cloudbuild_submit.py)
+it to the source bucket, submits the generated request exactly once (worker/cloudbuild/submit.py)
 and polls the build to its end, writing the steps' own start and end times as stage events
-(worker/cloudbuild_track.py). The google-cloud-build client is made here, in `make_client`,
+(worker/cloudbuild/track.py). The google-cloud-build client is made here, in `make_client`,
 and injected into the builder.
 """
 
@@ -20,9 +20,9 @@ from trainhook.db import reading
 from trainhook.gcs import make_gcs_client
 from trainhook.settings import Settings
 from worker.builder import BUILDER_STAGES
-from worker.cloudbuild_request import build_request, build_tag
-from worker.cloudbuild_source import SourceStore
-from worker.cloudbuild_submit import (
+from worker.cloudbuild.request import build_request, build_tag
+from worker.cloudbuild.source import SourceStore
+from worker.cloudbuild.submit import (
     CALL_TIMEOUT,
     LOOKUP_DELAYS,
     Submitter,
@@ -30,8 +30,8 @@ from worker.cloudbuild_submit import (
     transient_retry,
     upload_source,
 )
-from worker.cloudbuild_supersede import MARKER, stored_cloud_build, supersede_older
-from worker.cloudbuild_track import StageEvent, Tracker, status_name
+from worker.cloudbuild.supersede import MARKER, stored_cloud_build, supersede_older
+from worker.cloudbuild.track import StageEvent, Tracker, status_name
 from worker.context import BuildContext
 from worker.recorder import clip, latest_statuses
 from worker.stage import Interrupted, StageFailed
@@ -147,7 +147,7 @@ class CloudBuilder:
                     ctx.recorder.done[stage] = status
 
     def _remember(self, ctx: BuildContext, build: Any) -> None:
-        """Store the Cloud Build id at once (see worker/cloudbuild_supersede.py)."""
+        """Store the Cloud Build id at once (see worker/cloudbuild/supersede.py)."""
         self._write(ctx, [StageEvent("build", "pending", None, record_detail(build))], {})
         ctx.log("build", f"Cloud Build {build.id}: {build.log_url}\n")
 
@@ -244,7 +244,7 @@ class CloudBuilder:
 
 def record_detail(build: Any) -> str:
     """The detail of the `build` stage's `pending` event, written once a Cloud Build exists:
-    its id (how a retried job finds it again, worker/cloudbuild_supersede.py) and its log URL
+    its id (how a retried job finds it again, worker/cloudbuild/supersede.py) and its log URL
     exactly as the API returned it. The dashboard links that log from this event only
     (service/details.py): no other code writes a `pending` build event, so no text a
     repository controls can pose as it."""

@@ -1,7 +1,7 @@
 """The webhook's fast path for path filters: the changed files a push payload lists, when the
 list is known to be complete.
 
-The truth is the diff between `before` and `after` (see worker/pathgate.py); the payload is a
+The truth is the diff between `before` and `after` (see worker/difffilter.py); the payload is a
 shortcut that lets the service answer `ignored` without a mirror. It is used only when it
 cannot be smaller than that diff: every pushed commit is listed, each with its `added`,
 `removed` and `modified` files, and the union of those covers every file the diff can hold.
@@ -20,7 +20,7 @@ In every other case the answer is None and the worker decides from the mirror:
 
 GitLab and Gitea do not say whether a push was forced. Their list holds the commits in
 `before..after`; after a force push that dropped commits, a file those commits changed is in
-the diff but may be in no listed commit. See the module docs of worker/pathgate.py.
+the diff but may be in no listed commit. See the module docs of worker/difffilter.py.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from trainhook.db import reading
 from trainhook.models import builds, stage_logs
 
 if TYPE_CHECKING:
-    from worker.cachekeys import CacheDecision, Level
     from worker.context import BuildInfo
+    from worker.hash.keys import CacheDecision, Level
 
 LOOK_BACK = 5  # earlier builds of the branch searched for a recorded set of inputs
 
@@ -28,7 +28,7 @@ class Previous:
 def previous_inputs(engine: sa.Engine, build: BuildInfo) -> Previous | None:
     """The recorded inputs of the newest earlier build of the same repository and ref whose
     hash stage ran, or None (first build of the branch, or no record)."""
-    from worker.cachekeys import INPUTS_MARK
+    from worker.hash.keys import INPUTS_MARK
 
     with reading(engine) as conn:
         earlier = conn.execute(
@@ -79,7 +79,7 @@ def scope_changes(now: dict[str, Any], before: dict[str, Any]) -> list[str]:
     """A change of key version or of cache scope (the repository, or the cache group an
     operator named): either makes every level a new key. Records from before the scope was
     keyed have neither field (key version 1)."""
-    from worker.cachekeys import scope_text
+    from worker.hash.keys import scope_text
 
     found: list[str] = []
     old_version, new_version = before.get("key_version", 1), now.get("key_version", 1)

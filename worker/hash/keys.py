@@ -9,7 +9,7 @@ the cache scope (`cache_scope`): the repository, or the cache group an operator 
   import: see trainer);
 - model = {key version, scope, trainer version, every training param, content ids of the
   data} (not the data's path: the same bytes moved within the repository are the same model).
-Content ids come from `worker.datahash`, read from the mirror's object store only: the data
+Content ids come from `worker.hash.gittree`, read from the mirror's object store only: the data
 is chosen in the commit's tree and no data byte is read; the export is never looked at.
 """
 
@@ -35,7 +35,7 @@ from trainhook.gcs import make_gcs_client
 from trainhook.repos import RepoConfig
 from worker.checkout import redact
 from worker.context import BuildContext, CacheKeys, DataChoice
-from worker.datahash import (
+from worker.hash.gittree import (
     DataPathError,
     FoundFile,
     TreeFacts,
@@ -438,7 +438,7 @@ def make_hash_stage(
 ) -> Callable[[BuildContext], Outcome]:
     """The hash stage over `store` (default: TRAINHOOK_ARTIFACTS). `gcs_client` is used for
     gs:// data (default: the store's client, else one made on first use)."""
-    from worker.cacheexplain import explain, previous_inputs
+    from worker.hash.explain import explain, previous_inputs
 
     made: dict[str, Client] = {}
 

@@ -10,7 +10,7 @@ from typing import Any
 from worker.builder import BUILDER_STAGES
 from worker.bundle import bundle_entries, write_bundle
 from worker.context import BuildContext, Bundle
-from worker.release import LocalRegistry, Releases
+from worker.local.release import LocalRegistry, Releases
 from worker.repocode import isolation_note, runner_for, sandbox_spec
 from worker.stage import Outcome, StageFailed, skipped
 from worker.stalegate import supersede_if_stale
@@ -76,7 +76,7 @@ class LocalBuilder:
         releases = Releases(ctx.settings.home / "releases", ctx.repo.slug)
         release = releases.unpack(registry_copy, bundle.version, bundle.digest)
         # Only the model files, never the checkout beside them in the release (see
-        # worker/healthcheck.py), in the repository's sandbox.
+        # worker/local/healthcheck.py), in the repository's sandbox.
         spec = sandbox_spec(
             ctx,
             files=tuple((n, release / n) for n in HEALTH_FILES if (release / n).is_file()),

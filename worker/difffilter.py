@@ -1,7 +1,7 @@
 """Path filters at checkout: the mirror's diff decides when the webhook could not.
 
 The service answers `ignored` itself when the push payload lists every changed file (see
-service/pathfilter.py). Otherwise the build is queued, and here, right after the commit is in
+service/payloadfilter.py). Otherwise the build is queued, and here, right after the commit is in
 the mirror and before anything is exported, the files changed by the push are read from git:
 
 - an existing branch: `git diff before after` (the net change of the push, rewrites

@@ -21,9 +21,9 @@ from typing import Any
 
 from trainhook.db import reading
 from worker.bundle import bundle_entries, write_bundle
-from worker.cloudbuild_request import BuildInputs, build_tag, repo_tag
-from worker.cloudbuild_source import SourceStore
-from worker.cloudbuild_supersede import stored_cloud_build
+from worker.cloudbuild.request import BuildInputs, build_tag, repo_tag
+from worker.cloudbuild.source import SourceStore
+from worker.cloudbuild.supersede import stored_cloud_build
 from worker.context import BuildContext
 from worker.stage import StageFailed
 
