@@ -11,9 +11,9 @@ from starlette.routing import BaseRoute
 
 from service import api, dashboard, health, rebuild, webhooks
 from service.headers import SecurityHeaders, server_error
+from service.reconcile import Reconciler
+from service.statusreporter import StatusReporter
 from service.writer import DeliveryWriter
-from trainhook.notify import StatusReporter
-from trainhook.reconcile import Reconciler
 from trainhook.runtime import Runtime
 
 

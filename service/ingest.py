@@ -8,11 +8,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from service.forge import Forge, ForgeEvent, NotConfigured, Unauthorized, bounded
-from service.payloadfilter import payload_files
+from service.forges import Forge, ForgeEvent, NotConfigured, Unauthorized, bounded
+from service.forges.payloadfilter import payload_files
+from service.intake import Incoming
 from service.writer import DeliveryWriter
 from trainhook.builds import BuildSpec, Delivery
-from trainhook.intake import Incoming
 from trainhook.repos import RepoConfig
 from trainhook.runtime import Runtime
 

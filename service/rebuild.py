@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.forge import WebhookError
+from service.forges import WebhookError
 from service.webhooks import read_body
 from trainhook.errors import DatabaseUnavailable
 from trainhook.runtime import Runtime

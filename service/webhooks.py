@@ -10,10 +10,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import ingest
-from service.forge import Forge, TooLarge, WebhookError
-from service.gitea import Gitea
-from service.github import GitHub
-from service.gitlab import GitLab
+from service.forges import Forge, TooLarge, WebhookError
+from service.forges.gitea import Gitea
+from service.forges.github import GitHub
+from service.forges.gitlab import GitLab
 from trainhook.errors import DatabaseUnavailable
 from trainhook.models import utcnow
 from trainhook.runtime import Runtime

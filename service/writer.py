@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from service.intake import Incoming, Recorded, record_deliveries
 from trainhook.errors import DatabaseUnavailable
-from trainhook.intake import Incoming, Recorded, record_deliveries
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256

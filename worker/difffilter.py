@@ -1,8 +1,9 @@
 """Path filters at checkout: the mirror's diff decides when the webhook could not.
 
 The service answers `ignored` itself when the push payload lists every changed file (see
-service/payloadfilter.py). Otherwise the build is queued, and here, right after the commit is in
-the mirror and before anything is exported, the files changed by the push are read from git:
+service/forges/payloadfilter.py). Otherwise the build is queued, and here, right after the
+commit is in the mirror and before anything is exported, the files changed by the push are
+read from git:
 
 - an existing branch: `git diff before after` (the net change of the push, rewrites
   included: a force push that dropped commits counts the files it reverted);

@@ -20,9 +20,9 @@ from pathlib import Path
 from run import REPO_TOML, SECRET, SECRET_ENV, signed_request
 
 from service import ingest
+from service.intake import Incoming, record_deliveries
 from service.webhooks import FORGES
 from trainhook.db import upgrade
-from trainhook.intake import Incoming, record_deliveries
 from trainhook.models import utcnow
 from trainhook.runtime import build_runtime
 from trainhook.settings import load_settings

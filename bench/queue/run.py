@@ -35,7 +35,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from service.github import signature  # noqa: E402
+from service.forges.github import signature  # noqa: E402
 from tests.support.postgres import PostgresServer, find_pg_bin, free_port  # noqa: E402
 from tests.support.pubsub import PubSubEmulator, find_emulator  # noqa: E402
 from trainhook.db import upgrade  # noqa: E402

@@ -39,7 +39,7 @@ import httpx
 import sqlalchemy as sa
 
 from bench.soak.worker import training_key
-from service.github import signature
+from service.forges.github import signature
 from tests.support.postgres import PostgresServer, find_pg_bin, free_port
 from tests.support.pubsub import PubSubEmulator, find_emulator
 from trainhook.builds import TERMINAL_BUILD

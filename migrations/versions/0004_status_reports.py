@@ -19,7 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # What the commit-status reporter sent to the forge for each build (trainhook/notify.py).
+    # What the commit-status reporter sent to the forge for each build (service/statusreporter.py).
     # It reads builds by id from a moving floor and joins this table by primary key: no index
     # beyond the key is needed.
     op.create_table(

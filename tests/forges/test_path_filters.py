@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from service.app import create_app
-from service.payloadfilter import payload_files
+from service.forges.payloadfilter import payload_files
 from tests.service.forge_kits import BEFORE, GITEA, GITHUB, GITLAB, KITS, ZERO, Kit, post
 from tests.support.gitrepo import GitRepo, git
 from tests.worker.conftest import build_view, stage_map, toy_pipeline

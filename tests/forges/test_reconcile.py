@@ -11,11 +11,11 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from service.app import create_app
+from service.reconcile import reconcile
 from tests.conftest import SECRET
 from tests.forges.fakeforge import FakeForge, Seen
 from trainhook import cli
 from trainhook.models import deliveries, utcnow
-from trainhook.reconcile import reconcile
 from trainhook.runtime import build_runtime
 
 TOKEN = "ghp_" + "R3c0nc1le" * 4

@@ -12,12 +12,12 @@ from sqlalchemy import event
 from starlette.testclient import TestClient
 
 from service.app import create_app
+from service.forges.api import api_base
+from service.statusreporter import LEASE, StatusReporter
 from tests.forges.fakeforge import FakeForge
 from tests.service.forge_kits import GITHUB, post
 from trainhook.builds import BuildSpec, add_event, create_build, mark_finished, mark_started
-from trainhook.forgeapi import api_base
 from trainhook.models import status_reports, utcnow
-from trainhook.notify import LEASE, StatusReporter
 from trainhook.repos import RepoConfig
 from trainhook.runtime import build_runtime
 from trainhook.settings import Settings

@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 from starlette.types import ASGIApp, Message
 
 from service.app import create_app
-from service.forge import WebhookError
+from service.forges import WebhookError
 from service.webhooks import FORGES
 from tests.conftest import SECRET, SHARED
 from tests.service import gitea_payloads

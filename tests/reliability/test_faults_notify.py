@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from starlette.responses import Response
 
+from service.statusreporter import StatusReporter
 from tests.forges.fakeforge import FakeForge, Seen, running
 from trainhook.builds import BuildSpec, create_build, mark_finished, mark_started
-from trainhook.notify import StatusReporter
 from trainhook.settings import Settings
 
 TOKEN = "forge-token-" + "s3cr3t" * 6

@@ -12,7 +12,8 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from service.payloadfilter import payload_files
+from service.forges.payloadfilter import payload_files
+from service.intake import Incoming, Recorded
 from service.webhooks import declared_over
 from service.writer import DeliveryWriter
 from tests.conftest import new_pg_database
@@ -21,7 +22,6 @@ from tests.service.forge_kits import GITHUB, KITS, REPO, SHA, Kit
 from trainhook.builds import BuildSpec, Delivery
 from trainhook.db import make_engine
 from trainhook.errors import DatabaseUnavailable
-from trainhook.intake import Incoming, Recorded
 
 
 @pytest.fixture

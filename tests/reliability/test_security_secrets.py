@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from service.app import create_app
+from service.statusreporter import StatusReporter
 from tests.reliability.security_support import (
     API_TOKEN,
     HOOK_SECRETS,
@@ -41,7 +42,6 @@ from trainhook import cli
 from trainhook.cli.commands import print_banner
 from trainhook.cli.demo import DemoSession
 from trainhook.models import metadata
-from trainhook.notify import StatusReporter
 from trainhook.runtime import build_runtime
 from trainhook.settings import load_settings
 from worker.checkout import checkout_stage

@@ -51,9 +51,9 @@ ALLOWED = {
 }
 # Functions that check a credential sent by a client: each must use hmac.compare_digest.
 CHECKERS = {
-    ("service/github.py", "verify"),
-    ("service/gitlab.py", "verify"),
-    ("service/gitea.py", "verify"),
+    ("service/forges/github.py", "verify"),
+    ("service/forges/gitlab.py", "verify"),
+    ("service/forges/gitea.py", "verify"),
     ("service/rebuild.py", "authorised"),
 }
 

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlencode
 
-from service.gitea import signature
+from service.forges.gitea import signature
 from tests.conftest import SECRET
 
 REPO = "octo-org/social-score-api"

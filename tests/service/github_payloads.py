@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from service.github import signature
+from service.forges.github import signature
 from tests.conftest import SECRET
 
 REPO = "octo-org/social-score-api"

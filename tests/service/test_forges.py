@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from service.app import create_app
-from service.forge import ForgeEvent, Push, WebhookError, bounded
+from service.forges import ForgeEvent, Push, WebhookError, bounded
 from service.webhooks import FORGES
 from tests.conftest import SECRET, SHARED, shared_path
 from tests.service.conftest import counts

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
-from service.github import signature
+from service.forges.github import signature
 from tests.conftest import SHARED
 from tests.service.conftest import counts
 from tests.service.github_payloads import REPO, SHA, ping_payload, push_payload, signed

@@ -273,8 +273,8 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from service.reconcile import reconcile
     from trainhook.cli.replay import parse_time
-    from trainhook.reconcile import reconcile
 
     settings = load_settings()
     if args.repo and not any(r.name == args.repo for r in settings.repos):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.forge import is_sha, is_zero
+from service.forges import is_sha, is_zero
 
 MAX_COMMITS = 2048
 MAX_FILES = 1000

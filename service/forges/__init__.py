@@ -52,7 +52,7 @@ class Push:
     commit_message: str | None
     author: str | None
     # Every file the push changed, when the payload is known to list them all (filled by
-    # ingest for repositories with path filters; see service/payloadfilter.py), else None.
+    # ingest for repositories with path filters; see service/forges/payloadfilter.py), else None.
     files: frozenset[str] | None = None
 
     @property

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from trainhook.forgeapi import ApiError, ForgeApi, request
+from service.forges.api import ApiError, ForgeApi, request
 from trainhook.models import stage_events
 from trainhook.pathglobs import IGNORED
 

@@ -29,8 +29,8 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from service.forges.api import ApiError, ForgeApi, client, request
 from trainhook.db import reading
-from trainhook.forgeapi import ApiError, ForgeApi, client, request
 from trainhook.models import deliveries, utcnow
 from trainhook.repos import RepoConfig
 from trainhook.settings import Settings

@@ -36,11 +36,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from service.forges.api import ApiError, ForgeApi, client
+from service.forges.statuses import report_for, send
 from trainhook.db import reading
-from trainhook.forgeapi import ApiError, ForgeApi, client
 from trainhook.models import builds, status_reports, utcnow
 from trainhook.settings import Settings
-from trainhook.statuses import report_for, send
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from service.forge import (
+from service.forges import (
     ZERO_SHA,
     BadRequest,
     ForgeEvent,

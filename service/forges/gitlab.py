@@ -17,7 +17,7 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from service.forge import (
+from service.forges import (
     BadRequest,
     ForgeEvent,
     Push,
