@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from service.app import create_app
+from service.intake import Incoming, record_deliveries
 from tests.service.conftest import counts
 from tests.service.forge_kits import KITS, Kit, Signed, post
 from trainhook.builds import BuildSpec, Delivery, add_event
-from trainhook.intake import Incoming, record_deliveries
 from trainhook.runtime import Runtime, build_runtime
 
 A = "a1" * 20  # the older commit
