@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from trainhook.settings import Settings
 from worker.context import BuildContext
 
 BUILDER_STAGES = ("build", "push", "deploy", "vertex")
@@ -39,17 +38,3 @@ class Builder(Protocol):
         """metrics.json of the model serving `ctx.repo` now, or None when none is deployed.
         Read by the quality gate; never raises for a missing or unreadable release."""
         ...
-
-
-def builder_for(settings: Settings) -> Builder:
-    """The builder selected by TRAINHOOK_BUILDER (`local`, or `cloudbuild` with its Google
-    clients made from the settings). Raises NotImplementedError for an unknown builder."""
-    if settings.builder == "local":
-        from worker.local.builder import LocalBuilder
-
-        return LocalBuilder()
-    if settings.builder == "cloudbuild":
-        from worker.cloudbuild.builder import make_cloud_builder
-
-        return make_cloud_builder(settings)
-    raise NotImplementedError(f"TRAINHOOK_BUILDER={settings.builder} is not available yet")

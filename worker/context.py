@@ -5,17 +5,15 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
 from trainhook.models import builds
 from trainhook.repos import RepoConfig
 from trainhook.settings import Settings
+from worker.hash.decision import CacheDecision, CacheKeys, DataChoice
 from worker.recorder import Recorder
-
-if TYPE_CHECKING:
-    from worker.hash.keys import CacheDecision
 
 
 @dataclass(frozen=True)
@@ -58,36 +56,6 @@ class BuildInfo:
             status=row.status,
             force=bool(row.force),
         )
-
-
-@dataclass(frozen=True)
-class DataChoice:
-    """The training data the hash stage picked: a path in the commit (or a gs:// URL) and
-    its content id, or `path=None` when no configured file exists and the trainer generates
-    a sample.
-
-    `source` says how the content id was obtained: git (blob id), lfs (LFS oid), gs (object
-    metadata) or sample. The bytes to train on come from where the id came from, never from
-    the export: `blob` (git) is written out of the mirror's object store; `local` (lfs) is
-    the object in the mirror's LFS store, None when it was never fetched, and `pointer` the
-    oid and size it must match; `remote` (gs) is the object generation to download."""
-
-    path: str | None
-    content_id: str
-    candidates: tuple[str, ...]
-    source: str = "git"
-    local: Path | None = None
-    size: int | None = None
-    remote: Any = None
-    blob: str | None = None
-    pointer: Any = None
-
-
-@dataclass(frozen=True)
-class CacheKeys:
-    deps: str
-    nltk: str
-    model: str
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ import sqlalchemy as sa
 from trainhook.builds import STAGES, mark_finished
 from trainhook.db import reading
 from trainhook.models import builds
-from worker.checkout import GitError, git
 from worker.context import BuildContext
+from worker.git import GitError, git
 
 DIFF = ("diff", "--name-only", "--no-renames", "--no-ext-diff", "--no-textconv", "-z")
 

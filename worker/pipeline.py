@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from trainhook.builds import STAGES
 from trainhook.settings import Settings
-from worker.builder import Builder, builder_for
+from worker.builder import Builder
 from worker.context import BuildContext
 from worker.stage import SingleStage, StageFailed, Step
 
@@ -94,3 +94,17 @@ def default_pipeline(
             builder,
         ]
     )
+
+
+def builder_for(settings: Settings) -> Builder:
+    """The builder selected by TRAINHOOK_BUILDER (`local`, or `cloudbuild` with its Google
+    clients made from the settings). Raises NotImplementedError for an unknown builder."""
+    if settings.builder == "local":
+        from worker.local.builder import LocalBuilder
+
+        return LocalBuilder()
+    if settings.builder == "cloudbuild":
+        from worker.cloudbuild.builder import make_cloud_builder
+
+        return make_cloud_builder(settings)
+    raise NotImplementedError(f"TRAINHOOK_BUILDER={settings.builder} is not available yet")

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from trainhook.builds import add_event, append_log
 from trainhook.metrics import Metrics
 from trainhook.models import stage_events
-from worker.stage import Interrupted, Outcome, StageFailed
+from worker.outcome import Interrupted, Outcome, StageFailed
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from trainhook.builds import STAGES, mark_finished
 from trainhook.db import reading
 from trainhook.models import builds
 from trainhook.stale import GUARDED_TRIGGERS, Deployed, branch_history
-from worker.checkout import GIT_OPTIONS, GIT_TIMEOUT, git_env
 from worker.context import BuildContext
+from worker.git import GIT_OPTIONS, GIT_TIMEOUT, git_env
 
 
 def is_ancestor(mirror: Path, older: str, newer: str) -> bool | None:

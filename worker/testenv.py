@@ -39,8 +39,9 @@ from pathlib import Path
 
 from worker.commands import SECRET_MARKERS, child_env
 from worker.context import BuildContext
+from worker.hash.decision import Scope
 from worker.hash.gittree import tree_facts
-from worker.hash.keys import Scope, cache_scope, deps_files, deps_key
+from worker.hash.keys import cache_scope, deps_files, deps_key
 from worker.repocode import runner_for, sandbox_spec
 from worker.stage import StageFailed
 from worker.venvcache import Lease, VenvCache

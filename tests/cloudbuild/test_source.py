@@ -8,10 +8,10 @@ from typing import Any
 
 from tests.cloudbuild.fake_server import Plan
 from trainhook.gcs import make_gcs_client
-from worker.builder import builder_for
 from worker.cloudbuild.builder import CloudBuilder
 from worker.cloudbuild.source import SourceStore
 from worker.context import Bundle
+from worker.pipeline import builder_for
 
 
 def store_for(settings: Any) -> SourceStore:

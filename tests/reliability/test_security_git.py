@@ -16,7 +16,8 @@ from tests.reliability.gitserve import dumb_http, publish, redirecting
 from tests.support.gitrepo import GIT_ENV, GitRepo, git
 from tests.worker.conftest import context_for, new_build
 from trainhook.repos import RepoConfig
-from worker.checkout import GitError, Mirror, checkout_stage, transport
+from worker.checkout import Mirror, checkout_stage
+from worker.git import GitError, transport
 from worker.stage import StageFailed
 
 

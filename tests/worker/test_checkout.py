@@ -11,7 +11,8 @@ from tests.support.gitrepo import GitRepo, git
 from tests.support.postgres import free_port
 from tests.worker.conftest import build_view, context_for, new_build, stage_map, toy_pipeline
 from trainhook.runtime import build_runtime
-from worker.checkout import GitError, Mirror, checkout_stage, redact, scrub
+from worker.checkout import Mirror, checkout_stage
+from worker.git import GitError, redact, scrub
 from worker.loop import Worker
 from worker.stage import StageFailed
 from worker.workspace import Workspace

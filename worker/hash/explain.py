@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
 from trainhook.db import reading
 from trainhook.models import builds, stage_logs
-
-if TYPE_CHECKING:
-    from worker.context import BuildInfo
-    from worker.hash.keys import CacheDecision, Level
+from worker.context import BuildInfo
+from worker.hash.decision import INPUTS_MARK, CacheDecision, Level, scope_text
 
 LOOK_BACK = 5  # earlier builds of the branch searched for a recorded set of inputs
 
@@ -28,8 +26,6 @@ class Previous:
 def previous_inputs(engine: sa.Engine, build: BuildInfo) -> Previous | None:
     """The recorded inputs of the newest earlier build of the same repository and ref whose
     hash stage ran, or None (first build of the branch, or no record)."""
-    from worker.hash.keys import INPUTS_MARK
-
     with reading(engine) as conn:
         earlier = conn.execute(
             sa.select(builds.c.id)
@@ -79,8 +75,6 @@ def scope_changes(now: dict[str, Any], before: dict[str, Any]) -> list[str]:
     """A change of key version or of cache scope (the repository, or the cache group an
     operator named): either makes every level a new key. Records from before the scope was
     keyed have neither field (key version 1)."""
-    from worker.hash.keys import scope_text
-
     found: list[str] = []
     old_version, new_version = before.get("key_version", 1), now.get("key_version", 1)
     if old_version != new_version:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainhook.gcs import parse_gs_url
-from worker.checkout import GIT_OPTIONS, GitError, scrub
+from worker.git import GIT_OPTIONS, GitError, scrub
 
 if TYPE_CHECKING:
     from google.cloud.storage import Client

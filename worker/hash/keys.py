@@ -22,19 +22,29 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trainer
 from trainer.nltkdata import NLTK_PACKAGES, nltk_cache_key_material, nltk_version
 from trainer.params import ParamsError, TrainParams
-from trainhook.artifacts import ArtifactStore, Entry, open_store
+from trainhook.artifacts import ArtifactStore, open_store
 from trainhook.builds import set_cache_key
 from trainhook.gcs import make_gcs_client
 from trainhook.repos import RepoConfig
-from worker.checkout import redact
-from worker.context import BuildContext, CacheKeys, DataChoice
+from worker.context import BuildContext
+from worker.git import redact
+from worker.hash.decision import (
+    EXPLAIN_MARK,
+    INPUTS_MARK,
+    CacheDecision,
+    CacheKeys,
+    DataChoice,
+    Level,
+    Scope,
+)
+from worker.hash.explain import explain, previous_inputs
 from worker.hash.gittree import (
     DataPathError,
     FoundFile,
@@ -66,9 +76,6 @@ def canonical_hash(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
 
 
-Scope = dict[str, str]
-
-
 def cache_scope(repo: RepoConfig) -> Scope:
     """Whose cache entries a build of `repo` may use: its own, named by provider, name and
     clone URL (credentials left out, so rotating them keeps the cache), or those of the
@@ -81,15 +88,6 @@ def cache_scope(repo: RepoConfig) -> Scope:
     if repo.cache_group:
         return {"group": repo.cache_group}
     return {"repo": f"{repo.provider}:{repo.name}", "clone_url": redact(repo.clone_url)}
-
-
-def scope_text(scope: Scope | None) -> str:
-    """`repository github:octo/x` or `cache group team-nlp`, for explanations."""
-    if not scope:
-        return "no scope (before cache key version 2)"
-    if "group" in scope:
-        return f"cache group {scope['group']}"
-    return f"repository {scope.get('repo')} ({scope.get('clone_url')})"
 
 
 def deps_key(files: list[tuple[str, str]], scope: Scope) -> str:
@@ -257,65 +255,6 @@ def choose_data(
 # --- the decision ---------------------------------------------------------------------------
 
 
-@dataclass
-class Level:
-    """One cache level's outcome: hit, miss or unused (not needed by this build), and why."""
-
-    name: str
-    key: str
-    result: str = "miss"
-    why: str = ""
-    entry: Entry | None = None
-    problem: str | None = None  # a stored entry existed but was unusable
-
-    @property
-    def build_id(self) -> int | None:
-        return self.entry.build_id if self.entry is not None else None
-
-    def text(self) -> str:
-        return f"{self.name}: {self.result}" + (f" ({self.why})" if self.why else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "result": self.result,
-            "why": self.why,
-            "build": self.build_id,
-        }
-
-
-@dataclass
-class CacheDecision:
-    """The three levels for one build, decided before any training, and what they were
-    decided from (`inputs`, recorded in the hash log for the next build's explanation)."""
-
-    store: ArtifactStore
-    data: DataChoice
-    keys: CacheKeys
-    deps: Level
-    nltk: Level
-    model: Level
-    nltk_packages: tuple[str, ...]
-    params: dict[str, Any]
-    inputs: dict[str, Any] = field(default_factory=dict)
-    configured: str | None = None  # the configured data entry that led to the file
-    previous_build: int | None = None
-    seconds: float = 0.0
-
-    @property
-    def levels(self) -> tuple[Level, Level, Level]:
-        return (self.deps, self.nltk, self.model)
-
-    def summary(self) -> str:
-        return " · ".join(level.text() for level in self.levels)
-
-    def explanation(self) -> dict[str, Any]:
-        return {
-            **{level.name: level.to_dict() for level in self.levels},
-            "previous_build": self.previous_build,
-        }
-
-
 def _lookup(store: ArtifactStore, level: Level, kind: str) -> None:
     problems: list[str] = []
     level.entry = store.lookup(kind, level.key, problems.append)
@@ -438,8 +377,6 @@ def make_hash_stage(
 ) -> Callable[[BuildContext], Outcome]:
     """The hash stage over `store` (default: TRAINHOOK_ARTIFACTS). `gcs_client` is used for
     gs:// data (default: the store's client, else one made on first use)."""
-    from worker.hash.explain import explain, previous_inputs
-
     made: dict[str, Client] = {}
 
     def shared_client() -> Client:
@@ -481,10 +418,6 @@ def make_hash_stage(
 def hash_stage(ctx: BuildContext) -> Outcome:
     """The hash stage over the configured store (see `make_hash_stage`)."""
     return make_hash_stage()(ctx)
-
-
-INPUTS_MARK = "cache-inputs "
-EXPLAIN_MARK = "cache-explain "
 
 
 def short_id(content_id: str, width: int = 12) -> str:
