@@ -12,7 +12,7 @@ from tests.cache.harness import DATA, Builds, fake_model
 from tests.conftest import REPO_ROOT
 from tests.support.gitrepo import git
 from trainhook.artifacts import open_store
-from worker.hash.gittree import StatCache
+from worker.hash.statcache import StatCache
 
 LFS_OID = "4d7a2146e5e1ba3e7f1d0a1b5b1a6b5c9e0b1d2c3f4a5b6c7d8e9f0a1b2c3d4e"
 POINTER = f"version https://git-lfs.github.com/spec/v1\noid sha256:{LFS_OID}\nsize 123456\n"
@@ -63,7 +63,7 @@ def test_the_decision_imports_neither_nltk_nor_scikit_learn(builds, origin, tmp_
         "from pathlib import Path\n"
         "from worker.hash.keys import decide, Sources\n"
         "from worker.checkout import export\n"
-        "from worker.hash.gittree import StatCache\n"
+        "from worker.hash.statcache import StatCache\n"
         "from trainhook.artifacts import open_store\n"
         "from trainhook.repos import RepoConfig\n"
         f"src = Path({str(tmp_path / 'src')!r}); src.mkdir()\n"
@@ -268,7 +268,7 @@ def test_stat_cache_is_shared_by_concurrent_processes(tmp_path):
         path.write_text(f"{DATA}{i}\n")
         files.append(str(path))
     script = (
-        "import sys\nfrom pathlib import Path\nfrom worker.hash.gittree import StatCache\n"
+        "import sys\nfrom pathlib import Path\nfrom worker.hash.statcache import StatCache\n"
         f"c = StatCache(Path({str(tmp_path / 'stat.sqlite')!r}), racy_ns=0)\n"
         "for _ in range(5):\n"
         "    c.digest_files([Path(p) for p in sys.argv[1:]])\n"

@@ -43,7 +43,7 @@ ALLOWED = {
     # Header *names* are filtered out of what is stored; no secret value is compared.
     ("service/ingest.py", "k.lower() not in SECRET_HEADERS"),
     # A file's stat signature (size, mtime, inode), not a cryptographic one.
-    ("worker/hash/gittree.py", "signature(after) == signature(info)"),
+    ("worker/hash/statcache.py", "signature(after) == signature(info)"),
     # Content digests of a model bundle the worker wrote itself: integrity, not authentication,
     # and both sides are the worker's own values.
     ("worker/local/release.py", "old.get('digest') == bundle.digest"),

@@ -39,15 +39,15 @@ from worker.hash.decision import (
     Level,
 )
 from worker.hash.explain import explain, previous_inputs
+from worker.hash.gcsobjects import gcs_object
 from worker.hash.gittree import (
-    StatCache,
     TreeFacts,
     TreeReader,
     exported_unchanged,
-    gcs_object,
     lfs_object,
     read_pointer,
 )
+from worker.hash.statcache import StatCache
 from worker.stage import Outcome, StageFailed
 
 if TYPE_CHECKING:
