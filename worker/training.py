@@ -29,7 +29,8 @@ from trainhook.gcs import make_gcs_client
 from trainhook.models import utcnow
 from worker.commands import child_env, run_command
 from worker.context import BuildContext
-from worker.hash.gittree import DataRefused, copy_lfs_object, download_object, write_blob
+from worker.hash.gcsobjects import download_object
+from worker.hash.gittree import DataRefused, copy_lfs_object, write_blob
 from worker.nltkcache import prepare_nltk
 from worker.stage import Outcome, StageFailed
 from worker.testcommand import secret_names

@@ -5,8 +5,8 @@
   read: one `git cat-file --batch-command` process answers every question the cache
   decision has of the commit (commit and tree objects, the size of the data blob from its
   object header, symlink and LFS pointer blobs of at most a few KiB);
-- a Git LFS pointer: the LFS oid (sha256 of the real content) from the pointer blob;
-- `gs://` data: the object's md5 (or crc32c and generation) from its metadata.
+- a Git LFS pointer: the LFS oid (sha256 of the real content) from the pointer blob
+(`gs://` data is keyed by its object metadata: worker/hash/gcsobjects.py).
 
 The export of the commit is never looked at: the test stage ran there, and whatever it did
 (rewrote the data and restored its mtime, deleted it, planted another candidate) changes
@@ -22,7 +22,6 @@ Training reads a copy written from the same store, each byte checked on the way:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import logging
@@ -32,13 +31,12 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from trainhook.gcs import parse_gs_url
 from worker.git import GIT_OPTIONS, GitError, scrub
 
 if TYPE_CHECKING:
-    from google.cloud.storage import Client
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -481,49 +479,3 @@ def copy_lfs_object(source: Path, pointer: LfsPointer, dest: Path, what: str) ->
             dest.unlink(missing_ok=True)
         raise
     return size
-
-
-# --- gs:// data ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GcsObject:
-    url: str
-    bucket: str
-    name: str
-    generation: int
-    size: int
-    md5: str | None  # hex
-    crc32c: str | None  # hex
-
-    @property
-    def content_id(self) -> str:
-        """md5 names the content exactly; without it (composite objects) crc32c is only 32
-        bits, so the generation is added (a rewrite of the same bytes then retrains)."""
-        if self.md5:
-            return f"gs:md5:{self.md5}"
-        return f"gs:crc32c:{self.crc32c}@{self.generation}"
-
-
-def _hex(value: str | None) -> str | None:
-    return base64.b64decode(value).hex() if value else None
-
-
-def gcs_object(client: Client, url: str) -> GcsObject | None:
-    """The metadata of `gs://bucket/name` (no content read), or None when it does not exist."""
-    bucket, name = parse_gs_url(url)
-    blob: Any = client.bucket(bucket).get_blob(name)
-    if blob is None:
-        return None
-    return GcsObject(
-        url, bucket, name, int(blob.generation), int(blob.size or 0), _hex(blob.md5_hash),
-        _hex(blob.crc32c),
-    )  # fmt: skip
-
-
-def download_object(client: Client, obj: GcsObject, dest: Path) -> Path:
-    """Download exactly the generation that was keyed (a newer upload is not this data)."""
-    blob = client.bucket(obj.bucket).blob(obj.name, generation=obj.generation)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    blob.download_to_filename(str(dest))
-    return dest

@@ -45,12 +45,12 @@ from worker.hash.decision import (
     Scope,
 )
 from worker.hash.explain import explain, previous_inputs
+from worker.hash.gcsobjects import gcs_object
 from worker.hash.gittree import (
     DataPathError,
     FoundFile,
     TreeFacts,
     TreeReader,
-    gcs_object,
     lfs_object,
 )
 from worker.stage import Outcome, StageFailed
