@@ -31,12 +31,8 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from worker.git import GIT_OPTIONS, GitError, scrub
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
