@@ -299,10 +299,15 @@ def test_a_forced_publish_racing_other_publishers_gets_its_own_entry(backend, tm
     ]
     barrier = threading.Barrier(len(sources))
     results: dict[int, tuple[int | None, bool]] = {}
+    errors: list[BaseException] = []
 
     def publish(i: int) -> None:
         barrier.wait()
-        entry, won = store.publish("models", KEY, sources[i], {"build_id": i}, replace=i == 0)
+        try:
+            entry, won = store.publish("models", KEY, sources[i], {"build_id": i}, replace=i == 0)
+        except BaseException as exc:  # a thread's exception would only be a warning
+            errors.append(exc)
+            raise
         results[i] = (entry.build_id, won)
 
     threads = [threading.Thread(target=publish, args=(i,)) for i in range(len(sources))]
@@ -311,6 +316,7 @@ def test_a_forced_publish_racing_other_publishers_gets_its_own_entry(backend, tm
     for thread in threads:
         thread.join()
 
+    assert errors == []  # every publisher got an entry, the ones the forced one beat too
     assert results[0] == (0, True)  # whoever was first, the forced one uses its own
     found = store.lookup("models", KEY)
     assert found is not None

@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -75,7 +76,19 @@ class LocalStore:
         return self.root / kind / key
 
     def _read(self, kind: str, key: str) -> Entry | None:
-        """The entry, None when absent; raises Unusable when something broken is there."""
+        """The entry, None when absent; raises Unusable when something broken is there.
+
+        An entry replaced while it is read (a forced publish moves the old one aside, then
+        renames the new one in) is read again, never called broken: a publisher that took
+        it for broken would move the new, complete entry aside."""
+        for _ in range(3):
+            try:
+                return self._read_once(kind, key)
+            except _Replaced:
+                continue
+        raise Unusable("it keeps changing while it is read")
+
+    def _read_once(self, kind: str, key: str) -> Entry | None:
         folder = self.entry_dir(kind, key)
         manifest = folder / MANIFEST
         try:
@@ -93,8 +106,12 @@ class LocalStore:
             try:
                 size = (folder / name).stat().st_size
             except OSError:
+                if _replaced(manifest, info):
+                    raise _Replaced from None
                 raise Unusable(f"{name} is missing (partial entry)") from None
             if size != record.size:
+                if _replaced(manifest, info):
+                    raise _Replaced from None
                 raise Unusable(f"{name} has {size} bytes, the manifest says {record.size}")
         version = f"{info.st_ino}:{info.st_mtime_ns}"
         return Entry(kind, key, files, meta, str(folder), version)
@@ -179,12 +196,29 @@ class LocalStore:
                         return theirs, False
                     continue
                 _fsync(final.parent)
-                entry = self._read(kind, key)
-                assert entry is not None
-                return entry, True
+                try:
+                    entry = self._read(kind, key)
+                except Unusable:
+                    entry = None  # moved aside while being read
+                if entry is not None and dict(entry.files) == records:
+                    return entry, True
+                # A forced publisher moved ours aside between the rename and the read: its
+                # entry wins, and its own rename follows at once (staging is gone: ours
+                # cannot be tried again).
+                return self._await_replacement(kind, key, warn), False
             raise OSError(f"could not publish {kind} entry {key[:12]} in {self.location}")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _await_replacement(self, kind: str, key: str, warn: Warn | None) -> Entry:
+        """The entry a forced publisher is putting in place of ours (moved aside, then
+        renamed in: milliseconds apart)."""
+        for _ in range(200):
+            theirs = self.lookup(kind, key, warn)
+            if theirs is not None:
+                return theirs
+            time.sleep(0.01)
+        raise OSError(f"{kind} entry {key[:12]} in {self.location} vanished after publishing")
 
     def evict(self, entry: Entry) -> bool:
         folder = self.entry_dir(entry.kind, entry.key)
@@ -205,3 +239,16 @@ class LocalStore:
         finally:
             shutil.rmtree(aside, ignore_errors=True)
         return True
+
+
+class _Replaced(Exception):
+    """The entry being read was moved aside or replaced meanwhile."""
+
+
+def _replaced(manifest: Path, read: os.stat_result) -> bool:
+    """Whether `manifest` is no longer the file that was read (moved aside, replaced)."""
+    try:
+        now = manifest.stat()
+    except OSError:
+        return True
+    return (now.st_dev, now.st_ino) != (read.st_dev, read.st_ino)
