@@ -37,10 +37,10 @@ GIT_IDENTITY = {
 
 def example_source() -> Path:
     """The bundled example: packaged beside trainhook, or in the source tree."""
-    here = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # trainhook/, this file is trainhook/cli/
     for candidate in (
-        here / "_examples" / "social-score-api",
-        here.parent / "examples" / "social-score-api",
+        package / "_examples" / "social-score-api",
+        package.parent / "examples" / "social-score-api",
     ):
         if (candidate / "app.py").exists():
             return candidate
