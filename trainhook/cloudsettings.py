@@ -48,8 +48,9 @@ class CloudBuildConfig(Protocol):
     def repos(self) -> Sequence[RepoConfig]: ...
 
 
-def cloudbuild_env(env: Mapping[str, str], number: Any) -> dict[str, Any]:
-    """The Settings fields read from the environment (`number` parses a float variable)."""
+def cloudbuild_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The Settings fields named here; the numeric ones (timeout, queue TTL, poll interval)
+    are parsed and range-checked with every other number in trainhook.settings."""
 
     def text(name: str) -> str | None:
         return (env.get(name) or "").strip().rstrip("/") or None
@@ -59,9 +60,6 @@ def cloudbuild_env(env: Mapping[str, str], number: Any) -> dict[str, Any]:
         "gcp_region": text("TRAINHOOK_GCP_REGION"),
         "source_bucket": text("TRAINHOOK_SOURCE_BUCKET"),
         "cloudbuild_endpoint": text("TRAINHOOK_CLOUDBUILD_ENDPOINT"),
-        "cloudbuild_timeout": number(env, "TRAINHOOK_CLOUDBUILD_TIMEOUT", 3600.0),
-        "cloudbuild_queue_ttl": number(env, "TRAINHOOK_CLOUDBUILD_QUEUE_TTL", 3600.0),
-        "cloudbuild_poll_interval": number(env, "TRAINHOOK_CLOUDBUILD_POLL_INTERVAL", 5.0),
         "cloudbuild_service_account": text("TRAINHOOK_CLOUDBUILD_SERVICE_ACCOUNT"),
     }
 
@@ -72,11 +70,13 @@ def _env_problems(settings: CloudBuildConfig) -> list[str]:
     if not project:
         problems.append("TRAINHOOK_GCP_PROJECT is not set (the project that runs the builds)")
     elif not PROJECT_RE.fullmatch(project):
-        problems.append(f"TRAINHOOK_GCP_PROJECT={project!r} is not a project id")
+        problems.append(
+            f"TRAINHOOK_GCP_PROJECT={project!r}: expected a project id (6-30 of a-z 0-9 -)"
+        )
     if not region:
         problems.append("TRAINHOOK_GCP_REGION is not set (the Cloud Build region)")
     elif not REGION_RE.fullmatch(region):
-        problems.append(f"TRAINHOOK_GCP_REGION={region!r} is not a region (europe-west1)")
+        problems.append(f"TRAINHOOK_GCP_REGION={region!r}: expected a region (europe-west1)")
     if not bucket:
         problems.append("TRAINHOOK_SOURCE_BUCKET is not set (gs://bucket[/prefix] for sources)")
     else:
@@ -91,14 +91,6 @@ def _env_problems(settings: CloudBuildConfig) -> list[str]:
             problems.append(
                 f"TRAINHOOK_CLOUDBUILD_ENDPOINT={endpoint!r} is not http(s)://host[:port]"
             )
-    for name, value in (
-        ("TRAINHOOK_CLOUDBUILD_TIMEOUT", settings.cloudbuild_timeout),
-        ("TRAINHOOK_CLOUDBUILD_QUEUE_TTL", settings.cloudbuild_queue_ttl),
-    ):
-        if not 60 <= value <= 86400:
-            problems.append(f"{name}={value:g}: Cloud Build accepts 60..86400 seconds")
-    if not 0 < settings.cloudbuild_poll_interval <= 300:
-        problems.append("TRAINHOOK_CLOUDBUILD_POLL_INTERVAL must be in (0, 300] seconds")
     account = settings.cloudbuild_service_account
     if account and "@" not in account:
         problems.append(f"TRAINHOOK_CLOUDBUILD_SERVICE_ACCOUNT={account!r} is not an email")
@@ -111,9 +103,15 @@ def cloudbuild_problems(settings: CloudBuildConfig) -> list[str]:
     for repo in settings.repos:
         where = f"{settings.config_path}: repository {repo.name!r}"
         if repo.image is None:
-            problems.append(f"{where}: missing key 'image' ({IMAGE_FORMAT})")
+            problems.append(
+                f"{where}: missing key 'image' (TRAINHOOK_BUILDER=cloudbuild; expected "
+                f"{IMAGE_FORMAT})"
+            )
         if repo.deploy is None:
-            problems.append(f"{where}: missing table [repos.deploy] (cluster, location, ...)")
+            problems.append(
+                f"{where}: missing table [repos.deploy] (TRAINHOOK_BUILDER=cloudbuild; "
+                "expected cluster, location, deployment, ...)"
+            )
     return problems
 
 
@@ -122,5 +120,6 @@ def check_cloudbuild(settings: CloudBuildConfig) -> None:
     problems = cloudbuild_problems(settings)
     if problems:
         raise ConfigError(
-            "TRAINHOOK_BUILDER=cloudbuild is not configured:\n  - " + "\n  - ".join(problems)
+            "TRAINHOOK_BUILDER=cloudbuild is not configured:\n  - " + "\n  - ".join(problems),
+            problems=problems,
         )

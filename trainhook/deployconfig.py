@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainhook.configcheck import Number, shown
+
 # REGION-docker.pkg.dev/PROJECT/REPOSITORY/NAME (multi-regions: us, europe, asia)
 IMAGE_RE = re.compile(
     r"^(?P<location>[a-z]+(?:-[a-z]+[0-9]+)?)-docker\.pkg\.dev"
@@ -26,7 +28,11 @@ IMAGE_FORMAT = "REGION-docker.pkg.dev/PROJECT/REPOSITORY/NAME"
 
 
 class DeployKeyError(ValueError):
-    """A bad value in one of the production tables; the message names the key."""
+    """Bad values in one of the production tables; each of `problems` names its key."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class DeployConfig:
     namespace: str = "default"
     container: str = ""  # empty: the Deployment's name
     health_path: str = "/healthz"
-    timeout: int = 300  # seconds for `kubectl rollout status`
+    timeout: int = 300  # seconds for `kubectl rollout status` (300, "300s" or "5m")
 
     @property
     def container_name(self) -> str:
@@ -62,84 +68,112 @@ class VertexConfig:
 
 def check_image(value: Any) -> str:
     if not isinstance(value, str) or not IMAGE_RE.fullmatch(value):
-        raise DeployKeyError(f"key 'image': {value!r} is not {IMAGE_FORMAT} (no tag or digest)")
+        raise DeployKeyError(
+            f"key 'image': {shown(value)}: expected {IMAGE_FORMAT} (no tag or digest)"
+        )
     return value
 
 
 def _table(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise DeployKeyError(f"key {name!r} must be a table ([repos.{name}])")
+        raise DeployKeyError(f"key {name!r}: got {shown(value)}, expected a table ([repos.{name}])")
     return value
 
 
 def _string(table: str, key: str, value: Any, pattern: re.Pattern[str], what: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise DeployKeyError(f"key '{table}.{key}': {value!r} is not {what}")
+        raise DeployKeyError(f"key '{table}.{key}': {shown(value)}: expected {what}")
     return value
 
 
+def _collect(problems: list[str], check: Any, *args: Any) -> Any:
+    """Run one check, keeping its problem (if any) so that every key is checked."""
+    try:
+        return check(*args)
+    except DeployKeyError as exc:
+        problems.extend(exc.problems)
+        return None
+
+
+DEPLOY_KEYS = ("cluster", "location", "namespace", "deployment", "container", "health_path")
+DEPLOY_TIMEOUT = Number("duration", 10, 7200)
+
+
+def _timeout(value: Any) -> int:
+    try:
+        seconds = DEPLOY_TIMEOUT.parse(value)
+    except ValueError:
+        raise DeployKeyError(
+            f"key 'deploy.timeout': {shown(value)}: expected {DEPLOY_TIMEOUT.describe()}"
+        ) from None
+    if seconds != int(seconds):
+        raise DeployKeyError(
+            f"key 'deploy.timeout': {shown(value)}: expected whole seconds (kubectl's --timeout)"
+        )
+    return int(seconds)
+
+
 def parse_deploy(value: Any) -> DeployConfig:
-    """Validate `[repos.deploy]`; raises DeployKeyError naming the key."""
+    """Validate `[repos.deploy]`; raises DeployKeyError naming every key at fault."""
     table = _table("deploy", value)
-    known = {
-        "cluster",
-        "location",
-        "namespace",
-        "deployment",
-        "container",
-        "health_path",
-        "timeout",
-    }
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise DeployKeyError(f"unknown key 'deploy.{unknown[0]}'")
+    problems = [
+        f"unknown key 'deploy.{key}' = {shown(table[key])}"
+        for key in sorted(set(table) - {*DEPLOY_KEYS, "timeout"})
+    ]
     for key in ("cluster", "location", "deployment"):
         if key not in table:
-            raise DeployKeyError(f"missing required key 'deploy.{key}'")
+            problems.append(f"missing required key 'deploy.{key}'")
     name = "a Kubernetes/GKE name (lowercase letters, digits, '-')"
+    checks = {
+        "cluster": (K8S_NAME_RE, name),
+        "namespace": (K8S_NAME_RE, name),
+        "deployment": (K8S_NAME_RE, name),
+        "container": (K8S_NAME_RE, name),
+        "location": (LOCATION_RE, "a region or zone (europe-west1)"),
+        "health_path": (HEALTH_PATH_RE, "a URL path ('/…')"),
+    }
     out: dict[str, Any] = {}
-    for key in ("cluster", "namespace", "deployment", "container"):
+    for key, (pattern, what) in checks.items():
         if key in table:
-            out[key] = _string("deploy", key, table[key], K8S_NAME_RE, name)
-    out["location"] = _string(
-        "deploy", "location", table["location"], LOCATION_RE, "a region or zone (europe-west1)"
-    )
-    if "health_path" in table:
-        out["health_path"] = _string(
-            "deploy", "health_path", table["health_path"], HEALTH_PATH_RE, "a URL path ('/…')"
-        )
+            out[key] = _collect(problems, _string, "deploy", key, table[key], pattern, what)
     if "timeout" in table:
-        timeout = table["timeout"]
-        if not isinstance(timeout, int) or isinstance(timeout, bool) or not 10 <= timeout <= 7200:
-            raise DeployKeyError(f"key 'deploy.timeout': {timeout!r} is not 10..7200 seconds")
-        out["timeout"] = timeout
+        out["timeout"] = _collect(problems, _timeout, table["timeout"])
+    if problems:
+        raise DeployKeyError(*problems)
     return DeployConfig(**out)
 
 
 def parse_vertex(value: Any) -> VertexConfig:
-    """Validate `[repos.vertex]`; raises DeployKeyError naming the key."""
+    """Validate `[repos.vertex]`; raises DeployKeyError naming every key at fault."""
     table = _table("vertex", value)
-    unknown = sorted(set(table) - {"pipeline", "parameters", "pipeline_root", "service_account"})
-    if unknown:
-        raise DeployKeyError(f"unknown key 'vertex.{unknown[0]}'")
+    known = {"pipeline", "parameters", "pipeline_root", "service_account"}
+    problems = [
+        f"unknown key 'vertex.{key}' = {shown(table[key])}" for key in sorted(set(table) - known)
+    ]
+    pipeline = None
     if "pipeline" not in table:
-        raise DeployKeyError("missing required key 'vertex.pipeline'")
-    pipeline = _string(
-        "vertex",
-        "pipeline",
-        table["pipeline"],
-        PIPELINE_RE,
-        "a path in the repository, a gs:// URI or an https:// template",
-    )
-    if ".." in pipeline.split("/"):
-        raise DeployKeyError(f"key 'vertex.pipeline': {pipeline!r} leaves the repository")
+        problems.append("missing required key 'vertex.pipeline'")
+    else:
+        pipeline = _collect(
+            problems,
+            _string,
+            "vertex",
+            "pipeline",
+            table["pipeline"],
+            PIPELINE_RE,
+            "a path in the repository, a gs:// URI or an https:// template",
+        )
+    if pipeline is not None and ".." in pipeline.split("/"):
+        problems.append(f"key 'vertex.pipeline': {pipeline!r} leaves the repository")
     parameters = table.get("parameters", {})
     if not isinstance(parameters, dict):
-        raise DeployKeyError("key 'vertex.parameters' must be a table")
+        problems.append(f"key 'vertex.parameters': got {shown(parameters)}, expected a table")
     root = table.get("pipeline_root")
     if root is not None and (not isinstance(root, str) or not root.startswith("gs://")):
-        raise DeployKeyError(f"key 'vertex.pipeline_root': {root!r} is not a gs:// URI")
+        problems.append(f"key 'vertex.pipeline_root': {shown(root)}: expected a gs:// URI")
     account = table.get("service_account")
     if account is not None and (not isinstance(account, str) or "@" not in account):
-        raise DeployKeyError(f"key 'vertex.service_account': {account!r} is not an email")
+        problems.append(f"key 'vertex.service_account': {shown(account)}: expected an email")
+    if problems or pipeline is None:
+        raise DeployKeyError(*problems)
     return VertexConfig(pipeline, dict(parameters), root, account)

@@ -6,7 +6,14 @@ class TrainhookError(Exception):
 
 
 class ConfigError(TrainhookError):
-    """Settings or the repositories file are wrong; the message names what and where."""
+    """Settings or the repositories file are wrong; the message names what and where.
+
+    `problems` holds each problem on its own (one line each), so that errors found in
+    several places can be reported together."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[str] = list(problems) if problems else [message]
 
 
 class DatabaseUnavailable(TrainhookError):

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import math
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
+from trainhook.configcheck import Problems, shown
 from trainhook.deployconfig import (
     DeployConfig,
-    DeployKeyError,
     VertexConfig,
     check_image,
     parse_deploy,
@@ -131,7 +133,24 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "sandbox_limits": (dict,),
 }
 _LISTS = ("branches", "tags", "data", "paths", "paths_ignore")
-_REQUIRED = ("name", "clone_url", "secret_env")
+_REQUIRED = {
+    "name": "the repository's full name, as the forge sends it",
+    "clone_url": "the URL trainhook clones",
+    "secret_env": "the environment variable holding the webhook secret",
+}
+# The quality gate's macro-F1 figures are fractions.
+_FRACTIONS = ("min_macro_f1", "max_regression")
+_TYPE_WORDS = {str: "a string", list: "a list of strings", bool: "true or false"}
+_TYPE_WORDS.update({int: "a whole number", float: "a number", dict: "a table"})
+
+
+def _expected_type(key: str) -> str:
+    return " or ".join(dict.fromkeys(_TYPE_WORDS[t] for t in _TYPES[key][:1]))
+
+
+def _toml_type(value: object) -> str:
+    names = {str: "string", bool: "boolean", int: "integer", float: "float", list: "array"}
+    return names.get(type(value), "table" if isinstance(value, dict) else type(value).__name__)
 
 
 def _fail(path: Path, repo: str, message: str) -> ConfigError:
@@ -184,109 +203,172 @@ def _check_clone_url(path: Path, repo: str, url: str) -> None:
         scheme = "ssh"  # scp-like syntax: git@host:org/repo.git
     if scheme not in CLONE_SCHEMES:
         raise _fail(
-            path, repo, f"key 'clone_url': scheme {scheme or 'none'!r} not in {CLONE_SCHEMES}"
+            path,
+            repo,
+            f"key 'clone_url': {url!r} has scheme {scheme or 'none'!r}, expected one of "
+            f"{CLONE_SCHEMES}",
         )
 
 
-def _check_forge_keys(path: Path, repo: str, table: dict[str, Any]) -> None:
+def _forge_problems(path: Path, repo: str, table: dict[str, Any], problems: Problems) -> None:
     for key in ("paths", "paths_ignore"):
         for pattern in table.get(key, []):
-            try:
-                check_pattern(pattern)
-            except PatternError as exc:
-                raise _fail(path, repo, f"key {key!r}: {exc}") from None
+            with problems.check():
+                try:
+                    check_pattern(pattern)
+                except PatternError as exc:
+                    raise _fail(path, repo, f"key {key!r}: {exc}") from None
     api = table.get("forge_api_url")
     if api is not None and (
         urlparse(api).scheme not in ("https", "http") or not urlparse(api).hostname
     ):
-        raise _fail(path, repo, f"key 'forge_api_url': {api!r} is not an http(s) URL")
+        problems.add(str(_fail(path, repo, f"key 'forge_api_url': {api!r} is not an http(s) URL")))
     hook_id = table.get("hook_id")
     if hook_id is not None and hook_id <= 0:
-        raise _fail(path, repo, f"key 'hook_id': {hook_id} is not a positive number")
+        problems.add(
+            str(_fail(path, repo, f"key 'hook_id': {hook_id}: expected a positive whole number"))
+        )
     env = table.get("forge_token_env")
     if env is not None and not env:
-        raise _fail(path, repo, "key 'forge_token_env' must name an environment variable")
+        problems.add(
+            str(_fail(path, repo, "key 'forge_token_env' must name an environment variable"))
+        )
+
+
+def _shape_problems(path: Path, label: str, table: dict[str, Any]) -> list[str]:
+    """Unknown keys, missing required keys and wrong types: every one of them."""
+    out = []
+    for key in sorted(set(table) - set(_TYPES)):
+        near = difflib.get_close_matches(key, _TYPES, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        out.append(f"unknown key {key!r} = {shown(table[key])}{hint}")
+    for key, what in _REQUIRED.items():
+        if key not in table:
+            out.append(f"missing required key {key!r} (expected {what})")
+    for key, value in table.items():
+        if key not in _TYPES:
+            continue
+        number = float(value) if isinstance(value, int | float) else math.nan
+        wrong_bool = isinstance(value, bool) and bool not in _TYPES[key]
+        if not isinstance(value, _TYPES[key]) or wrong_bool:
+            out.append(
+                f"key {key!r} has the wrong type: got {shown(value)} ({_toml_type(value)}), "
+                f"expected {_expected_type(key)}"
+            )
+        elif key in _LISTS and not all(isinstance(i, str) and i for i in cast(list[Any], value)):
+            out.append(f"key {key!r} must be a list of non-empty strings (got {shown(value)})")
+        elif key in _FRACTIONS and not 0 <= number <= 1:
+            out.append(f"key {key!r}: got {shown(value)}, expected a number from 0 to 1")
+    return [str(_fail(path, label, line)) for line in out]
 
 
 def parse_repo(path: Path, index: int, table: dict[str, Any]) -> RepoConfig:
-    """Validate one table; raise ConfigError naming the file, the repository and the key."""
+    """Validate one table; raise ConfigError naming the file, the repository and the key of
+    every problem found in it."""
+    problems = Problems()
+    repo = check_repo(path, index, table, problems)
+    problems.raise_if_any(f"{path}: repository #{index + 1}")
+    assert repo is not None
+    return repo
+
+
+def check_repo(
+    path: Path, index: int, table: dict[str, Any], problems: Problems
+) -> RepoConfig | None:
+    """Validate one table, adding each problem to `problems`; None when there was one."""
     label = repr(table.get("name")) if isinstance(table.get("name"), str) else f"#{index + 1}"
-    unknown = sorted(set(table) - set(_TYPES))
-    if unknown:
-        raise _fail(path, label, f"unknown key {unknown[0]!r}")
-    for key in _REQUIRED:
-        if key not in table:
-            raise _fail(path, label, f"missing required key {key!r}")
-    for key, value in table.items():
-        wrong_bool = isinstance(value, bool) and bool not in _TYPES[key]
-        if not isinstance(value, _TYPES[key]) or wrong_bool:
-            raise _fail(path, label, f"key {key!r} has the wrong type ({type(value).__name__})")
-    if table.get("provider", "github") not in PROVIDERS:
-        raise _fail(path, label, f"key 'provider': {table['provider']!r} not in {PROVIDERS}")
-    for key in _LISTS:
-        items = table.get(key, [])
-        if not all(isinstance(item, str) and item for item in items):
-            raise _fail(path, label, f"key {key!r} must be a list of non-empty strings")
+    before = len(problems.lines)
+    shape = _shape_problems(path, label, table)
+    problems.extend(shape)
+    if shape:
+        # Wrong types make the checks of values below meaningless (or crash them).
+        return None
+    with problems.check():
+        if table.get("provider", "github") not in PROVIDERS:
+            raise _fail(
+                path,
+                label,
+                f"key 'provider': {table['provider']!r}: expected one of {PROVIDERS}",
+            )
     for item in table.get("data", []):
-        _check_data_path(path, label, item)
-    if table.get("test_env", "worker") not in TEST_ENVS:
-        raise _fail(path, label, f"key 'test_env': {table['test_env']!r} not in {TEST_ENVS}")
-    _check_clone_url(path, label, table["clone_url"])
-    _check_forge_keys(path, label, table)
+        with problems.check():
+            _check_data_path(path, label, item)
+    with problems.check():
+        if table.get("test_env", "worker") not in TEST_ENVS:
+            raise _fail(path, label, f"key 'test_env': {table['test_env']!r} not in {TEST_ENVS}")
+    with problems.check():
+        _check_clone_url(path, label, table["clone_url"])
+    _forge_problems(path, label, table, problems)
     group = table.get("cache_group")
     if group is not None and not CACHE_GROUP_RE.fullmatch(group):
-        raise _fail(
-            path,
-            label,
-            f"key 'cache_group': {group!r} is not a group name (1-63 of a-z 0-9 . _ -,"
-            " starting with a letter or digit)",
+        problems.add(
+            str(
+                _fail(
+                    path,
+                    label,
+                    f"key 'cache_group': {group!r} is not a group name (1-63 of a-z 0-9 . _ -,"
+                    " starting with a letter or digit)",
+                )
+            )
         )
     kwargs: dict[str, Any] = dict(table)
     if "params" in kwargs:
-        kwargs["params"] = _check_params(path, label, table)
+        with problems.check():
+            kwargs["params"] = _check_params(path, label, table)
     for key, parse in (("sandbox_env", parse_repo_env), ("sandbox_limits", parse_repo_limits)):
         if key in kwargs:
-            try:
-                parsed = parse(kwargs[key])
-            except ValueError as exc:
-                raise _fail(path, label, f"key {key!r}: {exc}") from None
-            kwargs[key] = tuple(sorted(dict(parsed).items()))
+            with problems.check(f"{path}: repository {label}: key {key!r}: "):
+                kwargs[key] = tuple(sorted(dict(parse(kwargs[key])).items()))
     for key in _LISTS:
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
-    for key in ("min_macro_f1", "max_regression"):
+    for key in _FRACTIONS:
         if key in kwargs:
             kwargs[key] = float(kwargs[key])
-    try:
-        if "image" in kwargs:
+    where = f"{path}: repository {label}: "
+    if "image" in kwargs:
+        with problems.check(where):
             check_image(kwargs["image"])
-        if "deploy" in kwargs:
+    if "deploy" in kwargs:
+        with problems.check(where):
             kwargs["deploy"] = parse_deploy(kwargs["deploy"])
-        if "vertex" in kwargs:
+    if "vertex" in kwargs:
+        with problems.check(where):
             kwargs["vertex"] = parse_vertex(kwargs["vertex"])
-    except DeployKeyError as exc:
-        raise _fail(path, label, str(exc)) from None
+    if len(problems.lines) > before:
+        return None
     return RepoConfig(**kwargs)
 
 
-def load_repos(path: Path) -> tuple[RepoConfig, ...]:
-    """Read and validate the repositories file; raise ConfigError on any problem."""
+def read_repos(path: Path) -> tuple[tuple[RepoConfig, ...], list[str]]:
+    """Read and validate the repositories file: the valid repositories and every problem."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: repositories file not found (set TRAINHOOK_CONFIG)") from None
+        return (), [f"{path}: repositories file not found (set TRAINHOOK_CONFIG)"]
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    extra = sorted(set(raw) - {"repos"})
-    if extra:
-        raise ConfigError(f"{path}: unknown top-level key {extra[0]!r} (expected [[repos]])")
+        return (), [f"{path}: not valid TOML: {exc}"]
+    problems = Problems()
+    for key in sorted(set(raw) - {"repos"}):
+        problems.add(f"{path}: unknown top-level key {key!r} (expected [[repos]] tables)")
     tables = raw.get("repos", [])
-    if not isinstance(tables, list):
-        raise ConfigError(f"{path}: 'repos' must be an array of tables ([[repos]])")
-    repos = tuple(parse_repo(path, i, t) for i, t in enumerate(tables))
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        problems.add(f"{path}: 'repos' must be an array of tables ([[repos]]), got {shown(tables)}")
+        return (), problems.lines
+    parsed = [check_repo(path, i, t, problems) for i, t in enumerate(tables)]
+    repos = tuple(repo for repo in parsed if repo is not None)
     seen: set[tuple[str, str]] = set()
     for repo in repos:
         if (repo.provider, repo.name) in seen:
-            raise _fail(path, repr(repo.name), "is configured twice")
+            problems.add(str(_fail(path, repr(repo.name), "is configured twice")))
         seen.add((repo.provider, repo.name))
+    return repos, problems.lines
+
+
+def load_repos(path: Path) -> tuple[RepoConfig, ...]:
+    """Read and validate the repositories file; raise ConfigError listing every problem."""
+    repos, lines = read_repos(path)
+    problems = Problems()
+    problems.extend(lines)
+    problems.raise_if_any(f"{path} is not valid")
     return repos

@@ -10,23 +10,30 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from trainhook.configcheck import (
+    Invalid,
+    Number,
+    Problems,
+    env_number,
+    human_size,
+    shown,
+)
 from trainhook.errors import ConfigError
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Set by the sandbox itself (or would undo it): a repository may not declare them.
 RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "VIRTUAL_ENV", "PYTHONHOME", "PWD"})
 # Names that look like credentials: the repositories file is configuration, not a secret store.
 SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY")
-# The floor under each limit: below it not even the sandbox's own start (a shell, cp, a
+# Each limit's range. The floor: below it not even the sandbox's own start (a shell, cp, a
 # Python interpreter) fits, and every build would fail with a confusing message.
-MINIMUM = {
-    "memory": 64 * 1024**2,
-    "cpu_seconds": 1,
-    "processes": 8,
-    "disk": 1024**2,
+LIMITS = {
+    "memory": Number("size", 64 * 1024**2, 1024**4),
+    "cpu_seconds": Number("int", 1, 7 * 86400, "CPU seconds"),
+    "processes": Number("int", 8, 1_000_000, "processes"),
+    "disk": Number("size", 1024**2, 1024**4),
 }
+MINIMUM = {name: int(spec.low) for name, spec in LIMITS.items()}
 
 
 @dataclass(frozen=True)
@@ -49,51 +56,23 @@ class SandboxLimits:
         )
 
 
-def human(size: int) -> str:
-    for unit in ("T", "G", "M", "K"):
-        if size >= _UNITS[unit] and size % _UNITS[unit] == 0:
-            return f"{size // _UNITS[unit]}{unit}"
-    return f"{size}B"
-
-
-def parse_size(raw: str | int) -> int:
-    """`"512M"`, `"2G"`, `"1.5GiB"`, `"1048576"` or an int -> bytes (binary units).
-    Raises ValueError on anything else."""
-    if isinstance(raw, bool):
-        raise ValueError(f"{raw!r} is not a size")
-    if isinstance(raw, int):
-        return raw
-    match = _SIZE.match(raw)
-    if not match:
-        raise ValueError(f"{raw!r} is not a size (a number of bytes, or with K, M, G or T)")
-    unit = (match.group(2) or "").upper().rstrip("B").rstrip("I")
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
-def _check(field: str, value: int, label: str) -> int:
-    if value < MINIMUM[field]:
-        floor = human(MINIMUM[field]) if field in ("memory", "disk") else MINIMUM[field]
-        raise ValueError(f"{label}={value!r} is below the minimum of {floor}")
-    return value
+human = human_size
 
 
 def limits_from_env(env: Mapping[str, str]) -> SandboxLimits:
     """TRAINHOOK_SANDBOX_MEMORY, _CPU_SECONDS, _PROCESSES and _DISK over the defaults.
-    Raises ConfigError naming the variable."""
-    values: dict[str, int] = {}
-    for field in ("memory", "cpu_seconds", "processes", "disk"):
-        name = f"TRAINHOOK_SANDBOX_{field.upper()}"
-        raw = (env.get(name) or "").strip()
-        if not raw:
-            continue
-        try:
-            value = parse_size(raw) if field in ("memory", "disk") else int(raw)
-            values[field] = _check(field, value, name)
-        except ValueError as exc:
-            message = str(exc) if name in str(exc) else f"{name}: {exc}"
-            if "invalid literal" in message:
-                message = f"{name}={raw!r} is not a whole number"
-            raise ConfigError(message) from None
+    Raises ConfigError naming every bad variable, its value and the range expected."""
+    problems = Problems()
+    defaults = SandboxLimits()
+    values = {
+        field: int(
+            env_number(
+                problems, env, f"TRAINHOOK_SANDBOX_{field.upper()}", spec, getattr(defaults, field)
+            )
+        )
+        for field, spec in LIMITS.items()
+    }
+    problems.raise_if_any()
     return SandboxLimits(**values)
 
 
@@ -122,43 +101,49 @@ def sandbox_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def parse_repo_env(table: object) -> tuple[tuple[str, str], ...]:
     """A repository's `sandbox_env = { NAME = "value" }`: plain values its tests see.
-    Raises ValueError naming the variable at fault."""
+    Raises Invalid naming every variable at fault."""
     if not isinstance(table, dict):
-        raise ValueError('must be a table of NAME = "value"')
+        raise ValueError(f'got {shown(table)}, expected a table of NAME = "value"')
     items = []
+    problems = []
     for name, value in table.items():
         if not ENV_NAME.match(name):
-            raise ValueError(f"{name!r} is not an environment variable name")
-        if name in RESERVED_ENV or name.startswith("TRAINHOOK_"):
-            raise ValueError(f"{name!r} is set by the sandbox itself")
-        if any(marker in name.upper() for marker in SECRET_MARKERS):
-            raise ValueError(
+            problems.append(f"{name!r} is not an environment variable name")
+        elif name in RESERVED_ENV or name.startswith("TRAINHOOK_"):
+            problems.append(f"{name!r} is set by the sandbox itself")
+        elif any(marker in name.upper() for marker in SECRET_MARKERS):
+            problems.append(
                 f"{name!r} looks like a secret; the repositories file holds plain values only"
             )
-        if not isinstance(value, str):
-            raise ValueError(f"{name!r} must be a string (got {type(value).__name__})")
-        if "\0" in value:
-            raise ValueError(f"{name!r} contains a NUL character")
-        items.append((name, value))
+        elif not isinstance(value, str):
+            problems.append(f"{name!r} = {shown(value)}: expected a string")
+        elif "\0" in value:
+            problems.append(f"{name!r} contains a NUL character")
+        else:
+            items.append((name, value))
+    if problems:
+        raise Invalid(problems)
     return tuple(sorted(items))
 
 
 def parse_repo_limits(table: object) -> dict[str, int]:
     """A repository's `sandbox_limits = { memory = "8G", processes = 512 }`: overrides of
-    TRAINHOOK_SANDBOX_* for its own builds. Raises ValueError naming the limit at fault."""
+    TRAINHOOK_SANDBOX_* for its own builds. Raises Invalid naming every limit at fault."""
     if not isinstance(table, dict):
-        raise ValueError("must be a table of limit = value")
+        raise ValueError(f"got {shown(table)}, expected a table of limit = value")
     out: dict[str, int] = {}
+    problems = []
     for field, value in table.items():
-        if field not in MINIMUM:
-            raise ValueError(f"unknown limit {field!r} (expected one of {sorted(MINIMUM)})")
-        if field in ("memory", "disk"):
-            number = parse_size(value)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        else:
-            raise ValueError(f"{field!r} must be a whole number")
-        out[field] = _check(field, number, field)
+        spec = LIMITS.get(field)
+        if spec is None:
+            problems.append(f"unknown limit {field!r} (expected one of {sorted(LIMITS)})")
+            continue
+        try:
+            out[field] = int(spec.parse(value))
+        except ValueError as exc:
+            problems.append(f"{field} = {shown(value)} {exc}; expected {spec.describe()}")
+    if problems:
+        raise Invalid(problems)
     return out
 
 

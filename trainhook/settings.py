@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainhook.cloudsettings import check_cloudbuild, cloudbuild_env
-from trainhook.errors import ConfigError
+from trainhook.cloudsettings import cloudbuild_env, cloudbuild_problems
+from trainhook.configcheck import Number, Problems, env_number
 from trainhook.gcs import parse_gs_url
-from trainhook.repos import RepoConfig, load_repos
-from trainhook.sandboxsettings import SandboxLimits, sandbox_env
+from trainhook.repos import RepoConfig, read_repos
+from trainhook.sandboxsettings import SandboxLimits, limits_from_env, sandbox_paths_from_env
 
 DEFAULT_BODY_LIMIT = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MiB
 
@@ -75,6 +75,8 @@ class Settings:
     cloudbuild_queue_ttl: float = 3600.0
     cloudbuild_poll_interval: float = 5.0
     cloudbuild_service_account: str | None = None
+    log_format: str = "text"  # TRAINHOOK_LOG_FORMAT: text | json (json by default in prod)
+    worker_port: int = -1  # TRAINHOOK_WORKER_PORT: the worker's own HTTP; -1: not served
 
     def repo(self, name: str, provider: str | None = None) -> RepoConfig | None:
         """The configured repository with this full name (and provider), or None."""
@@ -123,10 +125,82 @@ class Settings:
 
 
 PUBSUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
+LOG_FORMATS = ("text", "json")
+HOUR, DAY = 3600.0, 86400.0
+
+# Every numeric variable: its field, kind and unit, range and default. Durations accept
+# 300, "300s", "5m"; sizes accept bytes or K/M/G/T. A value out of range is refused at
+# start, never clamped (a lease of -5 s or 0 attempts is a typo, not a wish).
+NUMBERS: dict[str, tuple[str, Number, float]] = {
+    "TRAINHOOK_BODY_LIMIT": ("body_limit", Number("size", 1024, 1024**3), DEFAULT_BODY_LIMIT),
+    "TRAINHOOK_HEADER_TIMEOUT": ("header_timeout", Number("duration", 0, HOUR, low_open=True), 10),
+    "TRAINHOOK_BODY_TIMEOUT": ("body_timeout", Number("duration", 0, HOUR, low_open=True), 60),
+    "TRAINHOOK_LEASE_SECONDS": ("lease_seconds", Number("duration", 0, DAY, low_open=True), 60),
+    "TRAINHOOK_POLL_INTERVAL": ("poll_interval", Number("duration", 0, 60, low_open=True), 0.5),
+    "TRAINHOOK_MAX_ATTEMPTS": ("max_attempts", Number("int", 1, 100, "attempts"), 3),
+    "TRAINHOOK_TRAIN_TIMEOUT": (
+        "train_timeout",
+        Number("duration", 0, 7 * DAY, low_open=True),
+        1800,
+    ),
+    "TRAINHOOK_TEST_TIMEOUT": ("test_timeout", Number("duration", 0, 7 * DAY, low_open=True), 900),
+    # 0: off
+    "TRAINHOOK_RECONCILE_INTERVAL": ("reconcile_interval", Number("duration", 0, 7 * DAY), 0),
+    # The venv a build is about to use must survive its own prune: at least 1.
+    "TRAINHOOK_VENV_KEEP": ("venv_keep", Number("int", 1, 1000, "venvs"), 5),
+    "TRAINHOOK_PUBSUB_MAX_DELIVERIES": (
+        "pubsub_max_deliveries",
+        Number("int", 5, 100, "deliveries (Pub/Sub allows 5-100)"),
+        20,
+    ),
+    "TRAINHOOK_PUBSUB_PUBLISH_TIMEOUT": (
+        "pubsub_publish_timeout",
+        Number("duration", 0, 600, low_open=True),
+        10,
+    ),
+    "TRAINHOOK_PUBSUB_SWEEP_SECONDS": (
+        "pubsub_sweep_seconds",
+        Number("duration", 0, HOUR, low_open=True),
+        10,
+    ),
+    "TRAINHOOK_PUBSUB_PULL_SECONDS": (
+        "pubsub_pull_seconds",
+        Number("duration", 0, 600, low_open=True),
+        5,
+    ),
+    # 0: never
+    "TRAINHOOK_PUBSUB_REPUBLISH_SECONDS": (
+        "pubsub_republish_seconds",
+        Number("duration", 0, 7 * DAY),
+        600,
+    ),
+    # Cloud Build's own limits on a build's timeout and queue TTL.
+    "TRAINHOOK_CLOUDBUILD_TIMEOUT": ("cloudbuild_timeout", Number("duration", 60, DAY), 3600),
+    "TRAINHOOK_CLOUDBUILD_QUEUE_TTL": ("cloudbuild_queue_ttl", Number("duration", 60, DAY), 3600),
+    "TRAINHOOK_CLOUDBUILD_POLL_INTERVAL": (
+        "cloudbuild_poll_interval",
+        Number("duration", 0, 300, low_open=True),
+        5,
+    ),
+    # Unset: the worker serves no HTTP (several workers may share a machine); 0: any free port.
+    "TRAINHOOK_WORKER_PORT": ("worker_port", Number("int", 0, 65535, "a TCP port"), -1),
+}
+INT_FIELDS = frozenset(f for f, spec, _ in NUMBERS.values() if spec.kind in ("int", "size"))
 
 
-def _pubsub_settings(env: Mapping[str, str], queue: str, attempts: int) -> dict[str, Any]:
-    """The TRAINHOOK_PUBSUB_* fields; with the pubsub queue, a project is required and every
+def _numbers(problems: Problems, env: Mapping[str, str]) -> dict[str, Any]:
+    """Every field of NUMBERS, parsed; a bad value is a problem and its default is kept."""
+    out: dict[str, Any] = {}
+    for name, (field_name, spec, default) in NUMBERS.items():
+        value = env_number(problems, env, name, spec, default)
+        out[field_name] = int(value) if field_name in INT_FIELDS else float(value)
+    return out
+
+
+def _pubsub_settings(
+    problems: Problems, env: Mapping[str, str], queue: str, attempts: int, deliveries: int
+) -> dict[str, Any]:
+    """The TRAINHOOK_PUBSUB_* names; with the pubsub queue, a project is required and every
     name must be one Pub/Sub accepts (3-255 characters, starting with a letter)."""
     project = env.get("TRAINHOOK_PUBSUB_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT") or ""
     names = {
@@ -136,93 +210,76 @@ def _pubsub_settings(env: Mapping[str, str], queue: str, attempts: int) -> dict[
         "pubsub_dead_letter_subscription": env.get("TRAINHOOK_PUBSUB_DEAD_LETTER_SUBSCRIPTION")
         or "",
     }
-    deliveries = int(_float(env, "TRAINHOOK_PUBSUB_MAX_DELIVERIES", 20))
     if queue == "pubsub":
         if not project:
-            raise ConfigError(
+            problems.add(
                 "TRAINHOOK_QUEUE=pubsub needs TRAINHOOK_PUBSUB_PROJECT (or GOOGLE_CLOUD_PROJECT)"
             )
         for field_name, value in names.items():
             if value and not PUBSUB_NAME.match(value):
                 var = "TRAINHOOK_" + field_name.upper()
-                raise ConfigError(
-                    f"{var}={value!r} is not a Pub/Sub name (3-255 characters: letters, "
+                problems.add(
+                    f"{var}={value!r}: expected a Pub/Sub name (3-255 characters: letters, "
                     "digits and . _ ~ + % -, starting with a letter)"
                 )
-        if not 5 <= deliveries <= 100:
-            raise ConfigError(f"TRAINHOOK_PUBSUB_MAX_DELIVERIES={deliveries}: Pub/Sub allows 5-100")
         if deliveries <= attempts:
             # The worker's own count must decide; Pub/Sub's policy is the backstop for jobs
             # that never get to fail (they kill the worker), and duplicates count too.
-            raise ConfigError(
-                f"TRAINHOOK_PUBSUB_MAX_DELIVERIES={deliveries} must be above "
+            problems.add(
+                f"TRAINHOOK_PUBSUB_MAX_DELIVERIES={deliveries}: expected a number above "
                 f"TRAINHOOK_MAX_ATTEMPTS={attempts}"
             )
-    return {
-        "pubsub_project": project,
-        **names,
-        "pubsub_max_deliveries": deliveries,
-        "pubsub_publish_timeout": _float(env, "TRAINHOOK_PUBSUB_PUBLISH_TIMEOUT", 10.0),
-        "pubsub_sweep_seconds": _float(env, "TRAINHOOK_PUBSUB_SWEEP_SECONDS", 10.0),
-        "pubsub_pull_seconds": _float(env, "TRAINHOOK_PUBSUB_PULL_SECONDS", 5.0),
-        "pubsub_republish_seconds": _float(env, "TRAINHOOK_PUBSUB_REPUBLISH_SECONDS", 600.0),
-    }
+    return {"pubsub_project": project, **names}
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-
-
-def _venv_keep(env: Mapping[str, str]) -> int:
-    raw = env.get("TRAINHOOK_VENV_KEEP") or "5"
-    try:
-        keep = int(raw)
-    except ValueError:
-        raise ConfigError(f"TRAINHOOK_VENV_KEEP={raw!r} is not a whole number") from None
-    if keep < 1:
-        # The venv a build is about to use must survive its own prune.
-        raise ConfigError(f"TRAINHOOK_VENV_KEEP={keep}: keep at least 1 venv")
-    return keep
+def _choice(problems: Problems, env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """A variable that names one of `choices` (the first is the default)."""
+    value = env.get(name) or choices[0]
+    if value not in choices:
+        expected = " or ".join(repr(c) for c in choices)
+        problems.add(f"{name}={value!r}: expected {expected}")
+        return choices[0]
+    return value
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool = True) -> Settings:
     """Build settings from `env` (default: the process environment).
 
-    Raises ConfigError with a message naming the variable, file, repository or key at fault.
+    Raises ConfigError listing every problem found in the environment and the repositories
+    file, each naming the variable, or the file, repository and key, with the value seen
+    and what is expected.
     """
     env = dict(os.environ if env is None else env)
+    problems = Problems()
     home = Path(env.get("TRAINHOOK_HOME") or "./.trainhook").expanduser().absolute()
     database_url = env.get("TRAINHOOK_DATABASE_URL") or f"sqlite:///{home / 'trainhook.db'}"
     config_path = Path(env.get("TRAINHOOK_CONFIG") or "./trainhook.toml").expanduser().absolute()
-    queue = env.get("TRAINHOOK_QUEUE") or "sql"
-    builder = env.get("TRAINHOOK_BUILDER") or "local"
-    mode = env.get("TRAINHOOK_ENV") or "dev"
+    queue = _choice(problems, env, "TRAINHOOK_QUEUE", ("sql", "pubsub"))
+    builder = _choice(problems, env, "TRAINHOOK_BUILDER", ("local", "cloudbuild"))
+    mode = _choice(problems, env, "TRAINHOOK_ENV", ("dev", "prod"))
+    log_format = _choice(
+        problems, env, "TRAINHOOK_LOG_FORMAT", ("json", "text") if mode == "prod" else LOG_FORMATS
+    )
     artifacts = env.get("TRAINHOOK_ARTIFACTS") or str(home / "artifacts")
     token = env.get("TRAINHOOK_API_TOKEN") or None
-
-    if queue not in ("sql", "pubsub"):
-        raise ConfigError(f"TRAINHOOK_QUEUE={queue!r}: expected 'sql' or 'pubsub'")
     if artifacts.startswith("gs://"):
         try:
             parse_gs_url(artifacts)
         except ValueError as exc:
-            raise ConfigError(f"TRAINHOOK_ARTIFACTS: {exc} (expected gs://bucket/prefix)") from None
-    if builder not in ("local", "cloudbuild"):
-        raise ConfigError(f"TRAINHOOK_BUILDER={builder!r}: expected 'local' or 'cloudbuild'")
-    if mode not in ("dev", "prod"):
-        raise ConfigError(f"TRAINHOOK_ENV={mode!r}: expected 'dev' or 'prod'")
-
-    repos = load_repos(config_path) if config_path.exists() or require_repos else ()
+            problems.add(f"TRAINHOOK_ARTIFACTS: {exc} (expected gs://bucket/prefix)")
+    numbers = _numbers(problems, env)
+    sandbox: dict[str, Any] = {}
+    with problems.check():
+        sandbox["sandbox_limits"] = limits_from_env(env)
+    with problems.check():
+        sandbox["sandbox_paths"] = sandbox_paths_from_env(env)
+    repos: tuple[RepoConfig, ...] = ()
+    if config_path.exists() or require_repos:
+        repos, repo_problems = read_repos(config_path)
+        problems.extend(repo_problems)
 
     secrets = {r.secret_env: env[r.secret_env] for r in repos if env.get(r.secret_env)}
     secrets.update({e: env[e] for r in repos if (e := r.forge_token_env) and env.get(e)})
-    max_attempts = int(_float(env, "TRAINHOOK_MAX_ATTEMPTS", 3))
     settings = Settings(
         home=home,
         database_url=database_url,
@@ -234,31 +291,27 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
         api_token=token,
         repos=repos,
         secrets=secrets,
-        body_limit=int(_float(env, "TRAINHOOK_BODY_LIMIT", DEFAULT_BODY_LIMIT)),
-        header_timeout=_float(env, "TRAINHOOK_HEADER_TIMEOUT", 10.0),
-        body_timeout=_float(env, "TRAINHOOK_BODY_TIMEOUT", 60.0),
-        lease_seconds=_float(env, "TRAINHOOK_LEASE_SECONDS", 60.0),
-        poll_interval=_float(env, "TRAINHOOK_POLL_INTERVAL", 0.5),
-        max_attempts=max_attempts,
-        train_timeout=_float(env, "TRAINHOOK_TRAIN_TIMEOUT", 1800.0),
-        test_timeout=_float(env, "TRAINHOOK_TEST_TIMEOUT", 900.0),
         public_url=(env.get("TRAINHOOK_PUBLIC_URL") or "").rstrip("/"),
-        reconcile_interval=_float(env, "TRAINHOOK_RECONCILE_INTERVAL", 0.0),
         nltk_index=env.get("TRAINHOOK_NLTK_INDEX") or None,
-        venv_keep=_venv_keep(env),
-        **sandbox_env(env),
-        **_pubsub_settings(env, queue, max_attempts),
-        **cloudbuild_env(env, _float),
+        log_format=log_format,
+        **numbers,
+        **sandbox,
+        **_pubsub_settings(
+            problems, env, queue, numbers["max_attempts"], numbers["pubsub_max_deliveries"]
+        ),
+        **cloudbuild_env(env),
     )
     if builder == "cloudbuild":
-        check_cloudbuild(settings)
+        problems.extend(cloudbuild_problems(settings))
     if mode == "prod":
-        refuse_insecure_defaults(settings)
+        problems.extend(insecure_defaults(settings))
+    problems.raise_if_any()
     return settings
 
 
-def refuse_insecure_defaults(settings: Settings) -> None:
-    """In prod, refuse to start with a missing secret, no API token or SQLite."""
+def insecure_defaults(settings: Settings) -> list[str]:
+    """What TRAINHOOK_ENV=prod refuses: a missing secret, no API token, SQLite."""
+    prefix = "TRAINHOOK_ENV=prod refuses insecure defaults: "
     problems = []
     if settings.api_token is None:
         problems.append("TRAINHOOK_API_TOKEN is not set (POST /rebuild would be unusable)")
@@ -271,7 +324,11 @@ def refuse_insecure_defaults(settings: Settings) -> None:
             problems.append(
                 f"repository {repo.name!r}: secret variable {repo.secret_env} is not set"
             )
-    if problems:
-        raise ConfigError(
-            "TRAINHOOK_ENV=prod refuses insecure defaults:\n  - " + "\n  - ".join(problems)
-        )
+    return [prefix + problem for problem in problems]
+
+
+def refuse_insecure_defaults(settings: Settings) -> None:
+    """In prod, refuse to start with a missing secret, no API token or SQLite."""
+    problems = Problems()
+    problems.extend(insecure_defaults(settings))
+    problems.raise_if_any("TRAINHOOK_ENV=prod refuses insecure defaults")

@@ -95,7 +95,8 @@ def test_an_image_not_in_artifact_registry_format_is_refused(
         ('namespace = "Prod_NS"', "key 'deploy.namespace'"),
         ('namespace = "prod\\n"', "key 'deploy.namespace'"),
         ("timeout = 5", "key 'deploy.timeout'"),
-        ('timeout = "300s"', "key 'deploy.timeout'"),
+        ('timeout = "soon"', "key 'deploy.timeout'"),
+        ('timeout = "3h"', "key 'deploy.timeout'"),
         ('health_path = "healthz; rm -rf /"', "key 'deploy.health_path'"),
     ],
 )

@@ -146,3 +146,146 @@ def test_prod_starts_with_secure_settings(tmp_path: Path):
 def test_scp_style_clone_url_is_accepted(tmp_path: Path):
     config = write(tmp_path, GOOD.replace("https://github.com/", "git@github.com:"))
     assert load_repos(config)[0].clone_url.startswith("git@github.com:")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("TRAINHOOK_LEASE_SECONDS", "-5", "a duration"),
+        ("TRAINHOOK_MAX_ATTEMPTS", "0", "a whole number of attempts, from 1 to 100"),
+        ("TRAINHOOK_MAX_ATTEMPTS", "2.9", "a whole number of attempts"),
+        ("TRAINHOOK_POLL_INTERVAL", "nan", "more than 0s to 1m"),
+        ("TRAINHOOK_POLL_INTERVAL", "inf", "a duration"),
+        ("TRAINHOOK_BODY_LIMIT", "0", "a size"),
+        ("TRAINHOOK_VENV_KEEP", "0", "from 1 to 1000"),
+        ("TRAINHOOK_TRAIN_TIMEOUT", "0", "more than 0s"),
+        ("TRAINHOOK_WORKER_PORT", "70000", "a TCP port"),
+        ("TRAINHOOK_SANDBOX_PROCESSES", "4", "from 8"),
+        ("TRAINHOOK_LOG_FORMAT", "xml", "'text' or 'json'"),
+    ],
+)
+def test_nonsense_numbers_are_refused_naming_variable_value_and_range(
+    tmp_path: Path, name: str, value: str, expected: str
+):
+    config = write(tmp_path, GOOD)
+    with pytest.raises(ConfigError) as info:
+        load_settings({"TRAINHOOK_CONFIG": str(config), name: value})
+    message = str(info.value)
+    assert f"{name}={value!r}: expected" in message
+    assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("300", 300.0), ("300s", 300.0), ("5m", 300.0), ("1h30m", 5400.0)]
+)
+def test_durations_accept_seconds_and_units(tmp_path: Path, value: str, seconds: float):
+    config = write(tmp_path, GOOD)
+    settings = load_settings({"TRAINHOOK_CONFIG": str(config), "TRAINHOOK_LEASE_SECONDS": value})
+    assert settings.lease_seconds == seconds
+
+
+def test_sizes_accept_units_and_counts_stay_whole(tmp_path: Path):
+    config = write(tmp_path, GOOD)
+    settings = load_settings(
+        {
+            "TRAINHOOK_CONFIG": str(config),
+            "TRAINHOOK_BODY_LIMIT": "10M",
+            "TRAINHOOK_MAX_ATTEMPTS": "4",
+        }
+    )
+    assert settings.body_limit == 10 * 1024 * 1024 and isinstance(settings.body_limit, int)
+    assert settings.max_attempts == 4 and isinstance(settings.max_attempts, int)
+
+
+def test_every_problem_in_environment_and_file_is_reported_at_once(tmp_path: Path):
+    second = GOOD.replace("octo-org/social-score-api", "octo-org/other")
+    config = write(
+        tmp_path,
+        GOOD.replace('branches = ["main", "release/*"]', 'branches = "main"')
+        + second.replace('provider = "github"', 'provider = "github"\nbranchs = ["x"]').replace(
+            "min_macro_f1", "x"
+        )
+        + "min_macro_f1 = 1.5\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            {
+                "TRAINHOOK_CONFIG": str(config),
+                "TRAINHOOK_LEASE_SECONDS": "-5",
+                "TRAINHOOK_MAX_ATTEMPTS": "0",
+                "TRAINHOOK_QUEUE": "redis",
+                "TRAINHOOK_SANDBOX_MEMORY": "1K",
+                "TRAINHOOK_SANDBOX_DISK": "lots",
+            }
+        )
+    lines = info.value.problems
+    assert len(lines) == 8, lines
+    message = str(info.value)
+    assert "(8 problems)" in message
+    for variable in ("LEASE_SECONDS='-5'", "MAX_ATTEMPTS='0'", "QUEUE='redis'"):
+        assert f"TRAINHOOK_{variable}: expected" in message
+    assert "TRAINHOOK_SANDBOX_MEMORY='1K'" in message and "TRAINHOOK_SANDBOX_DISK" in message
+    assert (
+        f"{config}: repository 'octo-org/social-score-api': key 'branches' has the wrong type: "
+        "got 'main' (string), expected a list of strings" in message
+    )
+    assert (
+        f"{config}: repository 'octo-org/other': unknown key 'branchs' = ['x']; "
+        "did you mean 'branches'?" in message
+    )
+    assert (
+        f"{config}: repository 'octo-org/other': key 'min_macro_f1': got 1.5, "
+        "expected a number from 0 to 1" in message
+    )
+
+
+def test_problems_inside_one_repository_table_are_all_named(tmp_path: Path):
+    config = write(
+        tmp_path,
+        GOOD.replace('provider = "github"', 'provider = "svn"')
+        .replace('"data/prod.csv"', '"../outside.csv"')
+        .replace("https://github.com", "ext::sh -c x")
+        + 'sandbox_limits = { memory = "1K", processes = 2, swap = 1 }\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_repos(config)
+    message = str(info.value)
+    for part in (
+        "key 'provider': 'svn': expected one of",
+        "key 'data': '../outside.csv'",
+        "key 'clone_url'",
+        "key 'sandbox_limits': memory = '1K' is out of range; expected a size",
+        "key 'sandbox_limits': processes = 2 is out of range; expected a whole number of "
+        "processes, from 8",
+        "key 'sandbox_limits': unknown limit 'swap'",
+    ):
+        assert part in message
+    assert len(info.value.problems) == 6
+
+
+@pytest.mark.parametrize(
+    ("timeout", "seconds"), [("300", 300), ('"300s"', 300), ('"5m"', 300), ("600", 600)]
+)
+def test_deploy_timeout_accepts_seconds_and_durations(tmp_path: Path, timeout: str, seconds: int):
+    deploy = (
+        'image = "europe-west1-docker.pkg.dev/octo-project/models/app"\n[repos.deploy]\n'
+        f'cluster = "ml"\nlocation = "europe-west1"\ndeployment = "app"\ntimeout = {timeout}\n'
+    )
+    repo = load_repos(write(tmp_path, GOOD + deploy))[0]
+    assert repo.deploy is not None and repo.deploy.timeout == seconds
+
+
+def test_every_bad_deploy_key_is_named_at_once(tmp_path: Path):
+    deploy = (
+        '[repos.deploy]\ncluster = "ML"\nlocation = "europe-west1"\ntimeout = "3h"\nreplicas = 3\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_repos(write(tmp_path, GOOD + deploy))
+    message = str(info.value)
+    for part in (
+        "key 'deploy.cluster': 'ML': expected a Kubernetes/GKE name",
+        "key 'deploy.timeout': '3h': expected a duration",
+        "unknown key 'deploy.replicas' = 3",
+        "missing required key 'deploy.deployment'",
+    ):
+        assert part in message
