@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from service.forges.registry import forge_for, forge_for_host
+
 CACHE_LEVELS = ("deps", "nltk", "model")
 # `deps hit`, `nltk: miss`, `deps cache=hit` ... in the hash or train detail. The worker records
 # the model level in the train stage's `cache` field; deps and nltk only when it writes them.
@@ -130,7 +132,8 @@ def stage_facts(stage: dict[str, Any]) -> list[Fact]:
 
 def commit_url(clone_url: str | None, provider: str | None, sha: str) -> str | None:
     """The web page of a commit when the repository is cloned over https from a forge whose
-    commit URL shape is known (GitHub, GitLab, Gitea/Forgejo); None otherwise."""
+    commit URL shape is known (GitHub, GitLab, Gitea/Forgejo: each forge says it); None
+    otherwise."""
     if not clone_url or not re.fullmatch(r"[0-9a-f]{7,64}", sha or ""):
         return None
     parts = urlsplit(clone_url)
@@ -141,9 +144,6 @@ def commit_url(clone_url: str | None, provider: str | None, sha: str) -> str | N
         return None
     port = f":{parts.port}" if parts.port else ""
     base = f"https://{parts.hostname}{port}/{path}"
-    host = parts.hostname.lower()
-    if provider not in ("github", "gitlab", "gitea"):  # unknown: judge by the host name
-        provider = "github" if host == "github.com" else "gitlab" if "gitlab" in host else None
-    if provider == "gitlab":
-        return f"{base}/-/commit/{sha}"
-    return f"{base}/commit/{sha}" if provider else None
+    # An unknown provider: judge by the host name.
+    forge = forge_for(provider) or forge_for_host(parts.hostname.lower())
+    return forge.commit_url(base, sha) if forge else None

@@ -1,18 +1,19 @@
 """Missed deliveries: GitHub never retries a webhook delivery that failed, so trainhook asks.
 
-For each GitHub repository with a forge token, `reconcile` lists its hook's recent deliveries
-(`GET /repos/{owner}/{repo}/hooks/{hook_id}/deliveries`, newest first, cursor pagination by
-the Link header) and groups them by `guid` (a redelivery keeps the guid, and trainhook's
-dedupe key is that guid). A guid trainhook has no `deliveries` row for is redelivered
-(`POST …/deliveries/{id}/attempts`), whatever GitHub saw: a failed attempt (not 2xx: trainhook
-was down, answered 503, or timed out before storing) and a 2xx one alike (the database was
-restored from an older backup, say). A guid already redelivered MAX_REDELIVERIES times
-without ever being recorded is given up (a bad secret answers 401 every time) and reported.
+For each repository with a forge token whose forge keeps a delivery log it can redeliver
+from (`Forge.redelivers`: GitHub; see each forge module for the others), `reconcile` lists
+its hook's recent deliveries (`Forge.deliveries`, newest first) and groups them by `guid` (a
+redelivery keeps the guid, and trainhook's dedupe key is that guid). A guid trainhook has no
+`deliveries` row for is redelivered (`Forge.redeliver`), whatever the forge saw: a failed
+attempt (not 2xx: trainhook was down, answered 503, or timed out before storing) and a 2xx
+one alike (the database was restored from an older backup, say). A guid already redelivered
+MAX_REDELIVERIES times without ever being recorded is given up (a bad secret answers 401
+every time) and reported.
 
 The hook id is `hook_id` from the repositories file, else the one hook of the repository whose
-URL is `TRAINHOOK_PUBLIC_URL/webhooks/github` (any URL ending in `/webhooks/github` when the
-public URL is not set). `trainhook reconcile --since 3d` runs it once; with
-TRAINHOOK_RECONCILE_INTERVAL=S the service runs it every S seconds over the last
+URL is `TRAINHOOK_PUBLIC_URL/webhooks/<provider>` (`Forge.find_hook`; any URL ending in
+`/webhooks/<provider>` when the public URL is not set). `trainhook reconcile --since 3d` runs
+it once; with TRAINHOOK_RECONCILE_INTERVAL=S the service runs it every S seconds over the last
 max(2 S, 1 h). Redelivering twice is harmless: the second one answers `duplicate`.
 """
 
@@ -23,13 +24,14 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from service.forges.api import ApiError, ForgeApi, client, request
+from service.forges import ApiError, Delivery, ForgeApi
+from service.forges.api import client
+from service.forges.registry import connect, forge_for, redelivering
 from trainhook.db import reading
 from trainhook.models import deliveries, utcnow
 from trainhook.repos import RepoConfig
@@ -38,7 +40,6 @@ from trainhook.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_REDELIVERIES = 3
-MAX_PAGES = 50  # 5,000 deliveries: far more than any look-back window should hold
 
 
 @dataclass
@@ -51,59 +52,8 @@ class RepoReport:
     failed: bool = False
 
 
-def _when(value: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except (AttributeError, ValueError):
-        return None
-
-
-def find_hook(http: httpx.Client, api: ForgeApi, public_url: str) -> int:
-    """The id of trainhook's hook on the repository; raises ApiError when not exactly one."""
-    url = api.url(f"{api.repo_path}/hooks?per_page=100")
-    hooks = request(http, api, "GET", url, f"list the hooks of {api.repo}").json()
-    want = f"{public_url}/webhooks/github" if public_url else None
-    found = []
-    for hook in hooks if isinstance(hooks, list) else []:
-        target = str((hook.get("config") or {}).get("url") or "").rstrip("/")
-        if target == want if want else target.endswith("/webhooks/github"):
-            found.append(int(hook["id"]))
-    if len(found) != 1:
-        where = want or "a URL ending in /webhooks/github"
-        what = "no hook" if not found else f"{len(found)} hooks ({found})"
-        raise ApiError(
-            f"{api.repo}: {what} delivering to {where}; set hook_id in the repositories file"
-        )
-    return found[0]
-
-
-def list_deliveries(
-    http: httpx.Client, api: ForgeApi, hook_id: int, since: datetime
-) -> list[dict[str, Any]]:
-    """The hook's deliveries at or after `since`, newest first (following the Link header)."""
-    url: str | None = api.url(f"{api.repo_path}/hooks/{hook_id}/deliveries?per_page=100")
-    found: list[dict[str, Any]] = []
-    for _ in range(MAX_PAGES):
-        if url is None:
-            break
-        response = request(http, api, "GET", url, f"list the deliveries of hook {hook_id}")
-        page = response.json()
-        if not isinstance(page, list):
-            raise ApiError(f"hook {hook_id}: the deliveries answer is not a list")
-        older = False
-        for item in page:
-            when = _when(item.get("delivered_at"))
-            if when is not None and when < since:
-                older = True
-                continue
-            found.append(item)
-        following = response.links.get("next", {}).get("url")
-        url = following if following and not older and api.same_origin(following) else None
-    return found
-
-
-def recorded(engine: Engine, guids: list[str]) -> set[str]:
-    """The guids among `guids` that trainhook has a delivery row for."""
+def recorded(engine: Engine, provider: str, guids: list[str]) -> set[str]:
+    """The guids among `guids` that trainhook has a delivery row for from `provider`."""
     found: set[str] = set()
     with reading(engine) as conn:
         for start in range(0, len(guids), 500):
@@ -111,39 +61,36 @@ def recorded(engine: Engine, guids: list[str]) -> set[str]:
             found.update(
                 conn.execute(
                     sa.select(deliveries.c.delivery_id).where(
-                        deliveries.c.provider == "github", deliveries.c.delivery_id.in_(chunk)
+                        deliveries.c.provider == provider, deliveries.c.delivery_id.in_(chunk)
                     )
                 ).scalars()
             )
     return found
 
 
-def _seen(attempt: dict[str, Any]) -> str:
-    return (
-        f"GitHub saw {attempt.get('status_code') or 'no answer'} at {attempt.get('delivered_at')}"
-    )
+def _seen(api: ForgeApi, attempt: Delivery) -> str:
+    return f"{api.forge.title} saw {attempt.status_code or 'no answer'} at {attempt.delivered_at}"
 
 
 def _redeliver(
-    http: httpx.Client, api: ForgeApi, hook_id: int, guid: str, attempts: list[dict[str, Any]],
+    http: httpx.Client, api: ForgeApi, hook_id: int, guid: str, attempts: list[Delivery],
     report: RepoReport, verb: str, dry_run: bool,
 ) -> None:  # fmt: skip
     latest = attempts[0]  # newest first
-    about = f"{guid} ({latest.get('event') or '?'})"
-    if sum(1 for a in attempts if a.get("redelivery")) >= MAX_REDELIVERIES:
+    about = f"{guid} ({latest.event or '?'})"
+    if sum(1 for a in attempts if a.redelivery) >= MAX_REDELIVERIES:
         report.lines.append(
             f"  given up {about}: not recorded after {MAX_REDELIVERIES} redeliveries; "
-            + _seen(latest)
+            + _seen(api, latest)
         )
         return
-    if not isinstance(latest.get("id"), int):
-        report.lines.append(f"  skipped {about}: GitHub gave no delivery id")
+    if latest.id is None:
+        report.lines.append(f"  skipped {about}: {api.forge.title} gave no delivery id")
         return
     if not dry_run:
-        path = f"{api.repo_path}/hooks/{hook_id}/deliveries/{latest['id']}/attempts"
-        request(http, api, "POST", api.url(path), f"redeliver {guid}")
+        api.forge.redeliver(http, api, hook_id, latest)
     report.redelivered += 1
-    report.lines.append(f"  {verb} {about}: no record here; {_seen(latest)}")
+    report.lines.append(f"  {verb} {about}: no record here; {_seen(api, latest)}")
 
 
 def reconcile_repo(
@@ -152,21 +99,24 @@ def reconcile_repo(
 ) -> RepoReport:  # fmt: skip
     """Reconcile one repository; API failures are reported in the lines, never raised."""
     report = RepoReport(repo.name)
-    api = ForgeApi.of(repo, settings.forge_token(repo))
-    if repo.provider != "github":
-        report.lines.append(f"{repo.name} ({repo.provider}): skipped, reconcile is for GitHub only")
+    forge = forge_for(repo.provider)
+    if forge is None or not forge.redelivers:
+        report.lines.append(
+            f"{repo.name} ({repo.provider}): skipped, reconcile is for {redelivering()} only"
+        )
         return report
+    api = connect(repo, settings.forge_token(repo))
     if api is None:
         report.lines.append(f"{repo.name}: skipped, no forge token (forge_token_env)")
         return report
     try:
-        hook_id = repo.hook_id or find_hook(http, api, settings.public_url)
-        items = list_deliveries(http, api, hook_id, since)
-        by_guid: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        hook_id = repo.hook_id or forge.find_hook(http, api, settings.public_url)
+        items = forge.deliveries(http, api, hook_id, since)
+        by_guid: dict[str, list[Delivery]] = defaultdict(list)
         for item in items:
-            if isinstance(item.get("guid"), str) and item["guid"]:
-                by_guid[item["guid"]].append(item)
-        known = recorded(engine, list(by_guid))
+            if item.guid:
+                by_guid[item.guid].append(item)
+        known = recorded(engine, repo.provider, list(by_guid))
         report.lines.append(
             f"{repo.name} (hook {hook_id}): {len(items)} deliveries, {len(by_guid)} distinct, "
             f"since {since.isoformat(timespec='seconds')}"

@@ -36,8 +36,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from service.forges.api import ApiError, ForgeApi, client
-from service.forges.statuses import report_for, send
+from service.forges import ApiError, ForgeApi
+from service.forges.api import client
+from service.forges.registry import connect
+from service.forges.statuses import report_for
 from trainhook.db import reading
 from trainhook.models import builds, status_reports, utcnow
 from trainhook.settings import Settings
@@ -72,7 +74,7 @@ class StatusReporter:
         self.settings, self.engine, self.interval, self.clock = settings, engine, interval, clock
         self.apis: dict[tuple[str, str], ForgeApi] = {}
         for repo in settings.repos:
-            api = ForgeApi.of(repo, settings.forge_token(repo))
+            api = connect(repo, settings.forge_token(repo))
             if api is not None:
                 self.apis[(repo.provider, repo.name)] = api
             elif repo.forge_token_env:
@@ -231,12 +233,12 @@ class StatusReporter:
                 .where(builds.c.id == row.id, self._pending())
             ).first()
             public_url = self.settings.public_url
-            report = report_for(conn, api.provider, current, public_url) if current else None
+            report = report_for(conn, api.forge, current, public_url) if current else None
         if report is None:
             self._settle(row.id)  # reported meanwhile: nothing to send
             return 0
         try:
-            send(self.http, api, report)
+            api.forge.send_status(self.http, api, report)
         except ApiError as exc:
             attempts = (row.report_attempts or 0) + 1
             if exc.retry_after is None or attempts >= MAX_ATTEMPTS:

@@ -10,22 +10,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import ingest
-from service.forges import Forge, TooLarge, WebhookError
-from service.forges.gitea import Gitea
-from service.forges.github import GitHub
-from service.forges.gitlab import GitLab
+from service.forges import TooLarge, WebhookError
+from service.forges.registry import FORGES
 from trainhook.errors import DatabaseUnavailable
 from trainhook.models import utcnow
 from trainhook.runtime import Runtime
 
-# The route picks the verifier: a header naming another forge never changes which one runs.
-# Each route serves the repositories configured with the provider of the same name.
-FORGES: dict[str, Forge] = {
-    "github": GitHub(),
-    "gitlab": GitLab(),
-    "gitea": Gitea("gitea"),
-    "forgejo": Gitea("forgejo"),
-}
+# The route picks the verifier (FORGES): a header naming another forge never changes which
+# one runs. Each route serves the repositories configured with the provider of the same name.
 
 
 class TooSlow(WebhookError):

@@ -1,11 +1,24 @@
-"""The provider seam: what every forge adapter turns its webhook into, and the errors it raises."""
+"""The forge seam: one interface each forge implements for both directions.
+
+Inbound, a forge turns its webhook into a neutral `ForgeEvent` (parse, find the repository,
+verify the signature, read the push) and says whether a push payload lists every commit (the
+path filter's fast path, service/forges/payloadfilter.py). Outbound, it talks to its REST API
+through a `ForgeApi`: where the API is and how to authenticate, the commit status of a build
+(its state words and request), listing a hook's deliveries and redelivering one, and the web
+link of a commit. The forges are `github`, `gitlab` and `gitea` (Gitea and Forgejo); the
+registry (service/forges/registry.py) is the one place that picks one by its name: nothing
+else branches on a provider.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
+import httpx
 import orjson
 
 ZERO_SHA = "0" * 40
@@ -78,10 +91,93 @@ class ForgeEvent:
     push: Push | None = None
 
 
-class Forge(Protocol):
-    """A webhook provider. Every method is pure (no I/O) and safe to call on untrusted input."""
+class ApiError(Exception):
+    """A forge API request that did not succeed. `retry_after` is None for a permanent failure
+    (bad token, no permission, unknown repository, an operation the forge does not have),
+    else the seconds to wait before trying again."""
 
-    name: str
+    def __init__(self, message: str, *, status: int = 0, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+USER_AGENT = "trainhook"
+
+
+@dataclass(frozen=True)
+class ForgeApi:
+    """One repository's API on its forge: which forge, its base URL, the repository, a token.
+
+    The token goes only into `headers()`, never into a message or a repr.
+    """
+
+    forge: Forge
+    base: str
+    repo: str
+    token: str = field(repr=False)
+
+    @property
+    def provider(self) -> str:
+        return self.forge.name
+
+    @property
+    def repo_path(self) -> str:
+        """The path naming the repository under `base` (`/repos/o/r`, `/projects/g%2Fr`)."""
+        return self.forge.repo_path(self.repo)
+
+    def headers(self) -> dict[str, str]:
+        return {"User-Agent": USER_AGENT, **self.forge.api_headers(self.token)}
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def same_origin(self, url: str) -> bool:
+        """True when `url` (a pagination link, say) is on this API's host: the token is
+        never sent anywhere else."""
+        a, b = urlsplit(self.base), urlsplit(url)
+        return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One commit status to send for one build (see service/forges/statuses.py)."""
+
+    build_id: int
+    sha: str
+    ref: str
+    status: str  # the build's status (what is recorded as reported)
+    state: str  # the forge's word for it
+    description: str
+    target_url: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One attempt to deliver a webhook, as the forge's delivery log lists it.
+
+    `guid` is the delivery id trainhook dedupes on ("" when the forge gave none); `id` is the
+    forge's id of this attempt, the one a redelivery names (None when absent). `status_code`
+    and `delivered_at` are kept as the forge sent them: they are only ever printed.
+    """
+
+    guid: str
+    id: int | None
+    event: str | None
+    status_code: object
+    delivered_at: object
+    redelivery: bool
+
+
+class Forge(Protocol):
+    """A forge, both directions. Inbound methods are pure (no I/O) and safe on untrusted
+    input; outbound methods that take an `httpx.Client` call the forge and raise ApiError."""
+
+    name: str  # the route (`/webhooks/<name>`) and the `provider` of its repositories
+    title: str  # how messages name the forge ("GitHub")
+    redelivers: bool  # whether `find_hook`, `deliveries` and `redeliver` exist on its API
+
+    # Inbound: a webhook delivery.
 
     def payload(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         """Decode the body into the JSON object; raises BadRequest naming what is wrong."""
@@ -98,6 +194,86 @@ class Forge(Protocol):
     def event(self, headers: Mapping[str, str], payload: dict[str, Any]) -> ForgeEvent:
         """The delivery's identity and, for a push, the neutral Push; raises BadRequest."""
         ...
+
+    def lists_every_commit(self, payload: dict[str, Any], listed: int) -> bool:
+        """True when the push payload's `commits` list (`listed` entries) is known to hold
+        every commit the push added; False when the forge may have cut it or cannot say."""
+        ...
+
+    # Outbound: the forge's REST API.
+
+    def api_base(self, scheme: str, host: str) -> str:
+        """The API base URL on the forge's web host (used when `forge_api_url` is unset)."""
+        ...
+
+    def repo_path(self, repo: str) -> str:
+        """The API path naming the repository `repo` (its full name)."""
+        ...
+
+    def api_headers(self, token: str) -> dict[str, str]:
+        """The media type and the token, sent as the forge documents, on every API call."""
+        ...
+
+    def status_state(self, kind: str) -> str:
+        """The forge's state for a build status kind: queued, running, succeeded, failed,
+        cancelled, superseded, or ignored (a push that changed only ignored paths)."""
+        ...
+
+    def send_status(self, http: httpx.Client, api: ForgeApi, report: Report) -> None:
+        """Set the commit status `trainhook` of `report.sha`; raises ApiError."""
+        ...
+
+    def find_hook(self, http: httpx.Client, api: ForgeApi, public_url: str) -> int:
+        """The id of trainhook's hook on the repository (the one delivering to
+        `public_url`/webhooks/<name>, or to any such path when `public_url` is "")."""
+        ...
+
+    def deliveries(
+        self, http: httpx.Client, api: ForgeApi, hook_id: int, since: datetime
+    ) -> list[Delivery]:
+        """The hook's delivery attempts at or after `since`, newest first."""
+        ...
+
+    def redeliver(
+        self, http: httpx.Client, api: ForgeApi, hook_id: int, delivery: Delivery
+    ) -> None:
+        """Ask the forge to send `delivery` again (its payload, same delivery id)."""
+        ...
+
+    def serves_host(self, host: str) -> bool:
+        """True when a web host name alone says it is this forge (github.com), for a commit
+        link of a repository whose provider is not known."""
+        ...
+
+    def commit_url(self, web: str, sha: str) -> str:
+        """The web page of commit `sha` of the repository at `web` (https://host/path)."""
+        ...
+
+
+class NoRedelivery:
+    """The delivery-log part of a forge whose API cannot list a hook's deliveries or
+    redeliver one: each call is refused with a permanent ApiError."""
+
+    redelivers = False
+    title: str
+
+    def _refuse(self) -> ApiError:
+        return ApiError(
+            f"{self.title}: listing and redelivering webhook deliveries is not supported"
+        )
+
+    def find_hook(self, http: httpx.Client, api: ForgeApi, public_url: str) -> int:
+        raise self._refuse()
+
+    def deliveries(
+        self, http: httpx.Client, api: ForgeApi, hook_id: int, since: datetime
+    ) -> list[Delivery]:
+        raise self._refuse()
+
+    def redeliver(
+        self, http: httpx.Client, api: ForgeApi, hook_id: int, delivery: Delivery
+    ) -> None:
+        raise self._refuse()
 
 
 def require(payload: dict[str, Any], path: str, kind: type | tuple[type, ...] = str) -> Any:

@@ -1,7 +1,9 @@
-"""A forge's REST API: where it is, how to authenticate, and when an answer says "retry".
+"""A forge's REST API, the plumbing every forge shares: the web host behind a clone URL, one
+call with its token, and when an answer says "retry".
 
 The base URL comes from the repository's `forge_api_url`, else from the host of its
-`clone_url`: `https://api.github.com` for github.com (`https://HOST/api/v3` for GitHub
+`clone_url` (service/forges/registry.py:api_base), each forge saying where its API sits on
+that host: `https://api.github.com` for github.com (`https://HOST/api/v3` for GitHub
 Enterprise), `https://HOST/api/v4` for GitLab, `https://HOST/api/v1` for Gitea and Forgejo.
 An http(s) clone URL keeps its scheme and port; an ssh one gives `https://HOST`.
 
@@ -13,31 +15,19 @@ from __future__ import annotations
 
 import email.utils
 import time
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 
-from trainhook.repos import RepoConfig
+from service.forges import ApiError, ForgeApi
 
 TIMEOUT = 10.0
 DEFAULT_RETRY = 30.0  # seconds, when a rate-limited answer does not say how long
 MAX_RETRY = 3600.0
-USER_AGENT = "trainhook"
 
 
-class ApiError(Exception):
-    """A request that did not succeed. `retry_after` is None for a permanent failure (bad
-    token, no permission, unknown repository), else the seconds to wait before trying again."""
-
-    def __init__(self, message: str, *, status: int = 0, retry_after: float | None = None):
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
-def _host(clone_url: str) -> tuple[str, str] | None:
+def web_host(clone_url: str) -> tuple[str, str] | None:
     """(scheme, host[:port]) of the web server behind a clone URL; None for a local path."""
     parts = urlsplit(clone_url)
     if parts.scheme in ("http", "https") and parts.hostname:
@@ -51,64 +41,9 @@ def _host(clone_url: str) -> tuple[str, str] | None:
     return None
 
 
-def api_base(repo: RepoConfig) -> str | None:
-    """The API base URL of a repository's forge (no trailing slash); None when unknown."""
-    if repo.forge_api_url:
-        return repo.forge_api_url.rstrip("/")
-    found = _host(repo.clone_url)
-    if found is None:
-        return None
-    scheme, host = found
-    if repo.provider == "github":
-        return "https://api.github.com" if host == "github.com" else f"{scheme}://{host}/api/v3"
-    if repo.provider == "gitlab":
-        return f"{scheme}://{host}/api/v4"
-    return f"{scheme}://{host}/api/v1"
-
-
-@dataclass(frozen=True)
-class ForgeApi:
-    """One repository's API: its provider, base URL, token and the path that names it."""
-
-    provider: str
-    base: str
-    repo: str
-    token: str = field(repr=False)
-
-    @classmethod
-    def of(cls, repo: RepoConfig, token: str | None) -> ForgeApi | None:
-        base = api_base(repo)
-        if not token or base is None:
-            return None
-        return cls(repo.provider, base, repo.name, token)
-
-    @property
-    def repo_path(self) -> str:
-        """`/repos/OWNER/NAME` (GitHub, Gitea), `/projects/GROUP%2FNAME` (GitLab)."""
-        if self.provider == "gitlab":
-            return "/projects/" + quote(self.repo, safe="")
-        return "/repos/" + "/".join(quote(part, safe="") for part in self.repo.split("/"))
-
-    def headers(self) -> dict[str, str]:
-        auth = {
-            "github": {"Authorization": f"Bearer {self.token}"},
-            "gitlab": {"PRIVATE-TOKEN": self.token},
-        }.get(self.provider, {"Authorization": f"token {self.token}"})
-        extra = (
-            {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
-            if self.provider == "github"
-            else {"Accept": "application/json"}
-        )
-        return {"User-Agent": USER_AGENT, **extra, **auth}
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def same_origin(self, url: str) -> bool:
-        """True when `url` (a pagination link, say) is on this API's host: the token is
-        never sent anywhere else."""
-        a, b = urlsplit(self.base), urlsplit(url)
-        return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+def owner_repo_path(repo: str) -> str:
+    """`/repos/OWNER/NAME`, each part percent-encoded (GitHub, Gitea and Forgejo)."""
+    return "/repos/" + "/".join(quote(part, safe="") for part in repo.split("/"))
 
 
 def retry_delay(response: httpx.Response, now: float | None = None) -> float | None:

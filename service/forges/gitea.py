@@ -8,6 +8,10 @@ GitHub or Gogs header. Each route serves only repositories configured with its o
 
 Gitea signs the JSON payload it sends. With the hook's content type set to form
 (`payload=<json>`), the signature is still over that JSON, not over the form body.
+
+Outbound (REST API v1, `Authorization: token`): commit statuses, the same for both. Neither
+has an API that lists a hook's deliveries or redelivers one (only the web UI does), so
+reconcile skips Gitea and Forgejo repositories.
 """
 
 from __future__ import annotations
@@ -17,10 +21,15 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
+
 from service.forges import (
     BadRequest,
+    ForgeApi,
     ForgeEvent,
+    NoRedelivery,
     Push,
+    Report,
     Unauthorized,
     content_type,
     header,
@@ -31,8 +40,13 @@ from service.forges import (
     require,
     text,
 )
+from service.forges.api import owner_repo_path
+from service.forges.statuses import CONTEXT, post
 
 FORM = "application/x-www-form-urlencoded"
+STATES = {"queued": "pending", "running": "pending", "succeeded": "success",
+          "failed": "failure", "cancelled": "warning", "superseded": "warning",
+          "ignored": "success"}  # fmt: skip
 
 
 def signature(secret: str, content: bytes) -> str:
@@ -59,7 +73,7 @@ def _signed_content(headers: Mapping[str, str], body: bytes) -> bytes:
     return body
 
 
-class Gitea:
+class Gitea(NoRedelivery):
     """The Gitea adapter (https://docs.gitea.com/usage/webhooks); `Gitea("forgejo")` for Forgejo.
 
     `name` is both the route (`/webhooks/<name>`) and the `provider` of the repositories it serves.
@@ -69,6 +83,7 @@ class Gitea:
         if name not in ("gitea", "forgejo"):
             raise ValueError(f"Gitea adapter name must be 'gitea' or 'forgejo', not {name!r}")
         self.name = name
+        self.title = "Gitea" if name == "gitea" else "Forgejo"
         # Own header first, then the other fork's name for it.
         own, other = ("X-Gitea", "X-Forgejo") if name == "gitea" else ("X-Forgejo", "X-Gitea")
         self._label, self._other = own, other
@@ -156,3 +171,31 @@ class Gitea:
             commit_message=text(optional(head, "message")) if head else None,
             author=(text(optional(head, "author.name")) if head else None) or pusher,
         )
+
+    def lists_every_commit(self, payload: dict[str, Any], listed: int) -> bool:
+        # Gitea keeps a few newest commits and counts them all in `total_commits`.
+        total = payload.get("total_commits")
+        return isinstance(total, int) and not isinstance(total, bool) and total == listed
+
+    # Outbound.
+
+    def api_base(self, scheme: str, host: str) -> str:
+        return f"{scheme}://{host}/api/v1"
+
+    def repo_path(self, repo: str) -> str:
+        return owner_repo_path(repo)
+
+    def api_headers(self, token: str) -> dict[str, str]:
+        return {"Accept": "application/json", "Authorization": f"token {token}"}
+
+    def status_state(self, kind: str) -> str:
+        return STATES[kind]
+
+    def send_status(self, http: httpx.Client, api: ForgeApi, report: Report) -> None:
+        post(http, api, report, context=CONTEXT)
+
+    def serves_host(self, host: str) -> bool:
+        return False  # self-hosted under any name: only the configured provider says
+
+    def commit_url(self, web: str, sha: str) -> str:
+        return f"{web}/commit/{sha}"

@@ -8,19 +8,32 @@ the hook's log, so it is the dedupe key; `X-Gitlab-Event-UUID` (one per event) s
 GitLab versions without it. GitLab sends no stable hook id: `X-Gitlab-Webhook-UUID` is a fresh
 random value on every request, so using it in the key would make every retry look new; the hook
 id is therefore always "".
+
+Outbound (REST API v4, `PRIVATE-TOKEN`): commit statuses (`name` is the context, and the
+branch or tag is sent as `ref`). Listing and redelivering a hook's deliveries is not done:
+GitLab retries failed deliveries itself, and its webhook events API (list the last 7 days,
+resend one; GitLab 17.4 and later) is not used here, so reconcile skips GitLab repositories.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
+
+import httpx
 
 from service.forges import (
+    ApiError,
     BadRequest,
+    ForgeApi,
     ForgeEvent,
+    NoRedelivery,
     Push,
+    Report,
     Unauthorized,
     content_type,
     header,
@@ -31,8 +44,15 @@ from service.forges import (
     require,
     text,
 )
+from service.forges.statuses import CONTEXT, post
 
 PUSH_EVENTS = ("Push Hook", "Tag Push Hook")
+STATES = {"queued": "pending", "running": "running", "succeeded": "success",
+          "failed": "failed", "cancelled": "canceled", "superseded": "canceled",
+          "ignored": "skipped"}  # fmt: skip
+# GitLab refuses a state the status already has ("Cannot transition status via :run from
+# :running"): the status was sent before (a restart between sending and recording it).
+ALREADY = re.compile(r"cannot transition status", re.IGNORECASE)
 
 
 def _digest(raw: bytes) -> bytes:
@@ -41,10 +61,11 @@ def _digest(raw: bytes) -> bytes:
     return hashlib.sha256(raw).digest()
 
 
-class GitLab:
+class GitLab(NoRedelivery):
     """The GitLab adapter (https://docs.gitlab.com/user/project/integrations/webhooks/)."""
 
     name = "gitlab"
+    title = "GitLab"
 
     def payload(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         """The JSON body; raises BadRequest for another content type or a non-object body."""
@@ -123,3 +144,44 @@ class GitLab:
             author=(text(optional(head, "author.name")) if head else None)
             or text(payload.get("user_name")),
         )
+
+    def lists_every_commit(self, payload: dict[str, Any], listed: int) -> bool:
+        # GitLab keeps the 20 newest commits and counts them all in `total_commits_count`.
+        total = payload.get("total_commits_count")
+        return isinstance(total, int) and not isinstance(total, bool) and total == listed
+
+    # Outbound.
+
+    def api_base(self, scheme: str, host: str) -> str:
+        return f"{scheme}://{host}/api/v4"
+
+    def repo_path(self, repo: str) -> str:
+        return "/projects/" + quote(repo, safe="")
+
+    def api_headers(self, token: str) -> dict[str, str]:
+        return {"Accept": "application/json", "PRIVATE-TOKEN": token}
+
+    def status_state(self, kind: str) -> str:
+        return STATES[kind]
+
+    def send_status(self, http: httpx.Client, api: ForgeApi, report: Report) -> None:
+        ref = _short_ref(report.ref)
+        try:
+            post(http, api, report, name=CONTEXT, **({"ref": ref} if ref else {}))
+        except ApiError as exc:
+            if exc.status == 400 and ALREADY.search(str(exc)):
+                return
+            raise
+
+    def serves_host(self, host: str) -> bool:
+        return "gitlab" in host
+
+    def commit_url(self, web: str, sha: str) -> str:
+        return f"{web}/-/commit/{sha}"
+
+
+def _short_ref(ref: str) -> str | None:
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix) :]
+    return None

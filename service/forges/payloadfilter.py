@@ -28,24 +28,9 @@ from __future__ import annotations
 from typing import Any
 
 from service.forges import is_sha, is_zero
+from service.forges.registry import forge_for
 
-MAX_COMMITS = 2048
 MAX_FILES = 1000
-COUNT_FIELDS = {
-    "gitlab": "total_commits_count",
-    "gitea": "total_commits",
-    "forgejo": "total_commits",
-}
-
-
-def _complete_count(provider: str, payload: dict[str, Any], listed: int) -> bool:
-    if provider == "github":
-        return payload.get("forced") is False and listed < MAX_COMMITS
-    field = COUNT_FIELDS.get(provider)
-    if field is None:
-        return False
-    total = payload.get(field)
-    return isinstance(total, int) and not isinstance(total, bool) and total == listed
 
 
 def payload_files(provider: str, payload: dict[str, Any]) -> frozenset[str] | None:
@@ -57,7 +42,8 @@ def payload_files(provider: str, payload: dict[str, Any]) -> frozenset[str] | No
     commits = payload.get("commits")
     if not isinstance(commits, list) or not commits:
         return None
-    if not _complete_count(provider, payload, len(commits)):
+    forge = forge_for(provider)
+    if forge is None or not forge.lists_every_commit(payload, len(commits)):
         return None
     files: set[str] = set()
     for commit in commits:

@@ -16,51 +16,28 @@ merge that requires the `trainhook` check. The description says what happened: q
 running, whether the model was reused from the cache (and from which build) or retrained,
 or why the build failed; the link (`target_url`) is the build's page under
 TRAINHOOK_PUBLIC_URL (none when that is not set).
+
+This module says what a status says; each forge module holds its column of the table
+(`status_state`) and sends the status as its API wants it (`send_status`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 
-from service.forges.api import ApiError, ForgeApi, request
+from service.forges import Forge, ForgeApi, Report
+from service.forges.api import request
 from trainhook.models import stage_events
 from trainhook.pathglobs import IGNORED
 
 CONTEXT = "trainhook"
 MAX_DESCRIPTION = 140  # GitHub's limit; the others allow more
-STATES = {
-    "github": {"queued": "pending", "running": "pending", "succeeded": "success",
-               "failed": "failure", "cancelled": "error", "superseded": "error",
-               "ignored": "success"},
-    "gitlab": {"queued": "pending", "running": "running", "succeeded": "success",
-               "failed": "failed", "cancelled": "canceled", "superseded": "canceled",
-               "ignored": "skipped"},
-    "gitea": {"queued": "pending", "running": "pending", "succeeded": "success",
-              "failed": "failure", "cancelled": "warning", "superseded": "warning",
-              "ignored": "success"},
-}  # fmt: skip
-# GitLab refuses a state the status already has ("Cannot transition status via :run from
-# :running"): the status was sent before (a restart between sending and recording it).
-ALREADY = re.compile(r"cannot transition status", re.IGNORECASE)
+KINDS = ("queued", "running", "succeeded", "failed", "cancelled", "superseded", "ignored")
 PRODUCER = re.compile(r"produced by (build #\d+)")
-
-
-@dataclass(frozen=True)
-class Report:
-    """One status to send for one build."""
-
-    build_id: int
-    sha: str
-    ref: str
-    status: str  # the build's status (what is recorded as reported)
-    state: str  # the forge's word for it
-    description: str
-    target_url: str | None
 
 
 def clip(text: str, limit: int = MAX_DESCRIPTION) -> str:
@@ -104,45 +81,27 @@ def describe(conn: sa.Connection, build: Any) -> tuple[str, str]:
     return status, f"build #{build.id} {status}" + (f": {error}" if error else "")
 
 
-def report_for(conn: sa.Connection, provider: str, build: Any, public_url: str) -> Report:
-    """The status to send for a build row (id, sha, ref, status, error)."""
+def report_for(conn: sa.Connection, forge: Forge, build: Any, public_url: str) -> Report:
+    """The status to send to `forge` for a build row (id, sha, ref, status, error)."""
     kind, description = describe(conn, build)
-    states = STATES["gitea" if provider == "forgejo" else provider]
     return Report(
         build_id=build.id,
         sha=build.sha,
         ref=build.ref,
         status=build.status,
-        state=states[kind],
+        state=forge.status_state(kind),
         description=clip(description),
         target_url=f"{public_url}/builds/{build.id}" if public_url else None,
     )
 
 
-def _short_ref(ref: str) -> str | None:
-    for prefix in ("refs/heads/", "refs/tags/"):
-        if ref.startswith(prefix):
-            return ref[len(prefix) :]
-    return None
-
-
-def send(http: httpx.Client, api: ForgeApi, report: Report) -> None:
-    """POST the status; raises ApiError (with `retry_after` when it may pass)."""
+def post(http: httpx.Client, api: ForgeApi, report: Report, **fields: str) -> None:
+    """POST `report` to `…/statuses/{sha}` with the forge's own `fields` (its name for the
+    context, a ref); raises ApiError (with `retry_after` when it may pass)."""
     body: dict[str, Any] = {"state": report.state, "description": report.description}
     if report.target_url:
         body["target_url"] = report.target_url
-    if api.provider == "gitlab":
-        body["name"] = CONTEXT
-        ref = _short_ref(report.ref)
-        if ref:
-            body["ref"] = ref
-    else:
-        body["context"] = CONTEXT
+    body.update(fields)
     path = f"{api.repo_path}/statuses/{report.sha}"
     what = f"{api.provider} status {report.state} for {report.sha[:12]} of {api.repo}"
-    try:
-        request(http, api, "POST", api.url(path), what, body=body)
-    except ApiError as exc:
-        if api.provider == "gitlab" and exc.status == 400 and ALREADY.search(str(exc)):
-            return
-        raise
+    request(http, api, "POST", api.url(path), what, body=body)

@@ -12,7 +12,7 @@ from sqlalchemy import event
 from starlette.testclient import TestClient
 
 from service.app import create_app
-from service.forges.api import api_base
+from service.forges.registry import api_base
 from service.statusreporter import LEASE, StatusReporter
 from tests.forges.fakeforge import FakeForge
 from tests.service.forge_kits import GITHUB, post
