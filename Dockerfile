@@ -25,6 +25,7 @@ COPY trainhook ./trainhook
 COPY service ./service
 COPY worker ./worker
 COPY trainer ./trainer
+COPY trainhook_runtime ./trainhook_runtime
 COPY migrations ./migrations
 COPY examples/social-score-api ./examples/social-score-api
 RUN --mount=type=cache,target=/root/.cache/uv \

@@ -7,8 +7,8 @@ worker or trainhook, and needs no database or cloud client.
 training produces for the same data and params (preprocessing, features, defaults,
 classifier, the artifact format), so that cached models are not reused across the change.
 
-Importing this package stays cheap (the serving API imports it to unpickle the vectorizer);
-the public names below are loaded on first use.
+What a served model needs at load time lives in the separate `trainhook_runtime` package;
+this one is needed only to train. The public names below are loaded on first use.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-TRAINER_VERSION = "1.0.0"
+TRAINER_VERSION = "2.0.0"
 
 _EXPORTS = {
     "train": "trainer.pipeline",

@@ -15,12 +15,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-MODEL = "model.joblib"
-VECTORIZER = "vectorizer.joblib"
+from trainhook_runtime.loading import MANIFEST, MODEL, VECTORIZER
+
 METRICS = "metrics.json"
 MODEL_CARD = "model_card.md"
 FALLBACK_SAMPLE = "fallback_sample.csv"
-ARTIFACT_NAMES = frozenset({MODEL, VECTORIZER, METRICS, MODEL_CARD, FALLBACK_SAMPLE})
+ARTIFACT_NAMES = frozenset({MODEL, VECTORIZER, MANIFEST, METRICS, MODEL_CARD, FALLBACK_SAMPLE})
 
 
 class OutputError(Exception):
@@ -52,12 +52,17 @@ def make_staging(out_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
 
 
-def write_artifacts(staging: Path, model: Any, vectorizer: Any, metrics: dict, card: str) -> None:
-    """Write the four artifacts into `staging` and flush them to disk."""
+def write_artifacts(
+    staging: Path, model: Any, vectorizer: Any, metrics: dict, card: str, manifest: dict
+) -> None:
+    """Write the five artifacts into `staging` and flush them to disk."""
     import joblib
 
     joblib.dump(model, staging / MODEL)
     joblib.dump(vectorizer, staging / VECTORIZER)
+    (staging / MANIFEST).write_text(
+        json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     (staging / METRICS).write_text(
         json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )

@@ -1,8 +1,8 @@
 """Fitting a `TweetVectorizer`: vocabularies, document frequencies and idf.
 
-Training-only companion of `trainer.text` (which stays importable without numpy at import
-time). Tokenising the distinct chunks is the expensive step; for big inputs it runs in forked
-worker processes while this process builds the character n-gram block.
+Training-only companion of `trainhook_runtime.text` (the served model needs only the
+fitted vectorizer). Tokenising the distinct chunks is the expensive step; for big inputs it
+runs in forked worker processes while this process builds the character n-gram block.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from trainer.text import TweetNormalizer, TweetVectorizer
-from trainer.tfidf import char_wb_ngrams, chunk_matrix, hstack, smooth_idf, weighted
+from trainhook_runtime.text import TweetNormalizer, TweetVectorizer
+from trainhook_runtime.tfidf import char_wb_ngrams, chunk_matrix, hstack, smooth_idf, weighted
 
 # Below this many distinct chunks a process pool costs more than it saves. Measured here
 # (2 cores, best of 3): 2k-5k chunks take 30-80 ms on one core and gain nothing from the

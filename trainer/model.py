@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from trainer.params import TrainParams
-from trainer.text import TweetNormalizer, TweetVectorizer
+from trainhook_runtime.text import TweetNormalizer, TweetVectorizer
 
 
 def build_vectorizer(params: TrainParams, stopwords: frozenset[str] = frozenset()) -> Any:

@@ -33,6 +33,8 @@ from trainer.nltkdata import (
 from trainer.params import TrainParams
 from trainer.progress import Progress
 from trainer.sample import generate_sample
+from trainhook_runtime import RUNTIME_VERSION
+from trainhook_runtime.loading import make_manifest
 
 FALLBACK_ROWS = 3000
 
@@ -132,6 +134,7 @@ def train(
         with phase("libraries", "loading NLTK and scikit-learn"):
             # Imported only now: they take seconds to import, and the checks above should
             # fail fast without them.
+            from trainer.features import fit_vectorizer
             from trainer.model import (
                 build_classifier,
                 build_vectorizer,
@@ -152,7 +155,9 @@ def train(
         val_texts = [ds.texts[i] for i in val_idx]
         with phase("features", f"tokenising and vectorising ({workers} processes)"):
             vectorizer = build_vectorizer(params, stopwords)
-            x_train = vectorizer.fit_transform(train_texts, workers=workers, pretokenise=val_texts)
+            x_train = fit_vectorizer(
+                vectorizer, train_texts, workers=workers, pretokenise=val_texts
+            )
             x_val = vectorizer.transform(val_texts)
         with phase("fit", "fitting classifier"):
             model = build_classifier(params)
@@ -177,7 +182,8 @@ def train(
         }
         with phase("write", "writing artifacts"):
             card = render_card(metrics, top_features(model, vectorizer))
-            write_artifacts(staging, model, vectorizer, metrics, card)
+            manifest = make_manifest(labels, len(train_idx), {"trainer_version": TRAINER_VERSION})
+            write_artifacts(staging, model, vectorizer, metrics, card, manifest)
             commit(staging, out_dir)
     except BaseException:
         discard(staging)
@@ -251,4 +257,5 @@ def library_versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "trainer": TRAINER_VERSION,
+        "trainhook_runtime": RUNTIME_VERSION,
     }

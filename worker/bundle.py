@@ -14,11 +14,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import trainer
+import trainhook_runtime
 from worker.context import Bundle
+from worker.outcome import StageFailed
 
-MODEL_NAMES = ("model.joblib", "vectorizer.joblib", "metrics.json", "model_card.md")
+MODEL_NAMES = (
+    "model.joblib",
+    "vectorizer.joblib",
+    "model_manifest.json",
+    "metrics.json",
+    "model_card.md",
+)
 MANIFEST = ".trainhook/bundle.json"
+RUNTIME_DIR = "trainhook_runtime"
 FIXED_MTIME = 0
 
 # arcname -> a file or symlink on disk, or literal bytes
@@ -37,24 +45,56 @@ def tree_entries(root: Path, prefix: str = "", skip: tuple[str, ...] = ()) -> di
     return entries
 
 
+def runtime_entries() -> dict[str, Path]:
+    """The `trainhook_runtime` package's sources, keyed `trainhook_runtime/<file>.py`."""
+    root = Path(trainhook_runtime.__file__).parent
+    entries = tree_entries(root, f"{RUNTIME_DIR}/", skip=("__pycache__",))
+    return {name: path for name, path in entries.items() if name.endswith(".py")}
+
+
 def bundle_entries(source: Path, model_dir: Path, manifest: Mapping[str, Any]) -> dict[str, Entry]:
-    """What a bundle holds: the checkout, the model files beside the app (where it loads them
-    from), a copy of the `trainer` package (the pickled vectorizer may reference its
-    classes) and a manifest. Later layers win over the checkout's files of the same name."""
-    entries: dict[str, Entry] = dict(tree_entries(source))
-    trainer_dir = Path(trainer.__file__).parent
-    vendored = {
-        name: path
-        for name, path in tree_entries(trainer_dir, "trainer/", skip=("__pycache__",)).items()
-        if name.endswith(".py")
-    }
-    entries = {k: v for k, v in entries.items() if not k.startswith("trainer/")}
-    entries.update(vendored)
+    """What a bundle holds: the checkout, untouched; the model files beside the app (where it
+    loads them from); the `trainhook_runtime` package (the classes the pickled vectorizer
+    references, under a name no user's package has); and a manifest.
+
+    Nothing of the checkout is removed or replaced: raises StageFailed, naming the paths,
+    when the checkout already has a path the bundle adds (a file of the same name, a file
+    inside a directory the bundle adds, or a file where the bundle needs a directory).
+    """
+    checkout: dict[str, Entry] = dict(tree_entries(source))
+    added: dict[str, Entry] = dict(runtime_entries())
     for name in MODEL_NAMES:
         if (model_dir / name).is_file():
-            entries[name] = model_dir / name
-    entries[MANIFEST] = (json.dumps(dict(manifest), indent=2, sort_keys=True) + "\n").encode()
-    return entries
+            added[name] = model_dir / name
+    added[MANIFEST] = (json.dumps(dict(manifest), indent=2, sort_keys=True) + "\n").encode()
+    clashes = _clashes(checkout, added)
+    if clashes:
+        shown = ", ".join(clashes[:5]) + (
+            f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+        )
+        raise StageFailed(
+            f"the checkout already has {shown}, which the bundle would replace: trainhook "
+            f"adds {RUNTIME_DIR}/, {MANIFEST} and the model files "
+            f"({', '.join(MODEL_NAMES)}) at the top of the repository and never overwrites "
+            "a file of yours; rename or remove those paths (or stop committing build outputs)"
+        )
+    return {**checkout, **added}
+
+
+def _clashes(checkout: Mapping[str, Entry], added: Mapping[str, Entry]) -> list[str]:
+    """Checkout paths that are, contain or lie inside a path the bundle adds."""
+    added_dirs = {parent for name in added for parent in _parents(name)}
+    found = set(checkout) & set(added)
+    # A checkout file inside a directory the bundle adds (`trainhook_runtime/x.py`), or a
+    # checkout file or symlink where the bundle needs a directory (`.trainhook`).
+    found |= {name for name in checkout if set(_parents(name)) & added_dirs}
+    found |= set(checkout) & added_dirs
+    return sorted(found)
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _tarinfo(name: str, entry: Entry) -> tuple[tarfile.TarInfo, bytes | None, Path | None]:

@@ -12,7 +12,7 @@ and releases), kill or outlive the worker, or exhaust the machine the receiver r
   `--die-with-parent` and the pid namespace end everything it started when the command
   ends, times out or the worker dies (pid 1 of the namespace takes the rest with it);
 - only read-only system paths (/usr, the /lib* and /bin links, a short list of /etc
-  files), the Python interpreter, trainhook's venv and `trainer` package, and what the
+  files), the Python interpreter, trainhook's venv and `trainhook_runtime` package, and what the
   caller binds; never $TRAINHOOK_HOME (hidden under an empty tmpfs when it lies inside a
   bound path), /root, /home, the host's /proc or the database's socket;
 - a private, size-limited tmpfs at /sandbox holding the working directory, /tmp (a link)
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import trainer
+import trainhook_runtime
 from trainhook.sandboxsettings import SandboxLimits, human
 from worker.commands import CommandResult, run_command
 
@@ -147,9 +147,10 @@ def default_path() -> tuple[str, ...]:
 
 def own_code_paths() -> tuple[Path, ...]:
     """The interpreter (its base prefix: a pyenv or /opt Python lives outside /usr), the
-    worker's venv and trainhook's `trainer` package (what pickled models reference; in a
+    worker's venv and the `trainhook_runtime` package (what pickled models reference; in a
     development checkout it is outside the venv). Read-only in every sandbox."""
-    paths = [Path(sys.base_prefix), Path(sys.prefix), Path(trainer.__file__).resolve().parent]
+    runtime = Path(trainhook_runtime.__file__).resolve().parent
+    paths = [Path(sys.base_prefix), Path(sys.prefix), runtime]
     return tuple(dict.fromkeys(p for p in paths if not _under(p, Path("/usr"))))
 
 

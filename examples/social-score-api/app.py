@@ -1,8 +1,9 @@
 """social-score-api: a tiny HTTP service that labels short social-media texts.
 
 The model is trained by trainhook from ``data/cleaned_training_sample.csv`` and
-shipped next to this file as ``model.joblib`` + ``vectorizer.joblib`` (plus an
-optional ``metrics.json``). Set ``MODEL_DIR`` to load them from elsewhere.
+shipped next to this file as ``model.joblib`` + ``vectorizer.joblib`` +
+``model_manifest.json`` (plus ``metrics.json``), with the ``trainhook_runtime``
+package its vectorizer needs. Set ``MODEL_DIR`` to load them from elsewhere.
 
 Prediction is exactly ``model.predict(vectorizer.transform(texts))``.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
@@ -29,6 +29,7 @@ APP_DIR = Path(__file__).resolve().parent
 MODEL_FILE = "model.joblib"
 VECTORIZER_FILE = "vectorizer.joblib"
 METRICS_FILE = "metrics.json"
+MANIFEST_FILE = "model_manifest.json"
 MAX_TEXTS = 1000
 MAX_BODY_BYTES = 5 * 1024 * 1024
 
@@ -41,23 +42,25 @@ def default_model_dir() -> Path:
 def load_model(model_dir: str | os.PathLike[str]) -> tuple[Any, Any]:
     """Load ``(model, vectorizer)`` from ``model_dir``.
 
-    The vectorizer may be an instance of a class from trainhook's ``trainer``
-    package; if a vendored ``trainer/`` package sits in ``model_dir`` it is made
-    importable (as a fallback, never shadowing one that is already importable).
-    Raises ``FileNotFoundError`` if either file is missing.
+    A model trained by trainhook has a ``model_manifest.json``: it is loaded with
+    ``trainhook_runtime.load_model`` (the package trainhook ships beside the
+    model, importable like any package of the app), which refuses an
+    incompatible scikit-learn or runtime with both versions named instead of
+    failing inside unpickling. Without a manifest (e.g. the tests' own model)
+    the two pickles are loaded as they are. Raises ``FileNotFoundError`` if a
+    file is missing.
     """
     model_dir = Path(model_dir)
     paths = [model_dir / MODEL_FILE, model_dir / VECTORIZER_FILE]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"missing {', '.join(missing)} in {model_dir}")
-    if (model_dir / "trainer" / "__init__.py").is_file():
-        entry = str(model_dir.resolve())
-        if entry not in sys.path:
-            sys.path.append(entry)
-    model = joblib.load(paths[0])
-    vectorizer = joblib.load(paths[1])
-    return model, vectorizer
+    if (model_dir / MANIFEST_FILE).is_file():
+        from trainhook_runtime import load_model as load_trained
+
+        loaded = load_trained(model_dir)
+        return loaded.model, loaded.vectorizer
+    return joblib.load(paths[0]), joblib.load(paths[1])
 
 
 def score(texts: Iterable[str], model: Any, vectorizer: Any) -> list[str]:

@@ -3,14 +3,21 @@ and the builder TRAINHOOK_BUILDER=cloudbuild selects."""
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.cloudbuild.conftest import ready
 from tests.cloudbuild.fake_server import Plan
 from trainhook.gcs import make_gcs_client
 from worker.cloudbuild.builder import CloudBuilder
 from worker.cloudbuild.source import SourceStore
+from worker.cloudbuild.submit import upload_source
 from worker.context import Bundle
+from worker.outcome import StageFailed
 from worker.pipeline import builder_for
 
 
@@ -72,3 +79,45 @@ def test_the_cloudbuild_setting_selects_the_cloud_builder_over_rest(settings, fa
     assert isinstance(builder, CloudBuilder)
     found = list(builder.client.list_builds(request={"parent": builder.parent}))
     assert found == [] and fake.requests[-1][1].endswith("/locations/europe-west1/builds")
+
+
+def test_a_repository_with_its_own_trainer_package_keeps_every_byte_of_it_in_the_source(
+    settings, db, tmp_path
+):
+    ctx = ready(settings, db, tmp_path)
+    assert ctx.source is not None
+    user_code = {
+        "trainer/__init__.py": b"",
+        "trainer/task.py": b"# Vertex AI custom training code\nprint('train')\n",
+        "trainer/model.py": b"WEIGHTS = [0.1, 0.2]\n",
+        "trainer/data/vocab.txt": b"hello\nworld\n",
+    }
+    for name, data in user_code.items():
+        (ctx.source / name).parent.mkdir(parents=True, exist_ok=True)
+        (ctx.source / name).write_bytes(data)
+
+    inputs = upload_source(ctx, store_for(settings))
+
+    bucket, name = inputs.source.removeprefix("gs://").split("/", 1)
+    blob = make_gcs_client(settings.gcp_project).bucket(bucket).blob(name)
+    with tarfile.open(fileobj=io.BytesIO(blob.download_as_bytes())) as tar:
+        trainer_files = {
+            m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.name.startswith("trainer/")
+        }
+        names = set(tar.getnames())
+    assert trainer_files == user_code
+    assert {"trainhook_runtime/text.py", "model.joblib", "app.py"} <= names
+
+
+def test_a_source_that_already_has_the_runtime_directory_is_refused_naming_it(
+    settings, db, tmp_path
+):
+    ctx = ready(settings, db, tmp_path)
+    assert ctx.source is not None
+    (ctx.source / "trainhook_runtime").mkdir()
+    (ctx.source / "trainhook_runtime" / "__init__.py").write_text("# a copy the user made\n")
+
+    with pytest.raises(StageFailed, match=r"trainhook_runtime/__init__\.py"):
+        upload_source(ctx, store_for(settings))

@@ -10,19 +10,24 @@ Layers, by package (no per-file exemptions):
     service   worker     the two sides; neither imports the other
     trainhook            the core both sides stand on (everything but trainhook.cli)
     migrations           the schema's history (reads the core's table definitions)
-    trainer              the pure training library: nothing of ours, no DB, no GCP
+    trainer              the pure training library: nothing of ours but the runtime, no DB,
+                         no GCP
+    trainhook_runtime    what a served model loads: nothing of ours, and of third-party code
+                         only numpy, scipy, scikit-learn, joblib and nltk (a served image has
+                         only those)
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("trainhook", "service", "worker", "trainer", "migrations")
+PACKAGES = ("trainhook", "service", "worker", "trainer", "trainhook_runtime", "migrations")
 COMPOSITION_ROOT = "trainhook.cli"
 
 # What each layer must not import. A layer is matched by the longest prefix that names it.
@@ -33,17 +38,14 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "service": ("worker", COMPOSITION_ROOT),
     "worker": ("service", COMPOSITION_ROOT),
     "trainer": ("trainhook", "service", "worker", "migrations", "sqlalchemy", "google"),
+    "trainhook_runtime": ("trainhook", "service", "worker", "trainer", "migrations"),
 }
+# The only third-party packages the runtime may import: what a served image installs.
+RUNTIME_THIRD_PARTY = frozenset({"numpy", "scipy", "sklearn", "joblib", "nltk"})
 
 # Import cycles that are allowed, each with its reason. Keep this list short: a cycle means
 # neither module can be read, tested or moved without the other.
-ALLOWED_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"trainer.features", "trainer.text", "trainer.tfidf"}): (
-        "TweetVectorizer (trainer.text) is unpickled by the served model, which imports it "
-        "without numpy or scipy; its fit and transform reach the numeric modules only when "
-        "called, and those modules name the class in their signatures"
-    ),
-}
+ALLOWED_CYCLES: dict[frozenset[str], str] = {}
 
 
 @cache
@@ -152,6 +154,23 @@ def test_a_layer_imports_nothing_its_layer_forbids(layer: str):
         if bad:
             offenders.append(f"{module} imports {sorted(bad)}")
     assert offenders == []
+
+
+def test_the_runtime_imports_only_the_standard_library_and_the_serving_libraries():
+    modules = _modules()
+    outside = {
+        module: sorted(found)
+        for module, path in modules.items()
+        if _within(module, "trainhook_runtime")
+        and (
+            found := _third_party(path)
+            - set(sys.stdlib_module_names)
+            - RUNTIME_THIRD_PARTY
+            - {"trainhook_runtime"}
+        )
+    }
+    assert any(_within(m, "trainhook_runtime") for m in modules)
+    assert outside == {}
 
 
 def test_no_module_is_part_of_an_import_cycle():

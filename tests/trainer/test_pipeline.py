@@ -18,7 +18,13 @@ from trainer.params import TrainParams
 from trainer.pipeline import TrainResult, train
 
 PROBES = ["@SkyJet thanks so much, great crew :)", "flight cancelled again, worst ever", "hi?"]
-ARTIFACTS = {"model.joblib", "vectorizer.joblib", "metrics.json", "model_card.md"}
+ARTIFACTS = {
+    "model.joblib",
+    "vectorizer.joblib",
+    "model_manifest.json",
+    "metrics.json",
+    "model_card.md",
+}
 
 
 def predict(out: Path, texts: list[str]) -> list[str]:

@@ -16,8 +16,8 @@ from sklearn.feature_extraction.text import CountVectorizer
 
 from trainer import features
 from trainer.data import read_dataset
-from trainer.text import TweetNormalizer, TweetVectorizer
-from trainer.tfidf import char_counts, word_counts
+from trainhook_runtime.text import CACHE_LIMIT, TweetNormalizer, TweetVectorizer
+from trainhook_runtime.tfidf import char_counts, word_counts
 
 TWEETS = [
     "@United thanks!!! the crew was sooooo nice :) http://t.co/abc #happy",
@@ -90,7 +90,7 @@ def test_normalizer_pickles_its_settings_but_not_its_caches() -> None:
     assert restored("@A a b") == normalizer("@A a b") == ["@a", "b"]
 
 
-def test_text_module_imports_only_the_standard_library_and_nltk() -> None:
+def test_text_module_imports_only_the_standard_library_nltk_and_the_runtime() -> None:
     tree = ast.parse(Path(sys.modules[TweetNormalizer.__module__].__file__ or "").read_text())
     top = set()
     for node in tree.body:
@@ -98,7 +98,7 @@ def test_text_module_imports_only_the_standard_library_and_nltk() -> None:
             top |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             top.add(node.module.split(".")[0])
-    assert top - {"nltk"} <= set(sys.stdlib_module_names), top
+    assert top - {"nltk", "trainhook_runtime"} <= set(sys.stdlib_module_names), top
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def corpus(sample_csv: Path) -> list[str]:
 
 def fitted(texts: list[str], **kwargs: object) -> TweetVectorizer:
     vec = TweetVectorizer(TweetNormalizer(), **kwargs)  # type: ignore[arg-type]
-    vec.fit_transform(texts)
+    features.fit_vectorizer(vec, texts)
     return vec
 
 
@@ -117,7 +117,7 @@ def test_char_counts_equal_scikit_learns_char_wb(corpus: list[str]) -> None:
     sk = CountVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2).fit(corpus)
     assert set(vec.char_index_) == set(sk.vocabulary_)
     order = [sk.vocabulary_[g] for g in vec.char_index_]
-    ours = char_counts(vec, TWEETS, {})
+    ours = char_counts(vec, TWEETS, {}, CACHE_LIMIT)
     assert abs(ours - sk.transform(TWEETS)[:, order]).max() == 0
 
 
@@ -134,7 +134,7 @@ def test_word_counts_equal_scikit_learns_ngrams_of_the_tokens(corpus: list[str])
 
 def test_fit_transform_equals_transform_of_the_training_texts(corpus: list[str]) -> None:
     vec = TweetVectorizer(TweetNormalizer(), word_weight=1.5)
-    fitted_rows = vec.fit_transform(corpus)
+    fitted_rows = features.fit_vectorizer(vec, corpus)
     assert abs(fitted_rows - vec.transform(corpus)).max() < 1e-12
     norms = np.sqrt(np.asarray(fitted_rows.multiply(fitted_rows).sum(axis=1))).ravel()
     assert np.allclose(norms, np.sqrt(1.5**2 + 1.0))  # two L2-normalised, weighted blocks
@@ -144,8 +144,8 @@ def test_parallel_fit_equals_serial_fit(corpus: list[str], monkeypatch: pytest.M
     monkeypatch.setattr(features, "PARALLEL_MIN_CHUNKS", 0)
     serial = TweetVectorizer(TweetNormalizer())
     parallel = TweetVectorizer(TweetNormalizer())
-    a = serial.fit_transform(corpus, workers=1)
-    b = parallel.fit_transform(corpus, workers=2, pretokenise=TWEETS)
+    a = features.fit_vectorizer(serial, corpus, workers=1)
+    b = features.fit_vectorizer(parallel, corpus, workers=2, pretokenise=TWEETS)
     assert abs(a - b).max() == 0 and serial.word_terms() == parallel.word_terms()
 
 

@@ -66,7 +66,7 @@ def test_builder_bundles_pushes_and_deploys_a_healthy_model(settings, sqlite_eng
     assert (manifest["sha"], manifest["build_id"]) == ("1" * 40, ctx.build.id)
     current = settings.home / "releases" / slug / "current"
     assert os.readlink(current) == version
-    assert (current / "app.py").is_file() and (current / "trainer" / "__init__.py").is_file()
+    assert (current / "app.py").is_file() and (current / "trainhook_runtime" / "text.py").is_file()
     assert LocalBuilder().deployed_metrics(ctx) == {"macro_f1": 0.8}
     with sqlite_engine.connect() as conn:
         vertex = conn.exec_driver_sql(

@@ -17,7 +17,7 @@ from worker.stalegate import supersede_if_stale
 
 HEALTH_TIMEOUT = 120.0
 HEALTH_SCRIPT = Path(__file__).with_name("healthcheck.py")
-HEALTH_FILES = ("model.joblib", "vectorizer.joblib")
+HEALTH_FILES = ("model.joblib", "vectorizer.joblib", "model_manifest.json")
 VERTEX_REASON = "Vertex AI pipelines need TRAINHOOK_BUILDER=cloudbuild"
 
 

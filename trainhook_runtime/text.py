@@ -1,9 +1,10 @@
-"""Tweet normalisation and TF-IDF features, the part of the trainer a deployed model needs.
+"""Tweet normalisation and TF-IDF features: the classes a served model unpickles.
 
-The fitted `TweetVectorizer` is pickled with joblib and unpickled by the serving API, so every
+The fitted `TweetVectorizer` is pickled with joblib and unpickled by the serving app, so every
 object it references is a top-level class of this module, and this module imports only the
-standard library and NLTK when it is imported (numpy and scipy are imported when features are
-computed, in trainer.tfidf). A builder ships the `trainer` package beside the model.
+standard library, NLTK and this package when it is imported (numpy and scipy are imported
+when features are computed, in trainhook_runtime.tfidf). Fitting lives in the trainer
+(trainer.features), which a served image never needs.
 
 Work is memoised per distinct whitespace-separated chunk of text: a chunk is tokenised
 (TweetTokenizer), normalised and stemmed once, and its character n-grams are generated once;
@@ -20,6 +21,8 @@ from typing import Any
 
 from nltk.stem.snowball import EnglishStemmer
 from nltk.tokenize.casual import TweetTokenizer
+
+from trainhook_runtime.versions import RUNTIME_VERSION, check_runtime_version
 
 USER_TOKEN = "<user>"
 URL_TOKEN = "<url>"
@@ -152,7 +155,8 @@ class TweetVectorizer:
     concatenated. `transform(texts)` returns a scipy CSR matrix with one row per text.
     """
 
-    # Fitted state, set by fit_transform (trainer.features); arrays are numpy int64/float64.
+    # Fitted state, set by the trainer (trainer.features.fit_vectorizer); arrays are numpy
+    # int64/float64.
     token_index_: dict[str, int]
     unigram_columns_: Any
     bigram_codes_: Any
@@ -191,6 +195,9 @@ class TweetVectorizer:
         # joined string per vocabulary pickles in milliseconds and is rebuilt on load.
         state = dict(self.__dict__)
         state["_char_cache"] = {}
+        # Checked on load, so that a pickle from an incompatible runtime fails with both
+        # versions named instead of an AttributeError deep in transform.
+        state["runtime_version"] = RUNTIME_VERSION
         for name in ("token_index_", "char_index_"):
             vocab = state.get(name)
             if vocab is not None and not any(_SEP in term for term in vocab):
@@ -198,6 +205,7 @@ class TweetVectorizer:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        check_runtime_version(str(state.pop("runtime_version", "0")), "vectorizer.joblib")
         for name in ("token_index_", "char_index_"):
             vocab = state.get(name)
             if isinstance(vocab, str):
@@ -205,29 +213,12 @@ class TweetVectorizer:
                 state[name] = {term: i for i, term in enumerate(terms)}
         self.__dict__.update(state)
 
-    def fit_transform(
-        self, texts: Sequence[str], *, workers: int = 1, pretokenise: Sequence[str] = ()
-    ) -> Any:
-        """Learn vocabularies and idf from `texts`; return their TF-IDF matrix (CSR).
-
-        `workers` > 1 tokenises in that many processes. `pretokenise` texts (e.g. validation
-        texts about to be transformed) are tokenised alongside; they do not affect the fit.
-        """
-        from trainer.features import fit_vectorizer
-
-        return fit_vectorizer(self, texts, workers=workers, pretokenise=pretokenise)
-
-    def fit(self, texts: Sequence[str]) -> TweetVectorizer:
-        """Learn vocabularies and idf from `texts`; return self."""
-        self.fit_transform(texts)
-        return self
-
     def transform(self, texts: Sequence[str]) -> Any:
         """Return the TF-IDF matrix (scipy CSR, one row per text) of `texts`.
 
         Raises RuntimeError if the vectorizer has not been fitted.
         """
-        from trainer import tfidf
+        from trainhook_runtime import tfidf
 
         if not hasattr(self, "word_idf_"):
             raise RuntimeError("TweetVectorizer is not fitted")
@@ -235,7 +226,7 @@ class TweetVectorizer:
         counts = tfidf.word_counts(self, texts)
         blocks = [tfidf.weighted(counts, self.word_idf_, self.word_weight, self.sublinear_tf)]
         if self.char_ngram_range is not None:
-            counts = tfidf.char_counts(self, texts, self._char_cache)
+            counts = tfidf.char_counts(self, texts, self._char_cache, CACHE_LIMIT)
             blocks.append(
                 tfidf.weighted(counts, self.char_idf_, self.char_weight, self.sublinear_tf)
             )

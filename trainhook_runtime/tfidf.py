@@ -1,22 +1,18 @@
 """Sparse counting and TF-IDF weighting behind `TweetVectorizer` (numpy and scipy).
 
-Used when fitting (trainer.features) and when transforming at serving time; `trainer.text`
-imports this module only when features are computed, so importing it stays light.
+Used when transforming at serving time and when fitting (trainer.features);
+`trainhook_runtime.text` imports this module only when features are computed, so that
+unpickling a vectorizer stays light.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-
-from trainer.text import CACHE_LIMIT
-
-if TYPE_CHECKING:
-    from trainer.text import TweetVectorizer
 
 
 def char_wb_ngrams(chunk: str, low: int, high: int) -> list[str]:
@@ -33,7 +29,7 @@ def char_wb_ngrams(chunk: str, low: int, high: int) -> list[str]:
     return grams
 
 
-def word_counts(vec: TweetVectorizer, texts: Sequence[str]) -> Any:
+def word_counts(vec: Any, texts: Sequence[str]) -> Any:
     """Word n-gram counts (CSR) of `texts` over the fitted vocabulary."""
     get = vec.token_index_.get
     ids: list[int] = []
@@ -80,8 +76,13 @@ def chunk_matrix(chunk_lists: Sequence[list[str]]) -> tuple[Any, list[str]]:
     return sp.csr_matrix((np.ones(len(flat)), cols, indptr), shape=shape), distinct
 
 
-def char_counts(vec: TweetVectorizer, texts: Sequence[str], cache: dict[str, list[int]]) -> Any:
-    """Character n-gram counts (CSR) of `texts`, as a documents x chunks x n-grams product."""
+def char_counts(
+    vec: Any, texts: Sequence[str], cache: dict[str, list[int]], cache_limit: int
+) -> Any:
+    """Character n-gram counts (CSR) of `texts`, as a documents x chunks x n-grams product.
+
+    `cache` (chunk -> its n-gram columns) is cleared when it holds `cache_limit` chunks.
+    """
     assert vec.char_ngram_range is not None
     low, high = vec.char_ngram_range
     vocab = vec.char_index_
@@ -91,7 +92,7 @@ def char_counts(vec: TweetVectorizer, texts: Sequence[str], cache: dict[str, lis
     for chunk in chunks:
         found = cache.get(chunk)
         if found is None:
-            if len(cache) >= CACHE_LIMIT:
+            if len(cache) >= cache_limit:
                 cache.clear()
             grams = char_wb_ngrams(chunk, low, high)
             found = cache[chunk] = [c for c in map(vocab.get, grams) if c is not None]
