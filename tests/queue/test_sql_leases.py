@@ -22,9 +22,7 @@ def queue_engine(db_url: str):
 
 
 def builds(engine: sa.Engine, count: int) -> list[int]:
-    return [
-        new_build(engine, sha=f"{i:040x}", ref=f"refs/heads/b{i}") for i in range(1, count + 1)
-    ]
+    return [new_build(engine, sha=f"{i:040x}", ref=f"refs/heads/b{i}") for i in range(1, count + 1)]
 
 
 def set_job(engine: sa.Engine, build_id: int, **values: object) -> None:

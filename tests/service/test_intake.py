@@ -1,0 +1,160 @@
+"""Delivery intake (`record_deliveries`): what one group-commit batch stores for each delivery,
+and that a delivery is built once however often, and in however many batches, it arrives."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from service.intake import Incoming, record_deliveries
+from tests.service.conftest import counts
+from trainhook.builds import BuildSpec, Delivery
+
+REPO = "octo-org/social-score-api"
+SHA = "c3" * 20
+
+
+def incoming(
+    delivery_id: str,
+    *,
+    hook: str = "1",
+    provider: str = "github",
+    sha: str = SHA,
+    builds: bool = True,
+    reason: str | None = None,
+) -> Incoming:
+    delivery = Delivery(
+        provider,
+        hook,
+        delivery_id,
+        "push",
+        REPO,
+        {"X-GitHub-Delivery": delivery_id},
+        b'{"ref": "refs/heads/main"}',
+        datetime.now(UTC),
+    )
+    spec = BuildSpec(provider, REPO, "refs/heads/main", sha) if builds else None
+    return Incoming(delivery, spec, reason)
+
+
+def stored(engine: sa.Engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return [
+            tuple(row)
+            for row in conn.execute(
+                sa.text(
+                    "SELECT provider, hook_id, delivery_id, outcome, reason FROM deliveries"
+                    " ORDER BY id"
+                )
+            )
+        ]
+
+
+def test_a_redelivery_in_the_same_batch_builds_once_and_is_answered_duplicate(engine):
+    with engine.begin() as conn:
+        first, again = record_deliveries(conn, [incoming("d-1"), incoming("d-1")])
+
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert first.build_id is not None and again.build_id == first.build_id
+    assert counts(engine) == {"deliveries": 1, "builds": 1, "stage_events": 3, "jobs": 1}
+
+
+def test_a_redelivery_in_a_later_batch_builds_nothing_and_names_the_first_build(engine):
+    with engine.begin() as conn:
+        (first,) = record_deliveries(conn, [incoming("d-1")])
+    with engine.begin() as conn:
+        (again,) = record_deliveries(conn, [incoming("d-1")])
+
+    assert (again.build_id, again.duplicate, again.reason) == (first.build_id, True, "queued")
+    assert counts(engine) == {"deliveries": 1, "builds": 1, "stage_events": 3, "jobs": 1}
+
+
+def test_the_same_delivery_id_from_another_hook_or_forge_is_a_new_delivery(engine):
+    with engine.begin() as conn:
+        answers = record_deliveries(
+            conn,
+            [
+                incoming("d-1"),
+                incoming("d-1", hook="2"),
+                incoming("d-1", provider="gitea"),
+            ],
+        )
+
+    assert [a.duplicate for a in answers] == [False, False, False]
+    assert len({a.build_id for a in answers}) == 3
+    assert counts(engine)["jobs"] == 3
+
+
+def test_each_answer_is_in_the_order_of_the_batch_with_its_own_build(engine):
+    shas = [f"{i:040x}" for i in range(1, 5)]
+    with engine.begin() as conn:
+        answers = record_deliveries(conn, [incoming(f"d-{s}", sha=s) for s in shas])
+
+    with engine.connect() as conn:
+        built = dict(conn.execute(sa.text("SELECT id, sha FROM builds")).all())
+    assert [built[a.build_id] for a in answers] == shas
+    assert all(not a.duplicate and a.reason is None for a in answers)
+
+
+def test_a_delivery_that_builds_nothing_is_stored_ignored_with_its_reason(engine):
+    with engine.begin() as conn:
+        (ignored,) = record_deliveries(
+            conn, [incoming("d-tag", builds=False, reason="branch not configured")]
+        )
+    with engine.begin() as conn:
+        (again,) = record_deliveries(
+            conn, [incoming("d-tag", builds=False, reason="branch not configured")]
+        )
+
+    assert (ignored.build_id, ignored.duplicate, ignored.reason) == (
+        None,
+        False,
+        "branch not configured",
+    )
+    assert (again.build_id, again.duplicate, again.reason) == (
+        None,
+        True,
+        "branch not configured",
+    )
+    assert stored(engine) == [("github", "1", "d-tag", "ignored", "branch not configured")]
+    assert counts(engine) == {"deliveries": 1, "builds": 0, "stage_events": 0, "jobs": 0}
+
+
+def test_a_new_delivery_stores_its_body_headers_and_a_queued_build(engine):
+    item = incoming("d-1")
+    with engine.begin() as conn:
+        (answer,) = record_deliveries(conn, [item])
+        delivery = conn.execute(
+            sa.text("SELECT id, body, headers, event, repo, outcome FROM deliveries")
+        ).one()
+        build = conn.execute(
+            sa.text("SELECT delivery_id, sha, ref, status FROM builds WHERE id = :id"),
+            {"id": answer.build_id},
+        ).one()
+        events = conn.execute(
+            sa.text("SELECT stage, status FROM stage_events WHERE build_id = :id ORDER BY id"),
+            {"id": answer.build_id},
+        ).all()
+        job = conn.execute(
+            sa.text("SELECT status, attempts FROM jobs WHERE build_id = :id"),
+            {"id": answer.build_id},
+        ).one()
+
+    assert bytes(delivery.body) == item.delivery.body
+    assert json.loads(delivery.headers) == {"X-GitHub-Delivery": "d-1"}
+    assert (delivery.event, delivery.repo, delivery.outcome) == ("push", REPO, "queued")
+    assert (build.delivery_id, build.sha, build.ref) == (delivery.id, SHA, "refs/heads/main")
+    assert [tuple(e) for e in events] == [
+        ("received", "running"),
+        ("received", "succeeded"),
+        ("queued", "running"),
+    ]
+    assert tuple(job) == ("queued", 0)
+
+
+def test_an_empty_batch_stores_nothing(engine):
+    with engine.begin() as conn:
+        assert record_deliveries(conn, []) == []
+    assert counts(engine) == {"deliveries": 0, "builds": 0, "stage_events": 0, "jobs": 0}
