@@ -30,6 +30,7 @@ def render_card(metrics: dict[str, Any], top: dict[str, list[str]]) -> str:
         f"- File: `{data['file']}` (sha256 `{data['sha256'][:16]}…`)",
         f"- Rows read: {rows['read']}, used: {rows['used']}, "
         f"train: {rows['train']}, validation: {rows['validation']}",
+        f"- {_shipped(metrics)}",
     ]
     dropped = ", ".join(f"{k}: {v}" for k, v in sorted(rows["dropped"].items())) or "none"
     lines.append(f"- Rows dropped: {dropped}; sampled out: {rows['sampled_out']}")
@@ -38,7 +39,8 @@ def render_card(metrics: dict[str, Any], top: dict[str, list[str]]) -> str:
         "## Validation results",
         "",
         f"Stratified hold-out of {rows['validation']} rows "
-        f"({metrics['params']['validation_fraction']:.0%}, seed {metrics['params']['seed']}).",
+        f"({metrics['params']['validation_fraction']:.0%}, seed {metrics['params']['seed']}), "
+        f"scored by a model fitted on the other {rows['train']} rows only.",
         "",
         f"- Accuracy: {metrics['accuracy']:.4f}",
         f"- Macro-F1: {metrics['macro_f1']:.4f}",
@@ -96,6 +98,20 @@ def render_card(metrics: dict[str, Any], top: dict[str, list[str]]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _shipped(metrics: dict[str, Any]) -> str:
+    rows = metrics["rows"]
+    if metrics["params"].get("refit") and rows["shipped_model"] != rows["train"]:
+        return (
+            f"Shipped model: refitted on all {rows['shipped_model']} used rows (train and "
+            "validation, `refit = true`) after the validation figures below were taken; "
+            "nothing was held out from it"
+        )
+    return (
+        f"Shipped model: the one scored below, fitted on the {rows['shipped_model']} train "
+        "rows (`refit = false`)"
+    )
 
 
 def _json_lines(params: dict[str, Any]) -> list[str]:

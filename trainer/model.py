@@ -12,14 +12,20 @@ from trainer.params import TrainParams
 from trainhook_runtime.text import TweetNormalizer, TweetVectorizer
 
 
-def build_vectorizer(params: TrainParams, stopwords: frozenset[str] = frozenset()) -> Any:
-    """An unfitted `TweetVectorizer` configured from `params`."""
-    normalizer = TweetNormalizer(
-        lowercase=params.lowercase,
-        handles=params.handles,
-        stem=params.stem,
-        stopwords=stopwords if params.stopwords else (),
-    )
+def build_vectorizer(
+    params: TrainParams,
+    stopwords: frozenset[str] = frozenset(),
+    normalizer: TweetNormalizer | None = None,
+) -> Any:
+    """An unfitted `TweetVectorizer` configured from `params`; `normalizer` (one made from the
+    same params, its caches warm) is reused when given."""
+    if normalizer is None:
+        normalizer = TweetNormalizer(
+            lowercase=params.lowercase,
+            handles=params.handles,
+            stem=params.stem,
+            stopwords=stopwords if params.stopwords else (),
+        )
     return TweetVectorizer(
         normalizer,
         word_ngram_range=params.word_ngram_range,

@@ -31,6 +31,9 @@ class TrainParams:
     sample_rows: int | None = None
     seed: int = 0
     validation_fraction: float = 0.2
+    # Fit the shipped model on every usable row once the validation figures are taken (on
+    # the held-out part, by a model fitted without it). False ships the model scored.
+    refit: bool = True
     # Text normalisation.
     lowercase: bool = True
     handles: str = "placeholder"

@@ -166,12 +166,25 @@ def train(
             predicted = [str(p) for p in model.predict(x_val)]
             labels = sorted(set(ds.labels))
             scores = evaluate([ds.labels[i] for i in val_idx], predicted, labels)
+        shipped_rows = len(train_idx)
+        if params.refit:
+            # The figures above describe a model that never saw the validation rows; the
+            # model that ships then learns from every usable row (a fifth more data). The
+            # normaliser is reused: every chunk is already tokenised, so the refit costs the
+            # vocabulary and the classifier, not the tokenising again.
+            with phase("refit", "refitting on all rows"):
+                vectorizer = build_vectorizer(params, stopwords, normalizer=vectorizer.normalizer)
+                x_all = fit_vectorizer(vectorizer, ds.texts, workers=workers)
+                model = build_classifier(params)
+                notices.extend(fit_classifier(model, x_all, ds.labels))
+                shipped_rows = len(ds.texts)
+                del x_all
         timings["total_before_write"] = round(time.perf_counter() - started, 4)
         metrics = {
             "schema": 1,
             "trainer_version": TRAINER_VERSION,
             **scores,
-            "rows": _rows(ds, len(train_idx), len(val_idx)),
+            "rows": _rows(ds, len(train_idx), len(val_idx), shipped_rows),
             "data": {**found, "sha256": ds.sha256, "class_counts": ds.class_counts},
             "params": params.to_dict(),
             "features": _feature_counts(vectorizer),
@@ -182,7 +195,7 @@ def train(
         }
         with phase("write", "writing artifacts"):
             card = render_card(metrics, top_features(model, vectorizer))
-            manifest = make_manifest(labels, len(train_idx), {"trainer_version": TRAINER_VERSION})
+            manifest = make_manifest(labels, shipped_rows, {"trainer_version": TRAINER_VERSION})
             write_artifacts(staging, model, vectorizer, metrics, card, manifest)
             commit(staging, out_dir)
     except BaseException:
@@ -225,7 +238,7 @@ def _nltk_status(
     return find_nltk_data(NLTK_PACKAGES)
 
 
-def _rows(ds: Dataset, train: int, validation: int) -> dict[str, Any]:
+def _rows(ds: Dataset, train: int, validation: int, shipped: int) -> dict[str, Any]:
     return {
         "read": ds.rows_read,
         "used": len(ds.texts),
@@ -234,6 +247,8 @@ def _rows(ds: Dataset, train: int, validation: int) -> dict[str, Any]:
         "sampled_out": ds.sampled_out,
         "train": train,
         "validation": validation,
+        # The rows the shipped model was fitted on: all used rows after a refit, else train.
+        "shipped_model": shipped,
     }
 
 

@@ -48,6 +48,9 @@ def test_unknown_keys_are_an_error_naming_them() -> None:
         {"class_weight": "auto"},
         {"text_column": "label"},
         {"C": float("nan")},
+        {"refit": "yes"},
+        {"refit": 1},
+        {"refit": None},
     ],
 )
 def test_invalid_values_are_an_error(data: dict) -> None:
@@ -70,3 +73,9 @@ def test_load_params_reads_inline_json_and_at_files(tmp_path: Path) -> None:
 def test_load_params_reports_bad_input(spec: str) -> None:
     with pytest.raises(ParamsError):
         load_params(spec)
+
+
+def test_refit_is_on_by_default_and_part_of_the_hashed_params() -> None:
+    assert TrainParams().refit is True
+    assert TrainParams().to_dict()["refit"] is True
+    assert TrainParams.from_dict({"refit": False}).to_dict()["refit"] is False

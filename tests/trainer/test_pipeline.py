@@ -67,7 +67,7 @@ def test_metrics_json_describes_the_run(trained: TrainResult) -> None:
     assert metrics == trained.metrics
     rows = metrics["rows"]
     assert rows["read"] == 600 and rows["read"] == rows["used"] + sum(rows["dropped"].values())
-    assert rows["train"] + rows["validation"] == rows["used"]
+    assert rows["train"] + rows["validation"] == rows["used"] == rows["shipped_model"]
     assert abs(rows["validation"] - 0.2 * rows["used"]) <= 1
     labels = metrics["confusion_matrix"]["labels"]
     assert labels == ["negative", "neutral", "positive"]
@@ -95,6 +95,29 @@ def test_same_data_and_params_give_identical_predictions_and_metrics(
     assert (again.out_dir / "model_card.md").read_bytes() == (
         trained.out_dir / "model_card.md"
     ).read_bytes()
+
+
+def test_the_shipped_model_is_refitted_on_every_row_and_the_card_says_so(
+    sample_csv: Path, trained: TrainResult, tmp_path: Path
+) -> None:
+    held_out = train(sample_csv, tmp_path / "held-out", TrainParams(refit=False))
+    rows = trained.metrics["rows"]
+
+    # The validation figures come from the same held-out model either way...
+    assert without_timings(held_out.metrics)["macro_f1"] == trained.metrics["macro_f1"]
+    assert held_out.metrics["rows"]["shipped_model"] == rows["train"] < rows["used"]
+    # ...and the shipped models differ: one has seen the validation rows too.
+    features = trained.metrics["features"]["total"]
+    assert features != held_out.metrics["features"]["total"]
+    card = (trained.out_dir / "model_card.md").read_text(encoding="utf-8")
+    assert f"refitted on all {rows['used']} used rows" in card
+    assert f"fitted on the other {rows['train']} rows only" in card
+    held_card = (held_out.out_dir / "model_card.md").read_text(encoding="utf-8")
+    assert f"fitted on the {rows['train']} train rows (`refit = false`)" in held_card
+    manifests = [
+        json.loads((r.out_dir / "model_manifest.json").read_text()) for r in (trained, held_out)
+    ]
+    assert [m["trained_on_rows"] for m in manifests] == [rows["used"], rows["train"]]
 
 
 def test_another_seed_gives_another_split(

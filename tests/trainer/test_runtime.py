@@ -36,7 +36,7 @@ def test_the_manifest_names_format_versions_labels_and_rows(model_dir: Path) -> 
     assert manifest["versions"]["scikit-learn"] == sklearn.__version__
     assert {"python", "numpy", "scipy", "nltk", "joblib"} <= set(manifest["versions"])
     assert manifest["labels"] == sorted(metrics["data"]["class_counts"])
-    assert manifest["trained_on_rows"] == metrics["rows"]["train"]
+    assert manifest["trained_on_rows"] == metrics["rows"]["shipped_model"]
     assert manifest["contract"] == "model.predict(vectorizer.transform(texts))"
 
 
