@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from trainhook.builds import add_event, append_log
+from trainhook.logs import set_log_field
 from trainhook.metrics import Metrics
 from trainhook.models import stage_events
 from worker.outcome import Interrupted, Outcome, StageFailed
@@ -73,6 +74,7 @@ class Recorder:
     def start(self, stage: str) -> None:
         """Record `stage` as running; raises Interrupted instead when the worker must stop."""
         self.guard()
+        set_log_field("stage", stage)
         self._started[stage] = time.monotonic()
         self._event(stage, "running")
 
@@ -81,6 +83,7 @@ class Recorder:
     ) -> None:
         """Record the final status of a started (or, for `skipped`, never started) stage."""
         seconds = time.monotonic() - self._started.pop(stage, time.monotonic())
+        set_log_field("stage", stage)
         self._event(stage, status, detail, cache)
         self.done[stage] = status
         self.metrics.stage_seconds.labels(stage=stage, status=status).observe(seconds)
@@ -94,6 +97,7 @@ class Recorder:
             note,
             clip(detail or "-", 300),
         )
+        set_log_field("stage", None)
 
     def skip(self, stage: str, reason: str) -> None:
         self.finish(stage, "skipped", reason)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from trainhook.errors import ConfigError, TrainhookError
+from trainhook.logs import configure_logging
 
 log = logging.getLogger("trainhook")
 
@@ -97,10 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(os.environ, verbose=args.verbose)
     if args.command == "train":
         from trainer.cli import main as train_main
 

@@ -4,6 +4,7 @@ service and the worker together (see the import-direction test)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 from trainhook import db
 from trainhook.errors import TrainhookError
+from trainhook.logs import choose_format
 from trainhook.settings import Settings, load_settings
 
 
@@ -28,6 +30,9 @@ def _serve(runtime: Any, host: str, port: int, on_started: Callable[[], None] | 
         port=port,
         log_level="warning",
         access_log=False,
+        # uvicorn's own logging config gives its loggers handlers of their own, in text:
+        # without it their lines go through trainhook's (JSON in prod) like every other.
+        log_config=None,
         http=guarded_protocol(runtime.settings.header_timeout),
     )
     server = uvicorn.Server(config)
@@ -93,14 +98,18 @@ def print_banner(settings: Settings, base: str, token: str | None = None) -> Non
     container, into the logs."""
     token = token or TOKEN_HINT
     repo = settings.repos[0].name if settings.repos else "OWNER/REPO"
-    print(
+    banner = (
         f"\ntrainhook is up ({settings.env}, queue={settings.queue}, builder={settings.builder})\n"
         f"  status page : {base}/\n"
         f"  webhook URL : {base}/webhooks/github  (content type application/json)\n"
         f'  rebuild     : curl -X POST {base}/rebuild -H "Authorization: Bearer {token}" '
-        f'-H \'Content-Type: application/json\' -d \'{{"repo": "{repo}", "ref": "main"}}\'\n',
-        flush=True,
+        f'-H \'Content-Type: application/json\' -d \'{{"repo": "{repo}", "ref": "main"}}\'\n'
     )
+    if choose_format(os.environ) == "json":
+        # A log collector reads this output: one JSON line, like every other.
+        logging.getLogger("trainhook").info(banner.strip())
+    else:
+        print(banner, flush=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
