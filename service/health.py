@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from service.api import STATUSES
 from trainhook.db import reading
+from trainhook.metrics import QueueCollector
 from trainhook.models import builds
 from trainhook.runtime import Runtime
 
@@ -101,7 +102,16 @@ async def metrics(request: Request) -> Response:
     # A registry per scrape: the runtime's own registry is never mutated by scraping.
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_BuildsCollector(counts))
-    body = generate_latest(runtime.metrics.registry) + generate_latest(scrape)
+    # The queue figures (depth, oldest job age) are read from the database by the
+    # collector: off the event loop, like the counts above.
+    queue = CollectorRegistry(auto_describe=False)
+    queue.register(QueueCollector(runtime.engine))
+    try:
+        queue_text = await _with_timeout(lambda _engine: generate_latest(queue), runtime.engine)
+    except Exception as exc:
+        log.warning("could not read the queue for /metrics: %s", type(exc).__name__)
+        queue_text = b""
+    body = generate_latest(runtime.metrics.registry) + generate_latest(scrape) + queue_text
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -15,12 +15,14 @@ import sqlalchemy as sa
 
 from trainhook.builds import TERMINAL_BUILD, add_event, mark_finished, mark_started
 from trainhook.db import reading
+from trainhook.logs import configure_logging, log_context, set_log_field
 from trainhook.models import builds
 from trainhook.queue import Job
 from trainhook.runtime import Runtime, build_runtime
 from trainhook.settings import Settings
 from worker.context import BuildContext, BuildInfo
 from worker.heartbeat import Heartbeat
+from worker.http import LoopPulse, WorkerHttp
 from worker.pipeline import Pipeline
 from worker.recorder import Recorder, succeeded_before
 from worker.stage import Interrupted
@@ -54,6 +56,10 @@ class Worker:
         self.owner = (owner or default_owner())[:64]
         self._pipeline = pipeline
         self.backoff = backoff
+        # How long an idle loop may go without turning before /healthz says it is stuck:
+        # an idle turn waits at most the poll interval (or a Pub/Sub pull).
+        wait = self.settings.poll_interval + self.settings.pubsub_pull_seconds
+        self.pulse = LoopPulse(stale_after=max(60.0, 4 * wait))
 
     @property
     def pipeline(self) -> Pipeline:
@@ -71,6 +77,7 @@ class Worker:
         processed = 0
         log.info("worker %s started%s", self.owner, " (burst)" if burst else "")
         while not stop.is_set():
+            self.pulse.turn()
             try:
                 job = queue.claim(self.owner)
             except Exception as exc:
@@ -82,12 +89,14 @@ class Worker:
                     break
                 queue.wait(self.settings.poll_interval)
                 continue
+            self.pulse.turn(busy=True)
             try:
                 self.process(job, stop)
             except Exception:
                 # Settling failed (database gone?): the lease expires and the job is retried.
                 log.exception("job %d: could not be settled; its lease will expire", job.id)
             processed += 1
+        self.pulse.stopped = True
         log.info("worker %s stopped after %d job(s)", self.owner, processed)
         return processed
 
@@ -96,7 +105,9 @@ class Worker:
         released, lease lost, ended (cancelled meanwhile), already finished, missing)."""
         heartbeat = Heartbeat(self.runtime.queue, job, self.settings.lease_seconds).start()
         try:
-            return self._process(job, stop, heartbeat)
+            # Every line logged while this job runs names it (trainhook.logs).
+            with log_context(build_id=job.build_id, job=job.id, attempt=job.attempts):
+                return self._process(job, stop, heartbeat)
         finally:
             heartbeat.stop()
 
@@ -108,6 +119,8 @@ class Worker:
             # does not count), so what that attempt finished is kept.
             started = build is not None and build.status == "running"
             earlier = succeeded_before(conn, job.build_id) if started else frozenset()
+        if build is not None:
+            set_log_field("repo", build.repo)
         if build is None or build.status in TERMINAL_BUILD:
             # Delivered twice, or cancelled meanwhile: nothing to do, and nothing to redo.
             queue.complete(job)
@@ -254,7 +267,7 @@ def run_worker_process(
     current stage finishes, then the job is released for another worker). A second signal
     interrupts at once. Returns the number of jobs processed."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        configure_logging(os.environ)
     runtime = build_runtime(settings)
     stop = threading.Event()
 
@@ -268,9 +281,16 @@ def run_worker_process(
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, on_signal)
+    worker = Worker(runtime, pipeline=pipeline)
+    http = None
+    if settings.worker_port >= 0:
+        # Every interface: the orchestrator probes and scrapes the pod's address.
+        http = WorkerHttp(runtime, worker.pulse, "", settings.worker_port).start()
     try:
-        return Worker(runtime, pipeline=pipeline).run(stop, burst=burst)
+        return worker.run(stop, burst=burst)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if http is not None:
+            http.close()
         runtime.close()

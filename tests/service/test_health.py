@@ -115,7 +115,8 @@ def test_metrics_counts_builds_by_status_at_scrape_time(client: TestClient, engi
         "cancelled": 0,
         "superseded": 1,
     }
-    assert len(selects) == 1 and "GROUP BY" in selects[0].upper()
+    # One query for the builds, one for the queue (depth and oldest waiting job).
+    assert len(selects) == 2 and all("GROUP BY" in s.upper() for s in selects)
 
 
 def test_metrics_still_answers_when_database_is_down(down: TestClient):
@@ -124,4 +125,4 @@ def test_metrics_still_answers_when_database_is_down(down: TestClient):
     found = samples(response.text)
     assert found[("trainhook_database_up", ())] == 0.0
     assert builds_gauge(response.text) == {}
-    assert "trainhook_stage_seconds" in response.text
+    assert "trainhook_stage_duration_seconds" in response.text

@@ -64,7 +64,7 @@ def test_worker_runs_a_queued_build_and_records_every_stage(runtime: Runtime, en
     assert all(stages[name]["status"] == "succeeded" for name in PIPELINE_STAGES)
     assert job_row(engine, build_id).status == "done"
     seconds = runtime.metrics.registry.get_sample_value(
-        "trainhook_stage_seconds_count", {"stage": "train", "status": "succeeded"}
+        "trainhook_stage_duration_seconds_count", {"stage": "train", "status": "succeeded"}
     )
     assert seconds == 1
 
