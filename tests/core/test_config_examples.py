@@ -119,14 +119,29 @@ def test_the_k8s_repositories_file_is_accepted(tmp_path: Path):
     assert repos and all(r.deploy is not None for r in repos)
 
 
+def _k8s_container_env() -> dict[str, str]:
+    """`env` values set on the containers of every manifest in k8s/."""
+    found: dict[str, str] = {}
+    for path in sorted((ROOT / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            pod = (doc or {}).get("spec", {}).get("template", {}).get("spec", {})
+            pod = pod or (doc or {}).get("spec", {}).get("jobTemplate", {})
+            for container in pod.get("containers", []) + pod.get("initContainers", []):
+                found.update(
+                    {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+                )
+    return found
+
+
 def test_every_k8s_setting_is_accepted_on_its_own(tmp_path: Path):
     config = _repos_file(tmp_path, REPO_HEAD + PRODUCTION_KEYS)
     values = {
         name: value
-        for data in _k8s_configmaps().values()
+        for data in [*_k8s_configmaps().values(), _k8s_container_env()]
         for name, value in data.items()
         if name.startswith("TRAINHOOK_") and name != "TRAINHOOK_CONFIG"
     }
+    assert "TRAINHOOK_WORKER_PORT" in values
     assert values
     for name, value in values.items():
         load_settings({**CONTEXT, "TRAINHOOK_CONFIG": str(config), name: str(value)})

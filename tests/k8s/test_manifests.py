@@ -86,6 +86,22 @@ def test_the_service_probes_healthz_and_readyz_on_the_port_it_serves(resources):
     assert service["spec"]["ports"][0]["targetPort"] == port["name"]
 
 
+def test_the_worker_is_probed_and_scraped_on_its_worker_port(resources):
+    pod = resources[("Deployment", "trainhook-worker")]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    (port,) = container["ports"]
+    assert str(port["containerPort"]) == env["TRAINHOOK_WORKER_PORT"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == env["TRAINHOOK_WORKER_PORT"]
+    # A worker idle between polls must never look dead: the probe allows minutes.
+    probe = container["livenessProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 60
+
+
 def test_env_names_are_settings_the_code_reads(resources):
     source = "\n".join(p.read_text() for p in (ROOT / "trainhook").glob("*.py"))
     secret = documents("secret.example.yaml")[0]["stringData"]
