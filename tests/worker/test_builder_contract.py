@@ -1,0 +1,259 @@
+"""The Builder contract (worker/builder.py), run over every builder.
+
+Each builder is driven as the pipeline drives it: the local one with a real scikit-learn
+model and its health check run as a process; Cloud Build through the real
+google-cloud-build client (REST) against the fake Cloud Build server, with its source bucket
+on fake-gcs-server. A `Kit` holds what differs between them: how a context is made ready,
+how its health check is made to fail, and what counts as one deployment.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pytest
+import sqlalchemy as sa
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from tests.cloudbuild import conftest as cloud
+from tests.cloudbuild.conftest import (  # noqa: F401 (fixtures the Cloud Build kit requests)
+    cloud_settings,
+    fake,
+    gcs_url,
+    source_bucket,
+)
+from tests.cloudbuild.fake_server import Plan
+from tests.worker.conftest import context_for, new_build, stage_map
+from trainhook.settings import Settings
+from worker.builder import BUILDER_STAGES, Builder
+from worker.cloudbuild.builder import NO_VERTEX
+from worker.context import BuildContext, CacheKeys
+from worker.local.builder import VERTEX_REASON, LocalBuilder
+from worker.stage import Interrupted, StageFailed
+
+GOOD, BETTER = {"macro_f1": 0.8}, {"macro_f1": 0.9}
+ORDERED = ("build", "push", "deploy")  # vertex may run beside deploy (Cloud Build)
+
+
+@dataclass
+class Kit:
+    """One builder and what the contract needs to drive it."""
+
+    name: str
+    builder: Builder
+    settings: Settings
+    engine: sa.Engine
+    ready: Callable[[str, dict[str, Any]], BuildContext]  # (sha, metrics) -> a ready context
+    break_health_check: Callable[[BuildContext], None]  # the next deploy of ctx fails
+    deployments: Callable[[BuildContext], int]  # how many deployments were made for the repo
+    fail_build: Callable[[BuildContext], bool]  # the next build stage fails; False: cannot
+    without_vertex: Callable[[], Kit]  # the same builder where no Vertex AI is configured
+    vertex_reason: str
+
+
+# The local builder ------------------------------------------------------------------------
+
+
+def _sklearn_model(folder: Path, metrics: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True)
+    texts = ["love it", "great stuff", "hate it", "awful thing"]
+    vectorizer = CountVectorizer().fit(texts)
+    model = LogisticRegression().fit(vectorizer.transform(texts), ["pos", "pos", "neg", "neg"])
+    joblib.dump(model, folder / "model.joblib")
+    joblib.dump(vectorizer, folder / "vectorizer.joblib")
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def local_kit(
+    make_settings: Callable[..., Settings], url: str, engine: sa.Engine, tmp: Path
+) -> Kit:
+    settings = make_settings(url)
+
+    def ready(sha: str, metrics: dict[str, Any]) -> BuildContext:
+        ctx = context_for(settings, engine, new_build(engine, sha))
+        ctx.source = tmp / f"src-{ctx.build.id}"
+        ctx.source.mkdir()
+        (ctx.source / "app.py").write_text("# the served app\n")
+        ctx.model_dir = _sklearn_model(tmp / f"model-{ctx.build.id}", metrics)
+        return ctx
+
+    def break_health_check(ctx: BuildContext) -> None:
+        (ctx.need_model() / "vectorizer.joblib").write_bytes(b"not a pickle")
+
+    def deployments(ctx: BuildContext) -> int:
+        releases = settings.home / "releases" / ctx.repo.slug
+        return sum(1 for p in releases.iterdir() if p.is_dir() and not p.is_symlink())
+
+    kit = Kit(
+        "local", LocalBuilder(), settings, engine, ready, break_health_check, deployments,
+        fail_build=lambda ctx: False, without_vertex=lambda: kit, vertex_reason=VERTEX_REASON,
+    )  # fmt: skip
+    return kit
+
+
+# Cloud Build -------------------------------------------------------------------------------
+
+
+def cloud_kit(
+    settings_for: Callable[..., Settings], server: Any, engine: sa.Engine, tmp: Path,
+    vertex: bool = True,
+) -> Kit:  # fmt: skip
+    settings = settings_for(vertex=vertex)
+    builder = cloud.make_builder(settings)
+
+    def ready(sha: str, metrics: dict[str, Any]) -> BuildContext:
+        ctx = context_for(settings, engine, new_build(engine, sha))
+        ctx.source = tmp / f"src-{ctx.build.id}"
+        (ctx.source / "pipelines").mkdir(parents=True)
+        (ctx.source / "app.py").write_text("# the served app\n")
+        (ctx.source / "pipelines" / "train.json").write_text("{}\n")
+        ctx.model_dir = cloud.model_dir(tmp / f"model-{ctx.build.id}", metrics)
+        ctx.keys = CacheKeys(deps="d" * 64, nltk="n" * 64, model="m" * 64)
+        ctx.metrics = dict(metrics)
+        return ctx
+
+    def break_health_check(ctx: BuildContext) -> None:
+        # The deploy step's rollout or health check fails (and `rollout undo` runs).
+        server.plan = Plan(outcomes={"deploy": "FAILURE"})
+
+    def fail_build(ctx: BuildContext) -> bool:
+        server.plan = Plan(outcomes={"build": "FAILURE"})
+        return True
+
+    return Kit(
+        "cloudbuild", builder, settings, engine, ready, break_health_check,
+        deployments=lambda ctx: sum(1 for b in server.builds.values() if b.terminal),
+        fail_build=fail_build,
+        without_vertex=lambda: cloud_kit(settings_for, server, engine, tmp / "nv", vertex=False),
+        vertex_reason=NO_VERTEX,
+    )  # fmt: skip
+
+
+@pytest.fixture(params=["local", "cloudbuild"])
+def kit(
+    request: pytest.FixtureRequest, make_settings: Callable[..., Settings], sqlite_url: str,
+    sqlite_engine: sa.Engine, tmp_path: Path,
+) -> Iterator[Kit]:  # fmt: skip
+    if request.param == "local":
+        yield local_kit(make_settings, sqlite_url, sqlite_engine, tmp_path)
+    else:
+        fake_server = request.getfixturevalue("fake")
+        yield cloud_kit(request.getfixturevalue("cloud_settings"), fake_server, sqlite_engine,
+                        tmp_path)  # fmt: skip
+
+
+def statuses(ctx: BuildContext) -> dict[str, str]:
+    return dict(ctx.recorder.done)
+
+
+# The contract ------------------------------------------------------------------------------
+
+
+def test_it_reports_the_four_builder_stages_in_order(kit: Kit):
+    ctx = kit.ready("1" * 40, GOOD)
+
+    kit.builder(ctx)
+
+    assert tuple(kit.builder.stages) == BUILDER_STAGES
+    assert statuses(ctx) == {"build": "succeeded", "push": "succeeded", "deploy": "succeeded",
+                             "vertex": statuses(ctx)["vertex"]}  # fmt: skip
+    assert statuses(ctx)["vertex"] in ("succeeded", "skipped")
+    stages = stage_map(kit.engine, ctx.build.id)
+    for before, after in pairwise(ORDERED):
+        assert stages[before]["finished_at"] <= stages[after]["started_at"], (before, after)
+    assert stages["vertex"]["finished_at"] >= stages["push"]["finished_at"]
+
+
+def test_nothing_is_deployed_before_the_first_build(kit: Kit):
+    ctx = kit.ready("2" * 40, GOOD)
+    assert kit.builder.deployed_metrics(ctx) is None
+
+
+def test_a_healthy_model_is_deployed_and_its_metrics_are_what_the_gate_reads_next(kit: Kit):
+    first = kit.ready("3" * 40, GOOD)
+    kit.builder(first)
+    assert kit.builder.deployed_metrics(first) == GOOD
+
+    second = kit.ready("4" * 40, BETTER)
+    kit.builder(second)
+    assert kit.builder.deployed_metrics(second) == BETTER
+    assert kit.deployments(second) == 2
+
+
+def test_a_failing_health_check_fails_deploy_and_keeps_the_previous_deployment(kit: Kit):
+    good = kit.ready("5" * 40, GOOD)
+    kit.builder(good)
+    bad = kit.ready("6" * 40, BETTER)
+    kit.break_health_check(bad)
+
+    with pytest.raises(StageFailed):
+        kit.builder(bad)
+
+    assert statuses(bad)["deploy"] == "failed"
+    assert statuses(bad)["build"] == statuses(bad)["push"] == "succeeded"
+    detail = stage_map(kit.engine, bad.build.id)["deploy"]["detail"]
+    assert detail and "fail" in detail.lower()
+    assert kit.builder.deployed_metrics(bad) == GOOD
+
+
+def test_a_failing_build_stage_deploys_nothing_and_runs_no_later_stage(kit: Kit):
+    ctx = kit.ready("7" * 40, GOOD)
+    if not kit.fail_build(ctx):
+        pytest.skip(f"{kit.name}: no build failure a test can cause without breaking its input")
+
+    with pytest.raises(StageFailed):
+        kit.builder(ctx)
+
+    assert statuses(ctx)["build"] == "failed"
+    assert all(statuses(ctx).get(s) in (None, "skipped") for s in ("push", "deploy"))
+    assert kit.builder.deployed_metrics(ctx) is None
+
+
+def test_running_it_twice_for_the_same_build_is_idempotent(kit: Kit):
+    ctx = kit.ready("8" * 40, GOOD)
+    kit.builder(ctx)
+    first = stage_map(kit.engine, ctx.build.id)
+
+    # A retried job: the same build, its stages recorded by the first run.
+    ctx.recorder.done.clear()
+    kit.builder(ctx)
+
+    again = stage_map(kit.engine, ctx.build.id)
+    assert {s: again[s]["status"] for s in BUILDER_STAGES} == {
+        s: first[s]["status"] for s in BUILDER_STAGES
+    }
+    assert kit.deployments(ctx) == 1
+    assert kit.builder.deployed_metrics(ctx) == GOOD
+
+
+def test_vertex_is_skipped_with_a_reason_when_it_is_not_configured(kit: Kit):
+    plain = kit.without_vertex()
+    ctx = plain.ready("9" * 40, GOOD)
+
+    plain.builder(ctx)
+
+    assert statuses(ctx)["vertex"] == "skipped"
+    assert stage_map(plain.engine, ctx.build.id)["vertex"]["detail"] == plain.vertex_reason
+    assert statuses(ctx)["deploy"] == "succeeded"
+
+
+def test_a_worker_stopping_before_it_starts_interrupts_it_and_deploys_nothing(kit: Kit):
+    ctx = kit.ready("a" * 40, GOOD)
+
+    def stop() -> None:
+        raise Interrupted("worker stopping")
+
+    ctx.recorder.guard = stop
+    with pytest.raises(Interrupted):
+        kit.builder(ctx)
+
+    assert kit.builder.deployed_metrics(ctx) is None
+    assert all(statuses(ctx).get(s) != "succeeded" for s in ORDERED)
