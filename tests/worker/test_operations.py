@@ -212,35 +212,103 @@ def test_the_worker_probes_answer(run: Run):
     assert run.readyz == (200, {"status": "ok", "reason": "ok"})
 
 
-def test_the_service_serves_the_queue_figures_of_the_same_build(run: Run):
+@dataclass
+class Service:
+    base: str
+    stderr: list[str]  # filled when the module's tests are done
+
+
+@pytest.fixture(scope="module")
+def service(run: Run, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """`trainhook serve` on the database of the build above."""
     port = _free_port()
-    service = subprocess.Popen(
-        [sys.executable, "-m", "trainhook.cli", "serve", "--port", str(port)],
-        env=run.env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/metrics"
+    log_path = tmp_path_factory.mktemp("service") / "service.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trainhook.cli", "serve", "--port", str(port)],
+            env=run.env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+        running = Service(f"http://127.0.0.1:{port}", [])
 
-        def scrape() -> str | None:
+        def answers() -> bool:
             try:
-                return _get(url)[1]
+                return _get(running.base + "/healthz")[0] == 200
             except OSError:
-                return None
+                return False
 
-        text = _wait_for(scrape, 30, "the service")
-    finally:
-        service.send_signal(signal.SIGTERM)
-        _, err = service.communicate(timeout=30)
+        try:
+            _wait_for(answers, 30, "the service")
+            yield running
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+    running.stderr[:] = log_path.read_text().splitlines()
+
+
+def test_the_service_serves_the_queue_figures_of_the_same_build(service: Service):
+    text = _get(service.base + "/metrics")[1]
     assert metric(text, "trainhook_builds", 'status="succeeded"') == 1
     assert metric(text, "trainhook_queue_jobs", 'status="done"') == 1
     assert metric(text, "trainhook_queue_oldest_job_age_seconds") == 0
     assert "trainhook_webhook_duration_seconds" in text
-    for line in err.splitlines():
-        json.loads(line)
+
+
+def _follow(run: Run, service: Service, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**run.env, "TRAINHOOK_URL": service.base}
+    return subprocess.run(
+        [sys.executable, "-m", "trainhook.cli", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_builds_and_build_show_the_build_with_its_full_url(run: Run, service: Service):
+    listed = _follow(run, service, "builds", "--repo", REPO)
+    assert listed.returncode == 0, listed.stderr
+    [line] = listed.stdout.splitlines()
+    assert line.split()[:3] == ["1", "succeeded", REPO]
+    assert line.endswith(f"{service.base}/builds/1")
+    shown = _follow(run, service, "build", "1")
+    stages = {ln.split()[0]: ln.split()[1] for ln in shown.stdout.splitlines()[1:]}
+    assert stages["train"] == "succeeded" and stages["vertex"] == "skipped"
+
+
+def test_watch_exits_0_for_a_success_1_for_a_cancelled_build_2_on_usage(run: Run, service: Service):
+    succeeded = _follow(run, service, "watch", "1")
+    assert succeeded.returncode == 0, succeeded.stderr
+    assert succeeded.stdout.splitlines()[-1].startswith("build 1 succeeded in ")
+    # Queued through the service (no worker runs now), cancelled, then watched.
+    queued = _follow(run, service, "rebuild", REPO, "--ref", "main")
+    assert queued.returncode == 0, queued.stderr
+    assert queued.stdout.strip() == f"queued build 2: {service.base}/builds/2"
+    cancelled = _follow(run, service, "cancel", "2")
+    assert cancelled.returncode == 0 and "cancelled build 2" in cancelled.stdout
+    finished = _follow(run, service, "cancel", "1")
+    assert finished.returncode == 1 and "409 build 1 already succeeded" in finished.stderr
+    watched = _follow(run, service, "watch", "2")
+    assert watched.returncode == 1 and "build 2 cancelled" in watched.stdout
+    assert _follow(run, service, "watch", "nine").returncode == 2
+    missing = _follow(run, service, "watch", "999")
+    assert missing.returncode == 1 and "404" in missing.stderr
+
+
+def test_the_cli_says_where_it_looked_when_no_service_answers(run: Run):
+    env = {**run.env, "TRAINHOOK_URL": f"http://127.0.0.1:{_free_port()}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "trainhook.cli", "builds"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "cannot reach http://127.0.0.1:" in done.stderr
 
 
 def test_migrate_prints_only_its_answer(run: Run):

@@ -8,11 +8,21 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from trainhook.errors import ConfigError, TrainhookError
 from trainhook.logs import configure_logging
 
 log = logging.getLogger("trainhook")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trainhook")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,7 +31,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Turn git pushes into trained, built and deployed ML models.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"trainhook {_version()}")
+    # `-v` after the command too (`trainhook worker -v`); SUPPRESS keeps a -v given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    real_add_parser = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return real_add_parser(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     up = sub.add_parser("up", help="all-in-one: receiver + worker + status page in one process")
     up.add_argument("--host", default="127.0.0.1", help="interface to listen on [127.0.0.1]")
@@ -51,6 +73,30 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--ref", help="branch or full ref [refs/heads/main]")
     which.add_argument("--sha", help="exact commit id")
     rebuild.add_argument("--force", action="store_true", help="ignore every cache")
+    rebuild.add_argument(
+        "--watch",
+        action="store_true",
+        help="queue it through the service at TRAINHOOK_URL and follow it to its end "
+        "(exit 0 when it succeeded, 1 otherwise)",
+    )
+
+    following = "; talks to the service at TRAINHOOK_URL"
+    builds = sub.add_parser("builds", help="list builds, newest first" + following)
+    builds.add_argument("--repo", help="only this repository")
+    builds.add_argument("--branch", help="only this branch")
+    builds.add_argument("--status", help="only builds with this status")
+    builds.add_argument("--limit", type=int, default=20, help="at most this many [20]")
+    build = sub.add_parser("build", help="show one build and its stages" + following)
+    build.add_argument("build_id", type=int, metavar="N")
+    watch = sub.add_parser(
+        "watch",
+        help="follow a build to its end; exit 0 when it succeeded, 1 otherwise" + following,
+    )
+    watch.add_argument("build_id", type=int, metavar="N")
+    cancel = sub.add_parser(
+        "cancel", help="cancel a queued or running build (needs TRAINHOOK_API_TOKEN)" + following
+    )
+    cancel.add_argument("build_id", type=int, metavar="N")
 
     replay = sub.add_parser("replay", help="re-process past builds")
     replay.add_argument("--since", help="ISO time or a duration like 3d, 12h")
@@ -98,13 +144,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
-    args = _parser().parse_args(argv)
-    configure_logging(os.environ, verbose=args.verbose)
-    if args.command == "train":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = [a for a in argv[:1] if a in ("-v", "--verbose")]
+    rest = argv[len(verbose) :]
+    if rest[:1] == ["train"]:
+        # Straight to the trainer, so `trainhook train --help` shows the trainer's options.
         from trainer.cli import main as train_main
 
-        rest = list(args.args)
-        return train_main(rest if rest and rest[0] == "train" else ["train", *rest])
+        configure_logging(os.environ, verbose=bool(verbose))
+        options = rest[1:]
+        return train_main(options if options[:1] == ["train"] else ["train", *options])
+    args = _parser().parse_args(argv)
+    configure_logging(os.environ, verbose=args.verbose)
     try:
         from trainhook.cli import commands
 

@@ -152,6 +152,20 @@ def _revision(settings: Settings) -> str | None:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
+    from trainhook.cli.follow import ServiceClient, watch
+
+    if args.watch or os.environ.get("TRAINHOOK_URL"):
+        # Through the service: works against a remote instance, and --watch follows it.
+        client = ServiceClient.from_env(os.environ)
+        body: dict[str, Any] = {"repo": args.repo, "force": args.force}
+        body.update({"sha": args.sha} if args.sha else {"ref": args.ref or "main"})
+        build_id = client.rebuild(body)
+        print(f"queued build {build_id}: {client.url(f'/builds/{build_id}')}", flush=True)
+        return watch(client, build_id) if args.watch else 0
+    return _rebuild_here(args)
+
+
+def _rebuild_here(args: argparse.Namespace) -> int:
     from trainhook.runtime import build_runtime
     from trainhook.triggers import TriggerError, request_rebuild
 
@@ -163,7 +177,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         raise TrainhookError(exc.message) from None
     finally:
         runtime.close()
-    print(f"queued build {build_id}: /builds/{build_id}")
+    base = runtime.settings.public_url
+    print(f"queued build {build_id}: {base}/builds/{build_id}")
     return 0
 
 
@@ -324,7 +339,46 @@ def cmd_cloudbuild_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_builds(args: argparse.Namespace) -> int:
+    from trainhook.cli.follow import ServiceClient, build_line
+
+    client = ServiceClient.from_env(os.environ)
+    found = client.builds(repo=args.repo, branch=args.branch, status=args.status, limit=args.limit)
+    for build in found:
+        print(build_line(client, build))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from trainhook.cli.follow import ServiceClient, show_build
+
+    client = ServiceClient.from_env(os.environ)
+    for line in show_build(client, client.build(args.build_id)):
+        print(line)
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from trainhook.cli.follow import ServiceClient, watch
+
+    client = ServiceClient.from_env(os.environ)
+    return watch(client, args.build_id, lambda line: print(line, flush=True))
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from trainhook.cli.follow import ServiceClient
+
+    client = ServiceClient.from_env(os.environ)
+    client.cancel(args.build_id)
+    print(f"cancelled build {args.build_id}: {client.url(f'/builds/{args.build_id}')}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "builds": cmd_builds,
+    "build": cmd_build,
+    "watch": cmd_watch,
+    "cancel": cmd_cancel,
     "up": cmd_up,
     "serve": cmd_serve,
     "worker": cmd_worker,
