@@ -14,7 +14,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from trainhook.buildview import MAX_LIMIT, BuildPage, get_build, get_logs, page_of_builds
+from trainhook.buildview import (
+    MAX_LIMIT,
+    BuildPage,
+    get_build,
+    get_logs,
+    get_logs_after,
+    page_of_builds,
+)
 from trainhook.db import reading
 from trainhook.errors import DatabaseUnavailable
 from trainhook.runtime import Runtime
@@ -180,7 +187,37 @@ async def api_build(request: Request) -> Response:
     return JSONResponse(build, headers=SECURITY_HEADERS)
 
 
+def _logs_after(conn: sa.Connection, build_id: int, after: int) -> dict[str, Any] | None:
+    build = get_build(conn, build_id)
+    if build is None:
+        return None
+    logs, last = get_logs_after(conn, build_id, after)
+    return {"status": build["status"], "logs": logs, "next": last}
+
+
+async def api_build_logs(request: Request) -> Response:
+    """GET /api/builds/{id}/logs?after=CURSOR: each stage's log text written after the
+    cursor, and the cursor to ask with next (what `trainhook logs N --follow` polls)."""
+    runtime: Runtime = request.app.state.runtime
+    raw = request.path_params["id"]
+    try:
+        build_id = parse_build_id(raw)
+        after = int(request.query_params.get("after") or 0)
+    except (ParamError, ValueError) as exc:
+        return error_json(400, f"bad build id or cursor: {exc}")
+    body = None
+    if build_id is not None:
+        try:
+            body = await run_in_threadpool(_read, runtime.engine, _logs_after, build_id, after)
+        except DatabaseUnavailable:
+            return unavailable_json()
+    if body is None:
+        return error_json(404, f"build {raw} not found")
+    return JSONResponse(body, headers=SECURITY_HEADERS)
+
+
 routes = [
     Route("/api/builds", api_builds, methods=["GET"]),
     Route("/api/builds/{id}", api_build, methods=["GET"]),
+    Route("/api/builds/{id}/logs", api_build_logs, methods=["GET"]),
 ]

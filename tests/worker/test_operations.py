@@ -279,6 +279,16 @@ def test_builds_and_build_show_the_build_with_its_full_url(run: Run, service: Se
     assert stages["train"] == "succeeded" and stages["vertex"] == "skipped"
 
 
+def test_logs_print_a_stage_or_every_stage_and_follow_to_the_end(run: Run, service: Service):
+    one = _follow(run, service, "logs", "1", "test")
+    assert one.returncode == 0, one.stderr
+    assert "checks passed" in one.stdout and "==>" not in one.stdout
+    every = _follow(run, service, "logs", "1", "--follow")
+    assert every.returncode == 0, every.stderr
+    assert "==> checkout <==" in every.stdout and "==> train <==" in every.stdout
+    assert "cache-inputs {" in every.stdout
+
+
 def test_watch_exits_0_for_a_success_1_for_a_cancelled_build_2_on_usage(run: Run, service: Service):
     succeeded = _follow(run, service, "watch", "1")
     assert succeeded.returncode == 0, succeeded.stderr

@@ -93,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
         help="follow a build to its end; exit 0 when it succeeded, 1 otherwise" + following,
     )
     watch.add_argument("build_id", type=int, metavar="N")
+    logs = sub.add_parser("logs", help="print a build's stage logs" + following)
+    logs.add_argument("build_id", type=int, metavar="N")
+    logs.add_argument("stage", nargs="?", help="only this stage (checkout, test, train, ...)")
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing until the build ends (exit 0 when it succeeded, 1 otherwise)",
+    )
     cancel = sub.add_parser(
         "cancel", help="cancel a queued or running build (needs TRAINHOOK_API_TOKEN)" + following
     )

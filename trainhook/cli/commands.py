@@ -365,6 +365,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watch(client, args.build_id, lambda line: print(line, flush=True))
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from trainhook.cli.follow import ServiceClient, follow_logs
+
+    client = ServiceClient.from_env(os.environ)
+    code = follow_logs(
+        client, args.build_id, args.stage, lambda t: print(t, flush=True), follow=args.follow
+    )
+    # Without --follow the logs were printed: that succeeded, whatever the build did.
+    return code if args.follow else 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from trainhook.cli.follow import ServiceClient
 
@@ -379,6 +390,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": cmd_build,
     "watch": cmd_watch,
     "cancel": cmd_cancel,
+    "logs": cmd_logs,
     "up": cmd_up,
     "serve": cmd_serve,
     "worker": cmd_worker,

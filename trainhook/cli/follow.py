@@ -75,6 +75,9 @@ class ServiceClient:
     def cancel(self, build_id: int) -> dict[str, Any]:
         return dict(self.request("POST", f"/api/builds/{build_id}/cancel"))
 
+    def logs(self, build_id: int, after: int = 0) -> dict[str, Any]:
+        return dict(self.request("GET", f"/api/builds/{build_id}/logs?after={after}"))
+
     def rebuild(self, body: dict[str, Any]) -> int:
         return int(self.request("POST", "/rebuild", body)["build_id"])
 
@@ -125,4 +128,34 @@ def watch(
         if build["status"] in TERMINAL:
             emit(f"build {build_id} {build['status']} in {_seconds(build.get('duration_s'))}")
             return EXIT_SUCCEEDED if build["status"] == "succeeded" else EXIT_FAILED
+        sleep(interval)
+
+
+def follow_logs(
+    client: ServiceClient,
+    build_id: int,
+    stage: str | None,
+    emit: Callable[[str], None],
+    *,
+    follow: bool = False,
+    interval: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Print a build's logs (one stage's, or every stage's under a header); with `follow`,
+    keep printing what is written until the build ends. Exit code as `watch`."""
+    after, last_stage = 0, None
+    while True:
+        answer = client.logs(build_id, after)
+        for name, text in answer["logs"].items():
+            if stage is not None and name != stage:
+                continue
+            if stage is None and name != last_stage:
+                emit(f"==> {name} <==")
+                last_stage = name
+            emit(text.rstrip("\n"))
+        after = int(answer["next"])
+        if not follow or answer["status"] in TERMINAL:
+            if answer["status"] not in TERMINAL:
+                return EXIT_SUCCEEDED
+            return EXIT_SUCCEEDED if answer["status"] == "succeeded" else EXIT_FAILED
         sleep(interval)
