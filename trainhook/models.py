@@ -155,3 +155,66 @@ status_reports = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# Build notifications (migration 0005): one row per (build, `[[repos.notify]]` target) once
+# the notifier has looked at the finished build, holding the event sent (or none due), the
+# delivery id receivers dedupe on and where the delivery stands. A notifier claims a row by
+# lease before sending (several service replicas), as status_reports.
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("build_id", sa.ForeignKey("builds.id"), nullable=False),
+    sa.Column("target", sa.String(300), nullable=False),  # kind:url_env
+    sa.Column("event", sa.String(16), nullable=True),  # None: nothing this target wants
+    sa.Column("state", sa.String(16), nullable=False),  # pending | sent | skipped | given_up
+    sa.Column("delivery", sa.String(64), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("claimed_by", sa.String(64), nullable=True),
+    sa.Column("claimed_until", UTCDateTime, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("build_id", "target"),
+)
+
+# Per-person API tokens (`trainhook tokens add NAME`, migration 0005): only a SHA-256 of the
+# token is kept (it is 256 random bits: no salt or slow hash is needed against guessing).
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("scope", sa.String(8), nullable=False),  # read | write
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+# Who did each write action (migration 0005): rebuilds, cancels, replays, requeues.
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),  # token name or proxy identity
+    sa.Column("via", sa.String(16), nullable=False),  # admin | token | cookie | proxy | cli
+    sa.Column("remote", sa.String(64), nullable=True),  # the client's address
+    sa.Column("build_id", sa.ForeignKey("builds.id"), nullable=True),  # the build acted on
+    sa.Column("result_build_id", sa.ForeignKey("builds.id"), nullable=True),  # the build made
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Index("ix_audit_events_build_id", "build_id"),
+    sa.Index("ix_audit_events_result_build_id", "result_build_id"),
+)
+
+# Keys the service replicas share (migration 0005): the one signing login cookies and CSRF
+# tokens is made by the first replica that needs it (insert-if-absent, then read).
+service_keys = sa.Table(
+    "service_keys",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)

@@ -22,6 +22,7 @@ from trainhook.deployconfig import (
 )
 from trainhook.errors import ConfigError
 from trainhook.gcs import parse_gs_url
+from trainhook.notifyconfig import NotifyConfig, check_notify
 from trainhook.pathglobs import PathFilter, PatternError, check_pattern
 from trainhook.sandboxsettings import parse_repo_env, parse_repo_limits
 
@@ -77,6 +78,8 @@ class RepoConfig:
     sandbox_network: bool = False
     sandbox_env: tuple[tuple[str, str], ...] = ()
     sandbox_limits: tuple[tuple[str, int], ...] = ()
+    # `[[repos.notify]]`: where build results are announced (trainhook/notifyconfig.py).
+    notify: tuple[NotifyConfig, ...] = ()
 
     def wants_branch(self, branch: str) -> bool:
         """True when a push to `branch` should build (glob patterns, as in the file)."""
@@ -131,6 +134,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "sandbox_network": (bool,),
     "sandbox_env": (dict,),
     "sandbox_limits": (dict,),
+    "notify": (list,),
 }
 _LISTS = ("branches", "tags", "data", "paths", "paths_ignore")
 _REQUIRED = {
@@ -335,6 +339,8 @@ def check_repo(
     if "vertex" in kwargs:
         with problems.check(where):
             kwargs["vertex"] = parse_vertex(kwargs["vertex"])
+    if "notify" in kwargs:
+        kwargs["notify"] = check_notify(path, label, kwargs["notify"], problems)
     if len(problems.lines) > before:
         return None
     return RepoConfig(**kwargs)

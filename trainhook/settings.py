@@ -77,6 +77,12 @@ class Settings:
     cloudbuild_service_account: str | None = None
     log_format: str = "text"  # TRAINHOOK_LOG_FORMAT: text | json (json by default in prod)
     worker_port: int = -1  # TRAINHOOK_WORKER_PORT: the worker's own HTTP; -1: not served
+    # Who may read the dashboard (service/access.py): public | token | proxy; public by
+    # default in dev, token in prod (where public needs TRAINHOOK_DASHBOARD_PUBLIC=1).
+    dashboard_access: str = "public"
+    dashboard_public: bool = False  # TRAINHOOK_DASHBOARD_PUBLIC=1: public in prod on purpose
+    iap_audience: str | None = None  # TRAINHOOK_IAP_AUDIENCE: verify the IAP JWT for it
+    metrics_access: str = "public"  # TRAINHOOK_METRICS_ACCESS: public | dashboard
 
     def repo(self, name: str, provider: str | None = None) -> RepoConfig | None:
         """The configured repository with this full name (and provider), or None."""
@@ -126,6 +132,8 @@ class Settings:
 
 PUBSUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
 LOG_FORMATS = ("text", "json")
+ACCESS_MODES = ("public", "token", "proxy")
+METRICS_ACCESS = ("public", "dashboard")
 HOUR, DAY = 3600.0, 86400.0
 
 # Every numeric variable: its field, kind and unit, range and default. Durations accept
@@ -242,6 +250,15 @@ def _choice(problems: Problems, env: Mapping[str, str], name: str, choices: tupl
     return value
 
 
+def _flag(problems: Problems, env: Mapping[str, str], name: str) -> bool:
+    """A yes/no variable: 1/true/yes or 0/false/no (unset: no)."""
+    value = (env.get(name) or "0").strip().lower()
+    if value not in ("1", "true", "yes", "0", "false", "no"):
+        problems.add(f"{name}={env.get(name)!r}: expected 1 or 0")
+        return False
+    return value in ("1", "true", "yes")
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool = True) -> Settings:
     """Build settings from `env` (default: the process environment).
 
@@ -280,6 +297,14 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
 
     secrets = {r.secret_env: env[r.secret_env] for r in repos if env.get(r.secret_env)}
     secrets.update({e: env[e] for r in repos if (e := r.forge_token_env) and env.get(e)})
+    # Notification URLs are credentials too (an incoming webhook posts with no other key).
+    secrets.update({e: env[e] for r in repos for n in r.notify for e in n.envs if env.get(e)})
+    access = _choice(
+        problems,
+        env,
+        "TRAINHOOK_DASHBOARD_ACCESS",
+        ("token", "public", "proxy") if mode == "prod" else ACCESS_MODES,
+    )
     settings = Settings(
         home=home,
         database_url=database_url,
@@ -294,6 +319,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
         public_url=(env.get("TRAINHOOK_PUBLIC_URL") or "").rstrip("/"),
         nltk_index=env.get("TRAINHOOK_NLTK_INDEX") or None,
         log_format=log_format,
+        dashboard_access=access,
+        dashboard_public=_flag(problems, env, "TRAINHOOK_DASHBOARD_PUBLIC"),
+        iap_audience=env.get("TRAINHOOK_IAP_AUDIENCE") or None,
+        metrics_access=_choice(problems, env, "TRAINHOOK_METRICS_ACCESS", METRICS_ACCESS),
         **numbers,
         **sandbox,
         **_pubsub_settings(
@@ -324,6 +353,20 @@ def insecure_defaults(settings: Settings) -> list[str]:
             problems.append(
                 f"repository {repo.name!r}: secret variable {repo.secret_env} is not set"
             )
+        for target in repo.notify:
+            for name in target.envs:
+                if not settings.secrets.get(name):
+                    problems.append(f"repository {repo.name!r}: notify variable {name} is not set")
+    if settings.dashboard_access == "public" and not settings.dashboard_public:
+        problems.append(
+            "TRAINHOOK_DASHBOARD_ACCESS=public opens pages, logs and exports to anyone who can"
+            " reach the port; set TRAINHOOK_DASHBOARD_PUBLIC=1 if that is meant"
+        )
+    if settings.dashboard_access == "proxy" and not settings.iap_audience:
+        problems.append(
+            "TRAINHOOK_DASHBOARD_ACCESS=proxy without TRAINHOOK_IAP_AUDIENCE trusts an identity"
+            " header anyone reaching the port can send"
+        )
     return [prefix + problem for problem in problems]
 
 
