@@ -13,8 +13,10 @@ from service import api, dashboard, health, rebuild, webhooks
 from service.headers import SecurityHeaders, server_error
 from service.reconcile import Reconciler
 from service.statusreporter import StatusReporter
+from service.tracing import TraceContext
 from service.writer import DeliveryWriter
 from trainhook.runtime import Runtime
+from trainhook.settings import Settings
 
 
 @asynccontextmanager
@@ -33,6 +35,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             reconciler.stop()
 
 
+def trace_project(settings: Settings) -> str | None:
+    return settings.gcp_project or settings.pubsub_project or None
+
+
 def create_app(runtime: Runtime) -> Starlette:
     """The Starlette app serving webhooks, /rebuild, the status pages, the API and health."""
     routes: list[BaseRoute] = [
@@ -45,7 +51,12 @@ def create_app(runtime: Runtime) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[
+            Middleware(SecurityHeaders),
+            # Traces are named in the project the service runs in (GOOGLE_CLOUD_PROJECT
+            # unless TRAINHOOK_GCP_PROJECT or TRAINHOOK_PUBSUB_PROJECT says otherwise).
+            Middleware(TraceContext, project=trace_project(runtime.settings)),
+        ],
         exception_handlers={500: server_error},
     )
     app.state.runtime = runtime
