@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from tests.support.gitrepo import GitRepo
 from tests.support.postgres import PostgresServer, durable_postgres_or_skip, find_pg_bin
+from tests.support.required import unavailable
 from trainhook.db import make_engine, upgrade
 from trainhook.settings import Settings, load_settings
 
@@ -24,19 +25,34 @@ SHARED = REPO_ROOT.parent / "shared"
 
 
 def shared_path(*parts: str) -> Path:
-    """A file under ../shared, or skip the test when the shared folder is absent."""
+    """A file under ../shared; when absent the test is skipped (failed under
+    TRAINHOOK_REQUIRE_SHARED)."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"../shared/{'/'.join(parts)} is not present beside the repository")
+        unavailable("SHARED", f"../shared/{'/'.join(parts)} is not present beside the repository")
     return path
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One last line saying what was skipped and why, so a skip never goes unseen."""
+    reports = terminalreporter.stats.get("skipped", [])
+    if not reports:
+        terminalreporter.write_line("skipped: none")
+        return
+    reasons: dict[str, int] = {}
+    for report in reports:
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ").splitlines()[0] if reason else "no reason"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    parts = [f"{why} ({n})" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    terminalreporter.write_line(f"skipped {len(reports)}: " + "; ".join(parts))
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
     if find_pg_bin() is None:
-        if os.environ.get("TRAINHOOK_REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL is required (TRAINHOOK_REQUIRE_POSTGRES) but not installed")
-        pytest.skip("PostgreSQL server not installed: apt-get install postgresql")
+        unavailable("POSTGRES", "PostgreSQL server not installed: apt-get install postgresql")
     server = PostgresServer().start()
     template = server.url("trainhook_template")
     admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")

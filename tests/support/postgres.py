@@ -110,12 +110,10 @@ class DurablePostgres(PostgresServer):
 def durable_postgres_or_skip() -> DurablePostgres:
     """A started DurablePostgres of the caller's own (to stop and start at will); skips the
     test loudly when PostgreSQL is missing, fails it when TRAINHOOK_REQUIRE_POSTGRES is set."""
-    import pytest
+    from tests.support.required import unavailable
 
     if find_pg_bin() is None:
-        if os.environ.get("TRAINHOOK_REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL is required (TRAINHOOK_REQUIRE_POSTGRES) but not installed")
-        pytest.skip("!!! PostgreSQL server not installed: apt-get install postgresql")
+        unavailable("POSTGRES", "PostgreSQL server not installed: apt-get install postgresql")
     server = DurablePostgres()
     server.start()
     return server

@@ -101,12 +101,9 @@ class PubSubEmulator:
 def emulator_or_skip() -> PubSubEmulator:
     """A started emulator; skips the test loudly when the Cloud SDK's emulator is missing,
     fails it when TRAINHOOK_REQUIRE_PUBSUB is set."""
-    import pytest
+    from tests.support.required import unavailable
 
     launcher, why = find_emulator()
     if launcher is None:
-        message = f"the official Pub/Sub emulator is not installed here: {why}"
-        if os.environ.get("TRAINHOOK_REQUIRE_PUBSUB"):
-            pytest.fail(f"TRAINHOOK_REQUIRE_PUBSUB is set but {message}")
-        pytest.skip(f"!!! PUB/SUB TESTS NOT RUN: {message}")
+        unavailable("PUBSUB", f"the official Pub/Sub emulator is not installed here: {why}")
     return PubSubEmulator(launcher).start()

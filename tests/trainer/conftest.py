@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.required import unavailable
 from trainer.sample import generate_sample
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +22,7 @@ AIRLINE = SHARED_DATA / "twitter_us_airline_sentiment.csv"
 def airline_csv() -> Path:
     """The shared airline tweets file, or skip the test when it is not beside the repo."""
     if not AIRLINE.is_file():
-        pytest.skip("../shared/data/twitter_us_airline_sentiment.csv is not present")
+        unavailable("SHARED", "../shared/data/twitter_us_airline_sentiment.csv is not present")
     return AIRLINE
 
 

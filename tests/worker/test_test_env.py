@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.support.required import unavailable
 from tests.worker.conftest import (
     build_view,
     context_for,
@@ -35,7 +36,12 @@ from worker.testcommand import repo_tests_stage
 from worker.testenv import find_uv
 from worker.venvcache import MARKER, VenvCache
 
-pytestmark = pytest.mark.skipif(find_uv() is None, reason="uv is not installed")
+
+@pytest.fixture(autouse=True)
+def uv_installed() -> None:
+    if find_uv() is None:
+        unavailable("UV", "uv is not installed")
+
 
 CHECK = """
 import sys, tinypkg
