@@ -10,6 +10,9 @@ from trainhook.models import metadata
 
 config = context.config
 target_metadata = metadata
+# Every pod runs `trainhook migrate` as it starts (k8s/: an init container): on PostgreSQL
+# one upgrade at a time, so the others wait, then find the schema current and do nothing.
+MIGRATE_LOCK_KEY = 0x7472_6169_6E68  # "trainh": one bigint, trainhook's own
 
 
 def run_migrations_offline() -> None:
@@ -33,6 +36,11 @@ def run_migrations_online() -> None:
             connection=connection, target_metadata=target_metadata, render_as_batch=True
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Held until this transaction ends; taken before Alembic reads the version.
+                connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK_KEY}
+                )
             context.run_migrations()
     engine.dispose()
 
