@@ -3,7 +3,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install uv lint format bench clean
+.PHONY: run test install uv lint format bench mutate clean
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -33,5 +33,9 @@ bench: install
 	$(UV) run python bench/ingest/run.py
 	$(UV) run python bench/train/run.py
 
+## make mutate: mutation testing of the core modules (mutmut, niced; MUTATION.md): slow
+mutate: install
+	$(UV) run python scripts/mutate.py
+
 clean:
-	rm -rf .trainhook .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .trainhook .pytest_cache .mypy_cache .ruff_cache mutants
