@@ -84,14 +84,29 @@ def test_readyz_is_503_in_time_when_database_hangs(client, engine: sa.Engine, mo
 
 
 def test_metrics_exposes_the_runtime_registry(client: TestClient, runtime: Runtime):
-    runtime.metrics.webhooks.labels("github", "queued").inc(3)
+    # Real deliveries, counted by the webhook route itself: two queued, one refused (401).
+    for delivery in ("d-1", "d-2"):
+        assert client.post("/webhooks/github", **github_request(delivery)).status_code == 202
+    forged = github_request("d-3")
+    forged["headers"]["X-Hub-Signature-256"] = "sha256=" + "0" * 64
+    assert client.post("/webhooks/github", **forged).status_code == 401
+
     response = client.get("/metrics")
+
     assert response.status_code == 200
     assert response.headers["content-type"] == CONTENT_TYPE_LATEST
     found = samples(response.text)
-    key = ("trainhook_webhooks_total", (("outcome", "queued"), ("provider", "github")))
-    assert found[key] == 3.0
+    queued = ("trainhook_webhooks_total", (("outcome", "queued"), ("provider", "github")))
+    refused = ("trainhook_webhooks_total", (("outcome", "401"), ("provider", "github")))
+    assert (found[queued], found[refused]) == (2.0, 1.0)
     assert found[("trainhook_database_up", ())] == 1.0
+
+
+def github_request(delivery: str) -> dict[str, Any]:
+    from tests.service.github_payloads import push_payload, signed
+
+    raw, headers = signed(push_payload(), delivery=delivery)
+    return {"content": raw, "headers": headers}
 
 
 def test_metrics_counts_builds_by_status_at_scrape_time(client: TestClient, engine: sa.Engine):
