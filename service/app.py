@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute
 
 from service import api, dashboard, health, rebuild, webhooks
 from service.headers import SecurityHeaders, server_error
+from service.notifications import Notifier
 from service.reconcile import Reconciler
 from service.statusreporter import StatusReporter
 from service.tracing import TraceContext
@@ -26,6 +27,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     # token) and, with TRAINHOOK_RECONCILE_INTERVAL, redelivery of missed GitHub deliveries.
     reporter = StatusReporter(runtime.settings, runtime.engine).start()
     reconciler = Reconciler(runtime.settings, runtime.engine).start()
+    # Build notifications ([[repos.notify]]), sent the same way as the commit statuses.
+    notifier = Notifier(runtime.settings, runtime.engine).start()
     async with dashboard.lifespan(app):
         try:
             yield
@@ -33,6 +36,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             app.state.writer.stop()
             reporter.stop()
             reconciler.stop()
+            notifier.stop()
 
 
 def trace_project(settings: Settings) -> str | None:

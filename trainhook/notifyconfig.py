@@ -67,12 +67,12 @@ def _entry(where: str, table: Any, problems: Problems) -> NotifyConfig | None:
         problems.add(
             f"{where}: missing required key 'url_env' (expected the variable holding the URL)"
         )
-    if kind == "webhook" and "secret_env" not in table:
+    if kind == "webhook" and table.get("secret_env") is None:
         problems.add(
             f"{where}: missing required key 'secret_env' (a webhook is signed: expected the "
             "variable holding its HMAC key)"
         )
-    if kind in ("slack", "google_chat") and "secret_env" in table:
+    if kind in ("slack", "google_chat") and table.get("secret_env") is not None:
         problems.add(
             f"{where}: key 'secret_env': {kind} does not sign messages (its URL is the secret)"
         )
@@ -83,7 +83,7 @@ def _entry(where: str, table: Any, problems: Problems) -> NotifyConfig | None:
     if len(problems.lines) > before:
         return None
     return NotifyConfig(
-        kind=kind,
+        kind=str(kind),
         url_env=table["url_env"],
         on=tuple(dict.fromkeys(on)),
         secret_env=table.get("secret_env"),
