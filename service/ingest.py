@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from service.forges import Forge, ForgeEvent, NotConfigured, Unauthorized, bounded
+from service.forges import Forge, ForgeEvent, NotConfigured, PullRequest, Unauthorized, bounded
 from service.forges.payloadfilter import payload_files
 from service.intake import Incoming
 from service.writer import DeliveryWriter
@@ -30,13 +30,41 @@ class Answer:
     body: dict[str, Any]
 
 
+def pull_ignore_reason(repo: RepoConfig, pull: PullRequest) -> str | None:
+    """Why a pull/merge request event builds nothing, or None when it should build.
+
+    A close is answered here too (its builds are ended by the writer, see
+    service/intake.py); a fork's request builds only under `pull_requests = "all"`."""
+    what = f"pull request #{pull.number}"
+    if repo.pull_requests == "off":
+        return f'{what}: pull requests are not built (pull_requests = "off")'
+    if pull.action == "close":
+        return f"{what} {pull.verb}: its queued and running builds are superseded"
+    if pull.action != "build":
+        return f"{what}: action {pull.verb!r} does not build (only new or reopened heads)"
+    if not repo.wants_branch(pull.base_branch):
+        return (
+            f"{what} targets branch {pull.base_branch!r}, which is not configured "
+            f"(branches = {list(repo.branches)})"
+        )
+    if not pull.same_repo and repo.pull_requests != "all":
+        source = repr(pull.head_repo) if pull.head_repo else "a deleted fork"
+        return (
+            f"{what} comes from the fork {source}: code from forks is not built "
+            f'(pull_requests = {repo.pull_requests!r}; "all" builds it, sandboxed)'
+        )
+    return None
+
+
 def ignore_reason(repo: RepoConfig, event: ForgeEvent) -> str | None:
     """Why a verified delivery builds nothing, or None when it should build."""
+    if event.pull is not None:
+        return pull_ignore_reason(repo, event.pull)
     push = event.push
     if push is None:
         if event.event == "ping":
             return "ping: webhook is set up"
-        return f"event {event.event!r} is not built (only push)"
+        return f"event {event.event!r} is not built (only pushes and pull requests)"
     if push.deleted:
         return f"{push.ref} was deleted"
     tag = push.tag
@@ -100,6 +128,24 @@ def incoming(
         received_at=received_at,
     )
     spec = None
+    pull = event.pull
+    if pull is not None:
+        # A new head supersedes the request's older builds, a close all of them; an
+        # ignored event of a request that still builds (an edit) leaves them alone.
+        ends = pull.ref if reason is None or pull.action == "close" else None
+        if repo.pull_requests == "off":
+            ends = None
+        if reason is None:
+            spec = BuildSpec(
+                provider=forge.name,
+                repo=repo.name,
+                ref=pull.ref,
+                sha=pull.sha,
+                trigger="pull_request",
+                commit_message=pull.title,
+                author=pull.author,
+            )
+        return Incoming(delivery=delivery, spec=spec, reason=reason, supersedes=ends)
     if reason is None:
         assert event.push is not None
         push = event.push

@@ -2,7 +2,8 @@
 
 A push that would take its branch back behind the deployed commit (a captured delivery
 resent with a new delivery id, see trainhook/stale.py) is recorded as ignored, decided in
-the same transaction that stores it."""
+the same transaction that stores it. A pull request's new head supersedes the request's
+older builds, and its close all of them, in that transaction too (trainhook/pullrequests.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from trainhook.builds import (
     opening_events,
 )
 from trainhook.models import builds, deliveries, jobs, stage_events, utcnow
+from trainhook.pullrequests import supersede_pull_builds
 from trainhook.stale import GUARDED_TRIGGERS, BranchHistory, branch_history
 
 
@@ -32,6 +34,9 @@ class Incoming:
     delivery: Delivery
     spec: BuildSpec | None
     reason: str | None = None
+    # A pull request head ref whose queued and running builds end (superseded) when this
+    # delivery is new: older than its build, or all of them (a close, no build).
+    supersedes: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -101,6 +106,21 @@ def _unless_stale(conn: sa.Connection, items: Sequence[Incoming]) -> list[Incomi
     return checked
 
 
+def _supersede(conn: sa.Connection, fresh: Sequence[tuple[Incoming, int | None]]) -> None:
+    """End the pull request builds each new delivery makes obsolete, in delivery order: a
+    second head of the same request in one batch supersedes the first."""
+    for item, build_id in fresh:
+        ref = item.supersedes
+        if ref is None:
+            continue
+        d = item.delivery
+        if build_id is not None:
+            reason = f"superseded by build #{build_id}, a newer head of the pull request"
+        else:
+            reason = "the pull request was closed"
+        supersede_pull_builds(conn, d.provider, d.repo, ref, reason, before=build_id)
+
+
 def record_deliveries(conn: sa.Connection, items: Sequence[Incoming]) -> list[Recorded]:
     """Store every delivery, and for each new one that builds, its build, its `received` and
     `queued` stage events and its job — a handful of statements for the whole batch.
@@ -141,6 +161,7 @@ def record_deliveries(conn: sa.Connection, items: Sequence[Incoming]) -> list[Re
             job_rows.append(job_row(build_ids[pos], now))
         conn.execute(stage_events.insert(), events)
         conn.execute(jobs.insert(), job_rows)
+    _supersede(conn, [(item, build_ids.get(pos)) for pos, item, _ in fresh])
     fresh_positions = {pos for pos, _, _ in fresh}
     answers = []
     for pos, item in enumerate(items):

@@ -24,7 +24,8 @@ STAGES = (
     "vertex",
 )
 TERMINAL_BUILD = frozenset({"succeeded", "failed", "cancelled", "superseded"})
-TRIGGERS = ("push", "rebuild", "replay")
+# Why a build was made (contract): a tag push stays `push`.
+TRIGGERS = ("push", "rebuild", "replay", "pull_request", "schedule", "data")
 
 
 @dataclass(frozen=True)
@@ -239,10 +240,17 @@ def cancel_build(conn: sa.Connection, build_id: int, reason: str) -> str | None:
     when there is no such build. A stage event says why: on the stage running now (its status
     is left to the worker, which stops at the next stage boundary), or on `queued` (skipped)
     when no worker had picked the build up."""
-    status = conn.execute(sa.select(builds.c.status).where(builds.c.id == build_id)).scalar()
-    if status is None:
+    return end_build(conn, build_id, "cancelled", reason)
+
+
+def end_build(conn: sa.Connection, build_id: int, status: str, reason: str) -> str | None:
+    """End a queued or running build as `status` (cancelled, superseded) from outside its
+    worker, as `cancel_build` describes; returns `status`, the terminal status the build
+    already had, or None when there is no such build."""
+    current = conn.execute(sa.select(builds.c.status).where(builds.c.id == build_id)).scalar()
+    if current is None:
         return None
-    if not mark_finished(conn, build_id, "cancelled", error=reason):
+    if not mark_finished(conn, build_id, status, error=reason):
         return str(conn.execute(sa.select(builds.c.status).where(builds.c.id == build_id)).scalar())
     last = conn.execute(
         sa.select(stage_events.c.stage, stage_events.c.status)
@@ -251,11 +259,12 @@ def cancel_build(conn: sa.Connection, build_id: int, reason: str) -> str | None:
         .limit(1)
     ).first()
     if last is None or (last.stage == "queued" and last.status == "running"):
-        add_event(conn, build_id, "queued", "skipped", detail=f"cancelled ({reason})")
+        add_event(conn, build_id, "queued", "skipped", detail=f"{status} ({reason})")
     elif last.status == "running":
-        detail = f"cancel requested ({reason}); the worker stops after this stage"
+        request = "cancel requested" if status == "cancelled" else status
+        detail = f"{request} ({reason}); the worker stops after this stage"
         add_event(conn, build_id, last.stage, "running", detail=detail)
     elif last.stage in STAGES[:-1]:
         following = STAGES[STAGES.index(last.stage) + 1]
-        add_event(conn, build_id, following, "skipped", detail=f"cancelled ({reason})")
-    return "cancelled"
+        add_event(conn, build_id, following, "skipped", detail=f"{status} ({reason})")
+    return status

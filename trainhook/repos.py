@@ -32,6 +32,9 @@ DEFAULT_DATA = ("data/cleaned_training_sample.csv", "data/prod.csv", "data/train
 CLONE_SCHEMES = ("https", "http", "ssh", "git", "file")
 # Where test_command runs: the worker's own Python, or a venv built from the commit's deps files
 TEST_ENVS = ("worker", "venv")
+# Which pull/merge requests build: none, those whose head branch is in the repository itself,
+# or those from forks too (their code then runs on the worker: only inside the sandbox).
+PULL_REQUESTS = ("off", "same-repo", "all")
 # A cache group's name: repositories naming the same group share cache entries (deps, nltk,
 # model); lowercase so that two spellings never make two groups by accident.
 CACHE_GROUP_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -80,6 +83,9 @@ class RepoConfig:
     sandbox_limits: tuple[tuple[str, int], ...] = ()
     # `[[repos.notify]]`: where build results are announced (trainhook/notifyconfig.py).
     notify: tuple[NotifyConfig, ...] = ()
+    # Pull/merge requests into a configured branch build up to `train` (never deployed):
+    # one of PULL_REQUESTS.
+    pull_requests: str = "same-repo"
 
     def wants_branch(self, branch: str) -> bool:
         """True when a push to `branch` should build (glob patterns, as in the file)."""
@@ -135,6 +141,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "sandbox_env": (dict,),
     "sandbox_limits": (dict,),
     "notify": (list,),
+    "pull_requests": (str,),
 }
 _LISTS = ("branches", "tags", "data", "paths", "paths_ignore")
 _REQUIRED = {
@@ -211,6 +218,21 @@ def _check_clone_url(path: Path, repo: str, url: str) -> None:
             repo,
             f"key 'clone_url': {url!r} has scheme {scheme or 'none'!r}, expected one of "
             f"{CLONE_SCHEMES}",
+        )
+
+
+def _check_pull_requests(path: Path, repo: str, table: dict[str, Any]) -> None:
+    value = table.get("pull_requests", "same-repo")
+    if value not in PULL_REQUESTS:
+        raise _fail(path, repo, f"key 'pull_requests': {value!r}: expected one of {PULL_REQUESTS}")
+    if value == "all" and table.get("sandbox", True) is False:
+        # A fork's pull request is anyone's code: with `sandbox = false` its tests would run
+        # as the worker, with the worker's network, files and credentials.
+        raise _fail(
+            path,
+            repo,
+            "key 'pull_requests': \"all\" builds forks' code, which must run sandboxed: "
+            'it is refused with sandbox = false (use "same-repo", or the sandbox)',
         )
 
 
@@ -302,6 +324,8 @@ def check_repo(
             raise _fail(path, label, f"key 'test_env': {table['test_env']!r} not in {TEST_ENVS}")
     with problems.check():
         _check_clone_url(path, label, table["clone_url"])
+    with problems.check():
+        _check_pull_requests(path, label, table)
     _forge_problems(path, label, table, problems)
     group = table.get("cache_group")
     if group is not None and not CACHE_GROUP_RE.fullmatch(group):

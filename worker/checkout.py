@@ -39,7 +39,16 @@ from worker.stalegate import end_if_stale
 from worker.workspace import Workspace
 
 SHA_RE = re.compile(r"[0-9a-f]{7,64}")
-REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+# Branches, tags, and the heads of pull/merge requests as the forges keep them in the
+# repository itself (GitHub, Gitea, Forgejo: refs/pull/N/head; GitLab:
+# refs/merge-requests/N/head): a request's commit, a fork's included, is fetched from the
+# configured clone_url like any other.
+REFSPECS = (
+    "+refs/heads/*:refs/heads/*",
+    "+refs/tags/*:refs/tags/*",
+    "+refs/pull/*/head:refs/pull/*/head",
+    "+refs/merge-requests/*/head:refs/merge-requests/*/head",
+)
 
 
 # How `git fsck` (and a transfer checking objects) names a bad object:
@@ -112,6 +121,10 @@ class Mirror:
             else:
                 self._clone()
                 action = "cloned"
+                if not self.has_commit(sha):
+                    # A clone brings branches and tags only: a pull request's head is in
+                    # the refs only a fetch names.
+                    self._fetch()
             if not self.has_commit(sha):
                 raise StageFailed(
                     f"commit {sha} not found in {redact(self.repo.clone_url)} "

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from trainhook.builds import STAGES
+from trainhook.pullrequests import STOP_REASON, is_pull_ref
 from trainhook.settings import Settings
-from worker.builder import Builder
+from worker.builder import BUILDER_STAGES, Builder
 from worker.context import BuildContext
 from worker.stage import SingleStage, StageFailed, Step
 
@@ -37,6 +38,10 @@ class Pipeline:
         Interrupted and infrastructure exceptions propagate to the caller (the worker)."""
         recorder = ctx.recorder
         for step in self.steps:
+            if stops_before(step, ctx):
+                for stage in step.stages:
+                    recorder.skip(stage, STOP_REASON)
+                continue
             if kept_from_earlier(step, ctx):
                 for stage in step.stages:
                     recorder.keep(stage)
@@ -58,6 +63,12 @@ class Pipeline:
                 if stage not in recorder.done:
                     recorder.skip(stage, NOT_REPORTED)
         return None
+
+
+def stops_before(step: Step, ctx: BuildContext) -> bool:
+    """A pull request head (its build, a replay or a rebuild of it) is tested and trained,
+    never packaged, pushed or deployed: the builder's stages are skipped with the reason."""
+    return is_pull_ref(ctx.build.ref) and all(s in BUILDER_STAGES for s in step.stages)
 
 
 def kept_from_earlier(step: Step, ctx: BuildContext) -> bool:

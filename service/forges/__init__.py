@@ -81,14 +81,45 @@ class Push:
         return self.ref[len(prefix) :] if self.ref.startswith(prefix) else None
 
 
+# What a pull/merge request event asks for, in every forge's words: `build` its head
+# (opened, new commits, reopened), `close` it (closed or merged: its queued builds end), or
+# `other` (edited, labelled, assigned, ...: nothing to build).
+PULL_ACTIONS = ("build", "close", "other")
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    """A pull (merge) request event, in the same shape whichever forge sent it.
+
+    `ref` is where the forge keeps the request's head in the base repository
+    (`refs/pull/N/head`, `refs/merge-requests/N/head`): the worker fetches it from the
+    configured clone URL, never from the head repository the payload names.
+    """
+
+    repo: str  # the base repository (the one configured), full name
+    number: int
+    action: str  # one of PULL_ACTIONS
+    verb: str  # the forge's own word for the action, for reasons ("synchronize")
+    ref: str
+    sha: str
+    head_repo: str | None  # the repository the change comes from; None when deleted
+    same_repo: bool  # the head branch lives in the base repository (not a fork)
+    base_branch: str
+    title: str | None = None
+    author: str | None = None
+    url: str | None = None  # the request's web page
+
+
 @dataclass(frozen=True)
 class ForgeEvent:
-    """One verified delivery: its identity, its event name and, for pushes, the push."""
+    """One verified delivery: its identity, its event name and, for pushes, the push; for
+    pull/merge requests, the request."""
 
     event: str
     delivery_id: str
     hook_id: str
     push: Push | None = None
+    pull: PullRequest | None = None
 
 
 class ApiError(Exception):
@@ -192,7 +223,12 @@ class Forge(Protocol):
         ...
 
     def event(self, headers: Mapping[str, str], payload: dict[str, Any]) -> ForgeEvent:
-        """The delivery's identity and, for a push, the neutral Push; raises BadRequest."""
+        """The delivery's identity and, for a push, the neutral Push, for a pull or merge
+        request event, the neutral PullRequest; raises BadRequest."""
+        ...
+
+    def pull_ref(self, number: int) -> str:
+        """Where the forge keeps the head of request `number` in the base repository."""
         ...
 
     def lists_every_commit(self, payload: dict[str, Any], listed: int) -> bool:
@@ -343,6 +379,20 @@ def text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def pull_number(value: object, field_name: str) -> int:
+    """A request number from a payload: a positive whole number; raises BadRequest."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 10**10:
+        raise BadRequest(f"field '{field_name}' must be a positive whole number")
+    return value
+
+
+def pull_sha(value: object, field_name: str) -> str:
+    """A request's head commit id; raises BadRequest when it is not one."""
+    if not is_sha(value):
+        raise BadRequest(f"field '{field_name}' is not a commit id")
+    return str(value)
+
+
 def bounded(event: ForgeEvent) -> ForgeEvent:
     """`event` made safe to store; raises BadRequest for a value the schema cannot hold.
 
@@ -350,6 +400,17 @@ def bounded(event: ForgeEvent) -> ForgeEvent:
     free text (author, commit message) is cut to fit and loses NUL characters, which
     PostgreSQL text columns cannot hold; a `before` that is not an object id is dropped.
     """
+    pull = event.pull
+    if pull is not None:
+        for label, value in (
+            ("pull request head ref", pull.ref),
+            ("base branch", pull.base_branch),
+        ):
+            if len(value) > MAX_REF or "\x00" in value:
+                raise BadRequest(f"{label} is longer than {MAX_REF} characters or holds a NUL")
+        title = pull.title.replace("\x00", "") if pull.title else pull.title
+        author = pull.author.replace("\x00", "")[:MAX_AUTHOR] if pull.author else pull.author
+        event = replace(event, pull=replace(pull, title=title, author=author))
     for label, value, limit in (
         ("event header", event.event, MAX_EVENT),
         ("delivery id", event.delivery_id, MAX_DELIVERY),

@@ -28,6 +28,7 @@ from service.forges import (
     ForgeApi,
     ForgeEvent,
     NoRedelivery,
+    PullRequest,
     Push,
     Report,
     Unauthorized,
@@ -37,6 +38,8 @@ from service.forges import (
     is_zero,
     json_object,
     optional,
+    pull_number,
+    pull_sha,
     require,
     text,
 )
@@ -47,6 +50,13 @@ FORM = "application/x-www-form-urlencoded"
 STATES = {"queued": "pending", "running": "pending", "succeeded": "success",
           "failed": "failure", "cancelled": "warning", "superseded": "warning",
           "ignored": "success"}  # fmt: skip
+# The `pull_request` actions (docs.gitea.com, webhooks) that build the head, and the one that
+# ends the request's builds (a merge is `closed` with `pull_request.merged`). Gitea names new
+# commits `synchronized`; its X-Gitea-Event-Type header says `pull_request_sync` then, while
+# X-Gitea-Event stays `pull_request` for every request event (labels and reviews too).
+PULL_BUILD = ("opened", "synchronized", "reopened")
+PULL_CLOSE = ("closed",)
+PULL_EVENTS = ("pull_request", "pull_request_sync")
 
 
 def signature(secret: str, content: bytes) -> str:
@@ -124,7 +134,8 @@ class Gitea(NoRedelivery):
         """The delivery and, for a `push` event, the Push; raises BadRequest.
 
         Gitea sends no stable hook id; each delivery id is a UUID of its own, so the hook id
-        is "". Other events (create, delete, pull_request, ...) carry no Push and are ignored.
+        is "". A `pull_request` event carries the PullRequest; other events (create, delete,
+        ...) carry neither and are ignored.
         """
         event = header(headers, *self._event)
         if not event:
@@ -132,9 +143,38 @@ class Gitea(NoRedelivery):
         delivery = header(headers, *self._delivery)
         if not delivery:
             raise BadRequest(f"missing {self._label}-Delivery (or {self._other}-Delivery) header")
+        if event in PULL_EVENTS:
+            pull = self.pull(payload)
+            return ForgeEvent(event=event, delivery_id=delivery, hook_id="", pull=pull)
         if event != "push":
             return ForgeEvent(event=event, delivery_id=delivery, hook_id="")
         return ForgeEvent(event=event, delivery_id=delivery, hook_id="", push=self.push(payload))
+
+    def pull(self, payload: dict[str, Any]) -> PullRequest:
+        """The neutral PullRequest of a `pull_request` payload; raises BadRequest naming the
+        field. `pull_request.head.repo` is null when the fork was deleted: a fork, then."""
+        verb = str(require(payload, "action"))
+        number = pull_number(require(payload, "number", int), "number")
+        base_repo = self.repo_name(payload)
+        head_repo = text(optional(payload, "pull_request.head.repo.full_name"))
+        action = "build" if verb in PULL_BUILD else "close" if verb in PULL_CLOSE else "other"
+        return PullRequest(
+            repo=base_repo,
+            number=number,
+            action=action,
+            verb=verb,
+            ref=self.pull_ref(number),
+            sha=pull_sha(require(payload, "pull_request.head.sha"), "pull_request.head.sha"),
+            head_repo=head_repo,
+            same_repo=head_repo is not None and head_repo.lower() == base_repo.lower(),
+            base_branch=str(require(payload, "pull_request.base.ref")),
+            title=text(optional(payload, "pull_request.title")),
+            author=text(optional(payload, "pull_request.user.login")),
+            url=text(optional(payload, "pull_request.html_url")),
+        )
+
+    def pull_ref(self, number: int) -> str:
+        return f"refs/pull/{number}/head"
 
     def push(self, payload: dict[str, Any]) -> Push:
         """The neutral Push of a push payload; raises BadRequest naming the field.

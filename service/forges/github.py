@@ -24,12 +24,15 @@ from service.forges import (
     Delivery,
     ForgeApi,
     ForgeEvent,
+    PullRequest,
     Push,
     Report,
     Unauthorized,
     content_type,
     json_object,
     optional,
+    pull_number,
+    pull_sha,
     require,
 )
 from service.forges.api import owner_repo_path, request
@@ -40,6 +43,10 @@ MAX_PAGES = 50  # of the delivery log, 100 a page: far more than any look-back w
 STATES = {"queued": "pending", "running": "pending", "succeeded": "success",
           "failed": "failure", "cancelled": "error", "superseded": "error",
           "ignored": "success"}  # fmt: skip
+# The `pull_request` actions (docs.github.com, webhook events: pull_request) that build the
+# head, and the one that ends the request's builds; every other action builds nothing.
+PULL_BUILD = ("opened", "synchronize", "reopened")
+PULL_CLOSE = ("closed",)
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -101,6 +108,9 @@ class GitHub:
         if len(delivery) > 128:
             raise BadRequest("X-GitHub-Delivery header is too long")
         hook_id = headers.get("x-github-hook-id") or str(optional(payload, "hook_id") or "")
+        if event == "pull_request":
+            pull = self.pull(payload)
+            return ForgeEvent(event=event, delivery_id=delivery, hook_id=hook_id[:64], pull=pull)
         if event != "push":
             return ForgeEvent(event=event, delivery_id=delivery, hook_id=hook_id[:64])
         after = str(require(payload, "after"))
@@ -124,6 +134,31 @@ class GitHub:
         if not deleted and not _is_sha(after):
             raise BadRequest("field 'after' is not a commit id")
         return ForgeEvent(event=event, delivery_id=delivery, hook_id=hook_id[:64], push=push)
+
+    def pull(self, payload: dict[str, Any]) -> PullRequest:
+        """The neutral PullRequest of a `pull_request` payload; raises BadRequest naming the
+        field. `pull_request.head.repo` is null when the fork was deleted: a fork, then."""
+        verb = str(require(payload, "action"))
+        number = pull_number(require(payload, "number", int), "number")
+        base_repo = self.repo_name(payload)
+        head_repo = _text(optional(payload, "pull_request.head.repo.full_name"))
+        return PullRequest(
+            repo=base_repo,
+            number=number,
+            action=_pull_action(verb),
+            verb=verb,
+            ref=self.pull_ref(number),
+            sha=pull_sha(require(payload, "pull_request.head.sha"), "pull_request.head.sha"),
+            head_repo=head_repo,
+            same_repo=head_repo is not None and head_repo.lower() == base_repo.lower(),
+            base_branch=str(require(payload, "pull_request.base.ref")),
+            title=_text(optional(payload, "pull_request.title")),
+            author=_text(optional(payload, "pull_request.user.login")),
+            url=_text(optional(payload, "pull_request.html_url")),
+        )
+
+    def pull_ref(self, number: int) -> str:
+        return f"refs/pull/{number}/head"
 
     def lists_every_commit(self, payload: dict[str, Any], listed: int) -> bool:
         # A forced push drops commits that are in the diff but not in the list.
@@ -202,6 +237,10 @@ class GitHub:
 
     def commit_url(self, web: str, sha: str) -> str:
         return f"{web}/commit/{sha}"
+
+
+def _pull_action(verb: str) -> str:
+    return "build" if verb in PULL_BUILD else "close" if verb in PULL_CLOSE else "other"
 
 
 def _when(value: object) -> datetime | None:

@@ -1,4 +1,4 @@
-"""GitLab webhooks: the secret token in X-Gitlab-Token, Push Hook and Tag Push Hook.
+"""GitLab webhooks: the secret token in X-Gitlab-Token; Push, Tag Push and Merge Request Hook.
 
 GitLab signs nothing: it sends the hook's secret token verbatim, so the token is compared with
 the configured secret in constant time, never stored (ingest drops the header) and never echoed.
@@ -32,6 +32,7 @@ from service.forges import (
     ForgeApi,
     ForgeEvent,
     NoRedelivery,
+    PullRequest,
     Push,
     Report,
     Unauthorized,
@@ -41,12 +42,20 @@ from service.forges import (
     is_zero,
     json_object,
     optional,
+    pull_number,
+    pull_sha,
     require,
     text,
 )
 from service.forges.statuses import CONTEXT, post
 
 PUSH_EVENTS = ("Push Hook", "Tag Push Hook")
+MERGE_REQUEST_EVENT = "Merge Request Hook"
+# `object_attributes.action` of a Merge Request Hook (docs.gitlab.com, webhook events): open
+# and reopen build the head; `update` builds only when it brought commits (`oldrev` is then
+# set; a title or label edit has none); close and merge end the request's builds.
+MR_BUILD = ("open", "reopen")
+MR_CLOSE = ("close", "merge")
 STATES = {"queued": "pending", "running": "running", "succeeded": "success",
           "failed": "failed", "cancelled": "canceled", "superseded": "canceled",
           "ignored": "skipped"}  # fmt: skip
@@ -99,7 +108,8 @@ class GitLab(NoRedelivery):
     def event(self, headers: Mapping[str, str], payload: dict[str, Any]) -> ForgeEvent:
         """The delivery and, for Push Hook and Tag Push Hook, the Push; raises BadRequest.
 
-        Any other event (System Hook, Merge Request Hook, ...) has no Push and is ignored.
+        A Merge Request Hook carries the PullRequest; any other event (System Hook, Note
+        Hook, ...) has neither and is ignored.
         """
         event = headers.get("x-gitlab-event")
         if not event:
@@ -107,6 +117,9 @@ class GitLab(NoRedelivery):
         delivery = header(headers, "idempotency-key", "x-gitlab-event-uuid")
         if not delivery:
             raise BadRequest("missing Idempotency-Key and X-Gitlab-Event-UUID headers")
+        if event == MERGE_REQUEST_EVENT:
+            pull = self.merge_request(payload)
+            return ForgeEvent(event=event, delivery_id=delivery, hook_id="", pull=pull)
         if event not in PUSH_EVENTS:
             return ForgeEvent(event=event, delivery_id=delivery, hook_id="")
         return ForgeEvent(event=event, delivery_id=delivery, hook_id="", push=self.push(payload))
@@ -144,6 +157,40 @@ class GitLab(NoRedelivery):
             author=(text(optional(head, "author.name")) if head else None)
             or text(payload.get("user_name")),
         )
+
+    def merge_request(self, payload: dict[str, Any]) -> PullRequest:
+        """The neutral PullRequest of a Merge Request Hook; raises BadRequest naming the
+        field. The source is the target project itself when both project ids agree."""
+        attrs = require(payload, "object_attributes", dict)
+        verb = str(attrs.get("action") or "")
+        if not verb:
+            raise BadRequest("missing field 'object_attributes.action'")
+        number = pull_number(attrs.get("iid"), "object_attributes.iid")
+        if verb in MR_BUILD or (verb == "update" and attrs.get("oldrev")):
+            action = "build"
+        else:
+            action = "close" if verb in MR_CLOSE else "other"
+        source_id, target_id = attrs.get("source_project_id"), attrs.get("target_project_id")
+        same = isinstance(source_id, int) and source_id == target_id
+        source = text(optional(attrs, "source.path_with_namespace"))
+        sha = optional(attrs, "last_commit.id")
+        return PullRequest(
+            repo=self.repo_name(payload),
+            number=number,
+            action=action,
+            verb=verb,
+            ref=self.pull_ref(number),
+            sha=pull_sha(sha, "object_attributes.last_commit.id"),
+            head_repo=source,
+            same_repo=same,
+            base_branch=str(require(payload, "object_attributes.target_branch")),
+            title=text(attrs.get("title")),
+            author=text(optional(payload, "user.username")),
+            url=text(attrs.get("url")),
+        )
+
+    def pull_ref(self, number: int) -> str:
+        return f"refs/merge-requests/{number}/head"
 
     def lists_every_commit(self, payload: dict[str, Any], listed: int) -> bool:
         # GitLab keeps the 20 newest commits and counts them all in `total_commits_count`.

@@ -86,7 +86,7 @@ def push_payload(
 
 
 def merge_request_payload(repo: str = REPO) -> dict[str, Any]:
-    """A Merge Request Hook body (never built)."""
+    """A merge request as a Note Hook names it (never built)."""
     return {
         "object_kind": "merge_request",
         "event_type": "merge_request",
