@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from service import api, dashboard, health, rebuild, webhooks
+from service import api, badges, dashboard, health, rebuild, webhooks
 from service.headers import SecurityHeaders, server_error
 from service.notifications import Notifier
 from service.reconcile import Reconciler
@@ -50,6 +50,7 @@ def create_app(runtime: Runtime) -> Starlette:
         *rebuild.routes,
         *api.routes,
         *health.routes,
+        *badges.routes,
         *dashboard.routes,
     ]
     app = Starlette(
