@@ -93,10 +93,13 @@ def test_every_toml_example_in_the_readme_is_accepted(tmp_path: Path, block: str
     assert repos and repos[0].name
 
 
-def test_the_readme_deploy_example_means_five_minutes(tmp_path: Path):
-    [block] = [b for b in _toml_blocks() if "[repos.deploy]" in b]
-    repo = load_repos(_repos_file(tmp_path, REPO_HEAD + block))[0]
-    assert repo.deploy is not None and repo.deploy.timeout == 300
+def test_the_readme_deploy_examples_mean_five_minutes(tmp_path: Path):
+    blocks = [b for b in _toml_blocks() if "[repos.deploy]" in b]
+    assert blocks
+    for block in blocks:
+        text = block if block.startswith("[[repos]]") else REPO_HEAD + block
+        repo = load_repos(_repos_file(tmp_path, text))[0]
+        assert repo.deploy is not None and repo.deploy.timeout == 300
 
 
 @pytest.mark.parametrize(("name", "value"), _documented_values(), ids=lambda v: str(v)[:40])
