@@ -18,12 +18,13 @@ COMMANDS = ("train", "sample")
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for all subcommands."""
+def build_parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
+    """The argument parser for all subcommands; `prog` is how usage lines name the program
+    (`trainhook` when run as `trainhook train`)."""
     from trainer.discovery import DEFAULT_CANDIDATES
 
     parser = argparse.ArgumentParser(
-        prog="python -m trainer",
+        prog=prog,
         description="Train a text classifier from a labelled CSV (trainhook's trainer).",
     )
     parser.add_argument("--version", action="version", version=f"trainer {TRAINER_VERSION}")
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m trainer") -> int:
     """Run the CLI with `argv` (default: sys.argv[1:]) and return the exit status.
 
     Arguments without a subcommand (e.g. `DATA --out DIR`) mean `train`.
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] not in COMMANDS and not args_list[0].startswith("-"):
         args_list.insert(0, "train")
     try:
-        args = build_parser().parse_args(args_list)
+        args = build_parser(prog).parse_args(args_list)
     except SystemExit as exc:  # argparse exits for --help/--version (0) and usage errors (2)
         return int(exc.code or 0)
     if args.command == "sample":

@@ -19,6 +19,15 @@ def test_train_help_shows_the_trainers_options(argv, capsys: pytest.CaptureFixtu
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "--out DIR" in out and "--text-column" in out
+    # Named as it was run, so the usage line can be copied back.
+    assert out.startswith("usage: trainhook train ") and "python -m trainer" not in out
+
+
+def test_the_trainer_run_alone_keeps_its_own_name(capsys: pytest.CaptureFixture[str]):
+    from trainer.cli import main as trainer_main
+
+    assert trainer_main(["train", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: python -m trainer train ")
 
 
 @pytest.mark.parametrize(

@@ -162,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_logging(os.environ, verbose=bool(verbose))
         options = rest[1:]
-        return train_main(options if options[:1] == ["train"] else ["train", *options])
+        command = options if options[:1] == ["train"] else ["train", *options]
+        return train_main(command, prog="trainhook")
     args = _parser().parse_args(argv)
     configure_logging(os.environ, verbose=args.verbose)
     try:
