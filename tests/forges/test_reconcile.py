@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from service.app import create_app
-from service.reconcile import reconcile
+from service.reconcile import Reconciler, reconcile
 from tests.conftest import SECRET
 from tests.forges.fakeforge import FakeForge, Seen
 from trainhook import cli
@@ -202,6 +203,22 @@ def test_the_service_reconciles_periodically_when_an_interval_is_set(environment
 def test_the_service_does_not_reconcile_by_default(environment, engine, forge):
     settings = environment()
     github(forge)
+    assert settings.reconcile_interval == 0
     with TestClient(create_app(build_runtime(settings, engine))):
-        time.sleep(0.5)
+        # Started: had reconciling been on, its thread would be running now (no sleep can
+        # prove a thread never acts; its absence does).
+        running = [t.name for t in threading.enumerate()]
+    assert "reconcile" not in running
     assert [s for s in forge.seen if "deliveries" in s.path] == []
+
+
+def test_the_reconcile_thread_runs_only_with_an_interval(environment, engine):
+    off = Reconciler(environment(), engine).start()
+    on = Reconciler(environment(TRAINHOOK_RECONCILE_INTERVAL="3600"), engine).start()
+    try:
+        assert off._thread is None
+        assert on._thread is not None and on._thread.name == "reconcile"
+        assert on._thread.is_alive()
+    finally:
+        on.stop()
+        off.stop()
