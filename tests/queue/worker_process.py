@@ -1,8 +1,9 @@
 """A worker in its own process, for the crash and shutdown tests over Pub/Sub.
 
 `python -m tests.queue.worker_process SYNC_DIR NAME TRAIN_SECONDS`: run `trainhook worker`'s
-loop (until SIGTERM) with a toy pipeline whose `train` stage touches SYNC_DIR/train-NAME and
-then takes TRAIN_SECONDS. Every stage run appends "BUILD STAGE" to SYNC_DIR/runs-NAME.
+loop (until SIGTERM) with a toy pipeline whose `train` stage touches SYNC_DIR/train-NAME,
+takes TRAIN_SECONDS, then touches SYNC_DIR/trained-NAME. Every stage run appends "BUILD STAGE"
+to SYNC_DIR/runs-NAME.
 Settings come from the TRAINHOOK_* environment, as for `trainhook worker`.
 """
 
@@ -30,6 +31,7 @@ def main(sync: Path, name: str, train_seconds: float) -> int:
             if stage_name == "train":
                 (sync / f"train-{name}").touch()
                 time.sleep(train_seconds)
+                (sync / f"trained-{name}").touch()
             return Outcome(detail=f"run by {name}")
 
         return run

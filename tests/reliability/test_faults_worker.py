@@ -278,7 +278,8 @@ def test_a_worker_frozen_past_its_lease_writes_nothing_after_another_finished_th
             assert stop(rescuer) == 0
     finally:
         os.kill(frozen.pid, signal.SIGCONT)  # it wakes up with its stage done
-    time.sleep(1.5)  # time for it to write whatever it would
+    # Its stage has returned: whatever it would write comes before it exits (stop waits).
+    wait_until((sync / "trained-frozen").exists, 30, "frozen worker's stage returned", [frozen])
     assert stop(frozen) == 0
 
     assert stage_events_of(sqlite_engine, build_id) == settled, "the frozen worker wrote"
