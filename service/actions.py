@@ -8,8 +8,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service import access
 from service.api import SECURITY_HEADERS, ParamError, error_json, parse_build_id
-from service.rebuild import authorised
 from trainhook.builds import cancel_build
 from trainhook.errors import DatabaseUnavailable
 from trainhook.runtime import Runtime
@@ -27,13 +27,11 @@ def _cancel(runtime: Runtime, build_id: int) -> str | None:
 
 async def cancel(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    token = runtime.settings.api_token
-    if not token:
-        return error_json(503, "not configured: set TRAINHOOK_API_TOKEN to enable actions")
-    if not authorised(request.headers.get("authorization"), token):
-        response = error_json(401, "missing or invalid bearer token")
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+    who = await run_in_threadpool(access.gate(request).writer, request)
+    if who is None:
+        if not runtime.settings.api_token:
+            return error_json(503, "not configured: set TRAINHOOK_API_TOKEN to enable actions")
+        return access.unauthorised()
     raw = request.path_params["id"]
     try:
         build_id = parse_build_id(raw)
@@ -50,6 +48,8 @@ async def cancel(request: Request) -> Response:
     if outcome != "cancelled":
         return error_json(409, f"build {raw} already {outcome}; nothing to cancel")
     runtime.metrics.builds.labels(status="cancelled").inc()
+    remote = request.client.host if request.client else None
+    await run_in_threadpool(access.record, runtime.engine, who, "cancel", remote, build_id=build_id)
     body = {"status": "cancelled", "build_id": build_id, "status_url": f"/builds/{build_id}"}
     return JSONResponse(body, headers=SECURITY_HEADERS)
 

@@ -9,7 +9,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from service import api, badges, dashboard, health, rebuild, webhooks
+from service import access, api, badges, dashboard, health, rebuild, webhooks
+from service.access import AccessGate
 from service.headers import SecurityHeaders, server_error
 from service.notifications import Notifier
 from service.reconcile import Reconciler
@@ -51,6 +52,7 @@ def create_app(runtime: Runtime) -> Starlette:
         *api.routes,
         *health.routes,
         *badges.routes,
+        *access.routes,
         *dashboard.routes,
     ]
     app = Starlette(
@@ -61,6 +63,8 @@ def create_app(runtime: Runtime) -> Starlette:
             # Traces are named in the project the service runs in (GOOGLE_CLOUD_PROJECT
             # unless TRAINHOOK_GCP_PROJECT or TRAINHOOK_PUBSUB_PROJECT says otherwise).
             Middleware(TraceContext, project=trace_project(runtime.settings)),
+            # Inside the headers: a refusal by the access gate gets them too.
+            Middleware(AccessGate),
         ],
         exception_handlers={500: server_error},
     )

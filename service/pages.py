@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import stats
+from service.access import trail
 from service.api import (
     DEFAULT_LIMIT,
     BuildQuery,
@@ -144,6 +145,7 @@ def _build_view(conn: sa.Connection, build_id: int) -> dict[str, Any] | None:
         "logs": logs,
         "history": history,
         "cloud_build_log": cloud_build_log("build", "pending", record),
+        "trail": trail(conn, build_id),
     }
 
 
@@ -188,6 +190,7 @@ async def build_page(request: Request) -> Response:
         commit=commit_url(repo.clone_url if repo else None, build["provider"], build["sha"]),
         configured=repo is not None,
         refresh=live,
+        trail=view["trail"],
     )
 
 

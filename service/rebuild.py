@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service import access
 from service.forges import WebhookError
 from service.webhooks import read_body
 from trainhook.errors import DatabaseUnavailable
@@ -32,15 +33,12 @@ def _error(status: int, message: str) -> JSONResponse:
 
 async def rebuild(request: Request) -> JSONResponse:
     runtime: Runtime = request.app.state.runtime
-    token = runtime.settings.api_token
-    if not token:
-        return _error(503, "not configured: set TRAINHOOK_API_TOKEN to enable /rebuild")
-    if not authorised(request.headers.get("authorization"), token):
-        return JSONResponse(
-            {"error": "missing or invalid bearer token"},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    # The admin token, a person's write token, or a write session with its CSRF token.
+    who = await run_in_threadpool(access.gate(request).writer, request)
+    if who is None:
+        if not runtime.settings.api_token:
+            return _error(503, "not configured: set TRAINHOOK_API_TOKEN to enable /rebuild")
+        return access.unauthorised()
     try:
         # Read no further than the limit (a body is never buffered whole before the check).
         body = await read_body(request, MAX_BODY, runtime.settings.body_timeout)
@@ -73,6 +71,11 @@ async def rebuild(request: Request) -> JSONResponse:
         return _error(exc.status, exc.message)
     except DatabaseUnavailable as exc:
         return _error(503, str(exc))
+    action = "rebuild --force" if force else "rebuild"
+    detail = f"sha {sha}" if sha else f"ref {ref or 'default branch'}"
+    remote = request.client.host if request.client else None
+    await run_in_threadpool(access.record, runtime.engine, who, action, remote,
+                            result_build_id=build_id, detail=f"{repo} {detail}")  # fmt: skip
     return JSONResponse(
         {"status": "queued", "build_id": build_id, "status_url": f"/builds/{build_id}"},
         status_code=202,
