@@ -223,3 +223,25 @@ def test_the_build_page_shows_who_made_and_who_cancelled_the_build(serve):
     assert "grace (token, from testclient): rebuild made this build" in page
     assert "admin (admin, from testclient): cancel" in page
     assert writer not in page and ADMIN not in page
+
+
+def test_tokens_add_prints_the_token_once_and_stores_only_its_hash(
+    make_settings, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    from trainhook import cli
+
+    settings = make_settings(sqlite_url)
+    monkeypatch.setenv("TRAINHOOK_CONFIG", str(settings.config_path))
+    monkeypatch.setenv("TRAINHOOK_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", "s")
+    assert cli.main(["tokens", "add", "grace"]) == 0
+    token = capsys.readouterr().out.splitlines()[0]
+    assert token.startswith("thk_") and len(token) > 40
+    assert cli.main(["tokens", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "grace\twrite" in listed and token not in listed
+    assert cli.main(["tokens", "add", "grace"]) == 1  # one live token per name
+    engine = sa.create_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert token not in repr(conn.execute(sa.select(api_tokens)).all())
+    engine.dispose()

@@ -132,6 +132,15 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--requeue", type=int, metavar="BUILD_ID", help="queue a new attempt")
     dead.add_argument("--limit", type=int, default=200, help="list at most this many [200]")
 
+    tokens = sub.add_parser("tokens", help="per-person API tokens: add, list, revoke")
+    tokens_sub = tokens.add_subparsers(dest="action", required=True)
+    add = tokens_sub.add_parser("add", help="make a token for NAME (printed once)")
+    add.add_argument("name", help="who the token is for (shown in the audit trail)")
+    add.add_argument("--read", action="store_true", help="a read-only token (the dashboard)")
+    tokens_sub.add_parser("list", help="list tokens (names and scopes, never the tokens)")
+    revoke = tokens_sub.add_parser("revoke", help="revoke NAME's token")
+    revoke.add_argument("name")
+
     reconcile = sub.add_parser(
         "reconcile",
         help="redeliver GitHub webhook deliveries that failed or that trainhook has no record of",

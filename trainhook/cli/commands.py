@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trainhook import db
+from trainhook.cli.tokens import cmd_tokens
 from trainhook.errors import TrainhookError
 from trainhook.logs import choose_format
 from trainhook.settings import Settings, load_settings
@@ -402,6 +403,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dead-letters": cmd_dead_letters,
     "reconcile": cmd_reconcile,
     "cloudbuild-config": cmd_cloudbuild_config,
+    "tokens": cmd_tokens,
 }
 
 
