@@ -14,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.details import pull_request_link
+from trainhook.builds import TRIGGERS
 from trainhook.buildview import (
     MAX_LIMIT,
     BuildPage,
@@ -62,6 +64,7 @@ class BuildQuery:
     limit: int = DEFAULT_LIMIT
     before: int | None = None
     branch: str | None = None
+    trigger: str | None = None
 
 
 def _positive_int(name: str, raw: str) -> int:
@@ -74,19 +77,27 @@ def _positive_int(name: str, raw: str) -> int:
 def parse_build_query(
     params: Mapping[str, str], default_limit: int = DEFAULT_LIMIT, max_limit: int = MAX_LIMIT
 ) -> BuildQuery:
-    """Validate `repo`, `branch`, `status`, `limit` and `before`; empty means "not given"."""
+    """Validate `repo`, `branch`, `status`, `trigger`, `limit` and `before`; empty means "not
+    given"."""
     repo = params.get("repo") or None
     branch = params.get("branch") or None
     status = params.get("status") or None
     if status is not None and status not in STATUSES:
         raise ParamError(f"parameter 'status' must be one of {', '.join(STATUSES)}; got {status!r}")
+    trigger = params.get("trigger") or None
+    if trigger is not None and trigger not in TRIGGERS:
+        raise ParamError(
+            f"parameter 'trigger' must be one of {', '.join(TRIGGERS)}; got {trigger!r}"
+        )
     raw_limit = params.get("limit") or ""
     limit = min(_positive_int("limit", raw_limit), max_limit) if raw_limit else default_limit
     raw_before = params.get("before") or ""
     before = _positive_int("before", raw_before) if raw_before else None
     if before is not None and before > MAX_ID:
         before = None  # past every possible id: the same as starting from the newest
-    return BuildQuery(repo=repo, status=status, limit=limit, before=before, branch=branch)
+    return BuildQuery(
+        repo=repo, status=status, limit=limit, before=before, branch=branch, trigger=trigger
+    )
 
 
 def parse_build_id(raw: str) -> int | None:
@@ -120,6 +131,7 @@ def fetch_page(engine: Engine, query: BuildQuery) -> BuildPage:
         status=query.status,
         limit=query.limit,
         before=query.before,
+        trigger=query.trigger,
     )
 
 
@@ -164,6 +176,8 @@ async def api_builds(request: Request) -> Response:
         items, cursor = await run_in_threadpool(fetch_builds, runtime.engine, query)
     except DatabaseUnavailable:
         return unavailable_json()
+    for item in items:
+        item["pull_request"] = pull_request_link(runtime.settings, item)
     # The cursor is opaque text to clients (today an id), so it can change shape later.
     body = {"builds": items, "next": None if cursor is None else str(cursor)}
     return JSONResponse(body, headers=SECURITY_HEADERS)
@@ -184,6 +198,7 @@ async def api_build(request: Request) -> Response:
             return unavailable_json()
     if build is None:
         return error_json(404, f"build {raw} not found")
+    build["pull_request"] = pull_request_link(runtime.settings, build)
     return JSONResponse(build, headers=SECURITY_HEADERS)
 
 

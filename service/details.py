@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from service.forges import Forge
 from service.forges.registry import forge_for, forge_for_host
+from trainhook.pullrequests import pull_number
+from trainhook.settings import Settings
 
 CACHE_LEVELS = ("deps", "nltk", "model")
 # `deps hit`, `nltk: miss`, `deps cache=hit` ... in the hash or train detail. The worker records
@@ -130,11 +133,10 @@ def stage_facts(stage: dict[str, Any]) -> list[Fact]:
     return facts + ([log] if log else [])
 
 
-def commit_url(clone_url: str | None, provider: str | None, sha: str) -> str | None:
-    """The web page of a commit when the repository is cloned over https from a forge whose
-    commit URL shape is known (GitHub, GitLab, Gitea/Forgejo: each forge says it); None
-    otherwise."""
-    if not clone_url or not re.fullmatch(r"[0-9a-f]{7,64}", sha or ""):
+def _web(clone_url: str | None, provider: str | None) -> tuple[Forge, str] | None:
+    """(forge, https://host/path) of a repository cloned over https from a known forge;
+    None otherwise (ssh, local paths, credentials in the URL, an unknown forge)."""
+    if not clone_url:
         return None
     parts = urlsplit(clone_url)
     if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
@@ -143,7 +145,28 @@ def commit_url(clone_url: str | None, provider: str | None, sha: str) -> str | N
     if not re.fullmatch(r"[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)+", path):
         return None
     port = f":{parts.port}" if parts.port else ""
-    base = f"https://{parts.hostname}{port}/{path}"
     # An unknown provider: judge by the host name.
     forge = forge_for(provider) or forge_for_host(parts.hostname.lower())
-    return forge.commit_url(base, sha) if forge else None
+    return (forge, f"https://{parts.hostname}{port}/{path}") if forge else None
+
+
+def commit_url(clone_url: str | None, provider: str | None, sha: str) -> str | None:
+    """The web page of a commit when the repository is cloned over https from a forge whose
+    commit URL shape is known (GitHub, GitLab, Gitea/Forgejo: each forge says it); None
+    otherwise."""
+    if not re.fullmatch(r"[0-9a-f]{7,64}", sha or ""):
+        return None
+    found = _web(clone_url, provider)
+    return found[0].commit_url(found[1], sha) if found else None
+
+
+def pull_request_link(settings: Settings, build: dict[str, Any]) -> dict[str, Any] | None:
+    """`{"number": N, "url": …}` for a build of a pull/merge request head ref (the url is
+    the request's page on its forge, None when the repository's web address is unknown);
+    None for any other build."""
+    number = pull_number(build["ref"])
+    if number is None:
+        return None
+    repo = settings.repo(build["repo"], build["provider"])
+    found = _web(repo.clone_url if repo else None, build["provider"])
+    return {"number": number, "url": found[0].pull_url(found[1], number) if found else None}

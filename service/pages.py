@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import stats
-from service.access import trail
+from service.access import Identity, gate, trail
 from service.api import (
     DEFAULT_LIMIT,
     BuildQuery,
@@ -24,11 +24,17 @@ from service.api import (
     read,
 )
 from service.charts import waterfall
-from service.details import cache_levels, cloud_build_log, commit_url, stage_facts
+from service.details import (
+    cache_levels,
+    cloud_build_log,
+    commit_url,
+    pull_request_link,
+    stage_facts,
+)
 from service.formatting import branch, duration, elapsed, first_line, stage_title, when
 from service.history import WINDOW, summarise
 from service.rendering import env, error_page, render, unavailable
-from trainhook.builds import STAGES, TERMINAL_BUILD
+from trainhook.builds import STAGES, TERMINAL_BUILD, TRIGGERS
 from trainhook.buildview import get_logs_after, load_build, recent_finished
 from trainhook.errors import DatabaseUnavailable
 from trainhook.models import stage_events, utcnow
@@ -51,6 +57,7 @@ def page_url(query: BuildQuery, before: int | None) -> str:
         "repo": query.repo,
         "branch": query.branch,
         "status": query.status,
+        "trigger": query.trigger,
         "before": before,
     }
     if query.limit != DEFAULT_LIMIT:
@@ -60,7 +67,10 @@ def page_url(query: BuildQuery, before: int | None) -> str:
 
 def export_query(query: BuildQuery) -> str:
     """The query string of the CSV/JSON export of every build these filters match."""
-    return _query_string({"repo": query.repo, "branch": query.branch, "status": query.status})
+    return _query_string(
+        {"repo": query.repo, "branch": query.branch, "status": query.status,
+         "trigger": query.trigger}
+    )  # fmt: skip
 
 
 async def index(request: Request) -> Response:
@@ -80,6 +90,8 @@ async def index(request: Request) -> Response:
         builds=items,
         elapsed={b["id"]: elapsed(b, now) for b in items},
         levels={b["id"]: cache_levels(b) for b in items},
+        pulls={b["id"]: pull_request_link(runtime.settings, b) for b in items},
+        triggers=TRIGGERS,
         query=query,
         export_query=export_query(query),
         repos=[r.name for r in runtime.settings.repos],
@@ -165,6 +177,7 @@ async def build_page(request: Request) -> Response:
             return unavailable()
     if view is None:
         return error_page(404, "Build not found", f"There is no build {raw}.")
+    session = await _session_actions(request)
     build, now = view["build"], utcnow()
     summary = summarise([b for b in view["history"] if b["id"] != build["id"]])
     medians = dict(summary.medians)
@@ -175,7 +188,7 @@ async def build_page(request: Request) -> Response:
     facts = {s["name"]: stage_facts(s) for s in build["stages"]}
     if (log := view["cloud_build_log"]) and log not in facts["build"]:
         facts["build"].append(log)
-    return render(
+    response = render(
         "build.html",
         build=build,
         total=elapsed(build, now),
@@ -191,7 +204,26 @@ async def build_page(request: Request) -> Response:
         configured=repo is not None,
         refresh=live,
         trail=view["trail"],
+        who=session[0],
+        csrf=session[1],
     )
+    if session[1]:
+        # The page holds a CSRF token bound to this session: no cache may keep it.
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def _session_actions(request: Request) -> tuple[str | None, str | None]:
+    """(who is signed in, the CSRF token their writes send): for a cookie or proxy session
+    only. The buttons then ride on that session; a bearer reader or `public` access types a
+    token instead. A read-only session gets its name and no CSRF token."""
+    identity: Identity | None = request.scope.get("state", {}).get("identity")
+    if identity is None or identity.session is None:
+        return None, None
+    if not identity.can_write:
+        return identity.name, None
+    # In a thread: the first use of the shared key reads (or makes) its row.
+    return identity.name, await run_in_threadpool(gate(request).csrf_token, identity)
 
 
 routes = [

@@ -156,6 +156,7 @@ def page_of_builds(
     status: str | None = None,
     limit: int = 50,
     before: int | None = None,
+    trigger: str | None = None,
 ) -> BuildPage:
     """Newest first, keyset-paginated on id, in two queries (builds, then all their events)."""
     limit = max(1, min(limit, MAX_LIMIT))
@@ -166,6 +167,8 @@ def page_of_builds(
         query = query.where(builds.c.ref == branch_ref(branch))
     if status:
         query = query.where(builds.c.status == status)
+    if trigger:
+        query = query.where(builds.c.trigger == trigger)
     if before is not None:
         query = query.where(builds.c.id < before)
     rows = conn.execute(query).all()

@@ -4,10 +4,11 @@ Inbound, a forge turns its webhook into a neutral `ForgeEvent` (parse, find the 
 verify the signature, read the push) and says whether a push payload lists every commit (the
 path filter's fast path, service/forges/payloadfilter.py). Outbound, it talks to its REST API
 through a `ForgeApi`: where the API is and how to authenticate, the commit status of a build
-(its state words and request), listing a hook's deliveries and redelivering one, and the web
-link of a commit. The forges are `github`, `gitlab` and `gitea` (Gitea and Forgejo); the
-registry (service/forges/registry.py) is the one place that picks one by its name: nothing
-else branches on a provider.
+(its state words and request), the one comment trainhook keeps on a pull/merge request
+(created, found again, edited in place), listing a hook's deliveries and redelivering one,
+and the web links of a commit and of a request. The forges are `github`, `gitlab` and
+`gitea` (Gitea and Forgejo); the registry (service/forges/registry.py) is the one place
+that picks one by its name: nothing else branches on a provider.
 """
 
 from __future__ import annotations
@@ -259,6 +260,23 @@ class Forge(Protocol):
         """Set the commit status `trainhook` of `report.sha`; raises ApiError."""
         ...
 
+    def create_comment(self, http: httpx.Client, api: ForgeApi, number: int, body: str) -> str:
+        """Post `body` as a new comment on request `number`; returns the comment's id."""
+        ...
+
+    def edit_comment(
+        self, http: httpx.Client, api: ForgeApi, number: int, comment_id: str, body: str
+    ) -> None:
+        """Replace the body of comment `comment_id` on request `number`."""
+        ...
+
+    def find_comment(
+        self, http: httpx.Client, api: ForgeApi, number: int, marker: str
+    ) -> str | None:
+        """The id of a comment on request `number` whose body holds `marker`, else None
+        (the first page of comments, oldest first, is enough: trainhook's comes early)."""
+        ...
+
     def find_hook(self, http: httpx.Client, api: ForgeApi, public_url: str) -> int:
         """The id of trainhook's hook on the repository (the one delivering to
         `public_url`/webhooks/<name>, or to any such path when `public_url` is "")."""
@@ -283,6 +301,10 @@ class Forge(Protocol):
 
     def commit_url(self, web: str, sha: str) -> str:
         """The web page of commit `sha` of the repository at `web` (https://host/path)."""
+        ...
+
+    def pull_url(self, web: str, number: int) -> str:
+        """The web page of request `number` of the repository at `web` (https://host/path)."""
         ...
 
 
@@ -310,6 +332,23 @@ class NoRedelivery:
         self, http: httpx.Client, api: ForgeApi, hook_id: int, delivery: Delivery
     ) -> None:
         raise self._refuse()
+
+
+def comment_id(answer: object, what: str) -> str:
+    """The `id` of a created comment in the forge's answer; raises ApiError without one."""
+    found = answer.get("id") if isinstance(answer, dict) else None
+    if isinstance(found, bool) or not isinstance(found, int | str) or found == "":
+        raise ApiError(f"{what}: the answer names no comment id")
+    return str(found)
+
+
+def marked(answer: object, marker: str) -> str | None:
+    """The id of the first comment in a list answer whose body holds `marker`, else None."""
+    for item in answer if isinstance(answer, list) else []:
+        body = item.get("body") if isinstance(item, dict) else None
+        if isinstance(body, str) and marker in body and "id" in item:
+            return str(item["id"])
+    return None
 
 
 def require(payload: dict[str, Any], path: str, kind: type | tuple[type, ...] = str) -> Any:

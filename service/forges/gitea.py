@@ -19,7 +19,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import httpx
 
@@ -32,18 +32,20 @@ from service.forges import (
     Push,
     Report,
     Unauthorized,
+    comment_id,
     content_type,
     header,
     is_sha,
     is_zero,
     json_object,
+    marked,
     optional,
     pull_number,
     pull_sha,
     require,
     text,
 )
-from service.forges.api import owner_repo_path
+from service.forges.api import owner_repo_path, request
 from service.forges.statuses import CONTEXT, post
 
 FORM = "application/x-www-form-urlencoded"
@@ -234,8 +236,31 @@ class Gitea(NoRedelivery):
     def send_status(self, http: httpx.Client, api: ForgeApi, report: Report) -> None:
         post(http, api, report, context=CONTEXT)
 
+    def create_comment(self, http: httpx.Client, api: ForgeApi, number: int, body: str) -> str:
+        url = api.url(f"{api.repo_path}/issues/{number}/comments")
+        what = f"comment on #{number} of {api.repo}"
+        return comment_id(request(http, api, "POST", url, what, body={"body": body}).json(), what)
+
+    def edit_comment(
+        self, http: httpx.Client, api: ForgeApi, number: int, comment_id: str, body: str
+    ) -> None:
+        # Comments are addressed by id alone, under the repository's issues.
+        url = api.url(f"{api.repo_path}/issues/comments/{quote(comment_id, safe='')}")
+        what = f"edit comment {comment_id} on #{number} of {api.repo}"
+        request(http, api, "PATCH", url, what, body={"body": body})
+
+    def find_comment(
+        self, http: httpx.Client, api: ForgeApi, number: int, marker: str
+    ) -> str | None:
+        url = api.url(f"{api.repo_path}/issues/{number}/comments")
+        what = f"list the comments on #{number} of {api.repo}"
+        return marked(request(http, api, "GET", url, what).json(), marker)
+
     def serves_host(self, host: str) -> bool:
         return False  # self-hosted under any name: only the configured provider says
 
     def commit_url(self, web: str, sha: str) -> str:
         return f"{web}/commit/{sha}"
+
+    def pull_url(self, web: str, number: int) -> str:
+        return f"{web}/pulls/{number}"

@@ -13,7 +13,7 @@ import hmac
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import httpx
 
@@ -28,8 +28,10 @@ from service.forges import (
     Push,
     Report,
     Unauthorized,
+    comment_id,
     content_type,
     json_object,
+    marked,
     optional,
     pull_number,
     pull_sha,
@@ -47,6 +49,7 @@ STATES = {"queued": "pending", "running": "pending", "succeeded": "success",
 # head, and the one that ends the request's builds; every other action builds nothing.
 PULL_BUILD = ("opened", "synchronize", "reopened")
 PULL_CLOSE = ("closed",)
+PAGE = "?per_page=100"  # oldest first, as GitHub lists an issue's comments
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -185,6 +188,26 @@ class GitHub:
     def send_status(self, http: httpx.Client, api: ForgeApi, report: Report) -> None:
         post(http, api, report, context=CONTEXT)
 
+    def create_comment(self, http: httpx.Client, api: ForgeApi, number: int, body: str) -> str:
+        url = api.url(f"{api.repo_path}/issues/{number}/comments")
+        what = f"comment on #{number} of {api.repo}"
+        return comment_id(request(http, api, "POST", url, what, body={"body": body}).json(), what)
+
+    def edit_comment(
+        self, http: httpx.Client, api: ForgeApi, number: int, comment_id: str, body: str
+    ) -> None:
+        # Comments are addressed by id alone, under the repository's issues.
+        url = api.url(f"{api.repo_path}/issues/comments/{quote(comment_id, safe='')}")
+        what = f"edit comment {comment_id} on #{number} of {api.repo}"
+        request(http, api, "PATCH", url, what, body={"body": body})
+
+    def find_comment(
+        self, http: httpx.Client, api: ForgeApi, number: int, marker: str
+    ) -> str | None:
+        url = api.url(f"{api.repo_path}/issues/{number}/comments{PAGE}")
+        what = f"list the comments on #{number} of {api.repo}"
+        return marked(request(http, api, "GET", url, what).json(), marker)
+
     def find_hook(self, http: httpx.Client, api: ForgeApi, public_url: str) -> int:
         url = api.url(f"{api.repo_path}/hooks?per_page=100")
         hooks = request(http, api, "GET", url, f"list the hooks of {api.repo}").json()
@@ -237,6 +260,9 @@ class GitHub:
 
     def commit_url(self, web: str, sha: str) -> str:
         return f"{web}/commit/{sha}"
+
+    def pull_url(self, web: str, number: int) -> str:
+        return f"{web}/pull/{number}"
 
 
 def _pull_action(verb: str) -> str:

@@ -36,17 +36,20 @@ from service.forges import (
     Push,
     Report,
     Unauthorized,
+    comment_id,
     content_type,
     header,
     is_sha,
     is_zero,
     json_object,
+    marked,
     optional,
     pull_number,
     pull_sha,
     require,
     text,
 )
+from service.forges.api import request
 from service.forges.statuses import CONTEXT, post
 
 PUSH_EVENTS = ("Push Hook", "Tag Push Hook")
@@ -220,11 +223,36 @@ class GitLab(NoRedelivery):
                 return
             raise
 
+    def create_comment(self, http: httpx.Client, api: ForgeApi, number: int, body: str) -> str:
+        url = api.url(f"{api.repo_path}/merge_requests/{number}/notes")
+        what = f"note on !{number} of {api.repo}"
+        return comment_id(request(http, api, "POST", url, what, body={"body": body}).json(), what)
+
+    def edit_comment(
+        self, http: httpx.Client, api: ForgeApi, number: int, comment_id: str, body: str
+    ) -> None:
+        note = quote(comment_id, safe="")
+        url = api.url(f"{api.repo_path}/merge_requests/{number}/notes/{note}")
+        what = f"edit note {comment_id} on !{number} of {api.repo}"
+        request(http, api, "PUT", url, what, body={"body": body})
+
+    def find_comment(
+        self, http: httpx.Client, api: ForgeApi, number: int, marker: str
+    ) -> str | None:
+        # Notes are listed newest first unless asked otherwise.
+        query = "?per_page=100&sort=asc&order_by=created_at"
+        url = api.url(f"{api.repo_path}/merge_requests/{number}/notes{query}")
+        what = f"list the notes on !{number} of {api.repo}"
+        return marked(request(http, api, "GET", url, what).json(), marker)
+
     def serves_host(self, host: str) -> bool:
         return "gitlab" in host
 
     def commit_url(self, web: str, sha: str) -> str:
         return f"{web}/-/commit/{sha}"
+
+    def pull_url(self, web: str, number: int) -> str:
+        return f"{web}/-/merge_requests/{number}"
 
 
 def _short_ref(ref: str) -> str | None:

@@ -47,7 +47,8 @@ class FakeForge:
         self.handler: Handler = lambda seen: None
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = Starlette(routes=[Route("/{rest:path}", self._endpoint, methods=["GET", "POST"])])
+        methods = ["GET", "POST", "PATCH", "PUT"]
+        app = Starlette(routes=[Route("/{rest:path}", self._endpoint, methods=methods)])
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="fake-forge", daemon=True)

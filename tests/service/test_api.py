@@ -277,3 +277,29 @@ def test_api_answers_carry_nosniff_and_csp(client: TestClient):
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "default-src 'none'" in response.headers["content-security-policy"]
     assert response.headers["content-type"].startswith("application/json")
+
+
+def test_list_filters_by_trigger(client: TestClient, engine: sa.Engine):
+    push = make_build(engine)
+    pull = make_build(engine, ref="refs/pull/7/head", trigger="pull_request")
+    rebuild = make_build(engine, trigger="rebuild")
+    assert ids(client.get("/api/builds", params={"trigger": "pull_request"})) == [pull]
+    assert ids(client.get("/api/builds", params={"trigger": "push"})) == [push]
+    assert ids(client.get("/api/builds?trigger=")) == [rebuild, pull, push]
+
+
+def test_unknown_trigger_is_400_naming_the_parameter_and_the_values(client: TestClient):
+    response = client.get("/api/builds?trigger=cron")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "'trigger'" in error and "pull_request" in error and "'cron'" in error
+
+
+def test_a_pull_request_build_links_to_its_request_on_the_forge(client: TestClient, engine):
+    pull = make_build(engine, ref="refs/pull/7/head", trigger="pull_request")
+    push = make_build(engine)
+    listed = {b["id"]: b for b in client.get("/api/builds").json()["builds"]}
+    link = {"number": 7, "url": "https://github.com/octo-org/social-score-api/pull/7"}
+    assert listed[pull]["pull_request"] == link
+    assert listed[push]["pull_request"] is None
+    assert client.get(f"/api/builds/{pull}").json()["pull_request"] == link

@@ -353,3 +353,27 @@ def test_forced_rebuild_expects_a_full_training(client: TestClient, engine: sa.E
 def test_build_without_a_commit_yet_says_the_worker_resolves_the_ref(client, engine):
     build_id = make_build(engine, sha="", trigger="rebuild")
     assert "the worker resolves refs/heads/main" in client.get(f"/builds/{build_id}").text
+
+
+def test_list_filters_by_trigger_and_keeps_it_in_pager_and_export_links(client: TestClient, engine):
+    pulls = sorted(
+        (make_build(engine, ref=f"refs/pull/{n}/head", trigger="pull_request") for n in (1, 2, 3)),
+        reverse=True,
+    )
+    make_build(engine)
+    page = client.get("/?trigger=pull_request&limit=2").text
+    assert rows(page) == pulls[:2]
+    assert Tags(page).find("option", value="pull_request", selected=None)
+    older = html.unescape(Tags(page).find("a", rel="next")[0]["href"] or "")
+    assert "trigger=pull_request" in older
+    assert rows(client.get(older).text) == pulls[2:]
+    links = [html.unescape(a["href"] or "") for a in Tags(page).find("a")]
+    assert "/api/builds.csv?trigger=pull_request" in links
+
+
+def test_list_links_a_pull_request_build_to_its_request(client: TestClient, engine):
+    pull = make_build(engine, ref="refs/pull/7/head", trigger="pull_request")
+    push = make_build(engine)
+    page = client.get("/").text
+    assert 'href="https://github.com/octo-org/social-score-api/pull/7"' in cell(page, pull)
+    assert "data-pull-request" not in cell(page, push)
