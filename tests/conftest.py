@@ -198,6 +198,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "TRAINHOOK_CONFIG": str(config),
             "TEST_WEBHOOK_SECRET": SECRET,
             "TRAINHOOK_API_TOKEN": "test-token-0123456789",
+            # No image builds unless a test asks for an engine: `local` would pick one.
+            "TRAINHOOK_BUILDER": "bundle",
         }
         if db_url:
             base["TRAINHOOK_DATABASE_URL"] = db_url

@@ -66,6 +66,7 @@ class RepoConfig:
     image: str | None = None
     deploy: DeployConfig | None = None
     vertex: VertexConfig | None = None
+    dockerfile: str = "Dockerfile"  # built by the container builders, relative to the checkout
     supersede: bool = True  # a newer push cancels this branch's older, not yet deployed build
     # Training hyperparameters over the trainer's defaults (`params = { C = 0.5 }`); they are
     # part of the model cache key. The columns have their own keys above.
@@ -133,6 +134,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "image": (str,),
     "deploy": (dict,),
     "vertex": (dict,),
+    "dockerfile": (str,),
     "supersede": (bool,),
     "params": (dict,),
     "cache_group": (str,),
@@ -324,6 +326,13 @@ def check_repo(
             raise _fail(path, label, f"key 'test_env': {table['test_env']!r} not in {TEST_ENVS}")
     with problems.check():
         _check_clone_url(path, label, table["clone_url"])
+    with problems.check():
+        dockerfile = table.get("dockerfile", "Dockerfile")
+        parts = dockerfile.split("/")
+        if dockerfile.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise _fail(
+                path, label, f"key 'dockerfile': {dockerfile!r}: expected a path in the checkout"
+            )
     with problems.check():
         _check_pull_requests(path, label, table)
     _forge_problems(path, label, table, problems)

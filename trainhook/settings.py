@@ -83,6 +83,12 @@ class Settings:
     dashboard_public: bool = False  # TRAINHOOK_DASHBOARD_PUBLIC=1: public in prod on purpose
     iap_audience: str | None = None  # TRAINHOOK_IAP_AUDIENCE: verify the IAP JWT for it
     metrics_access: str = "public"  # TRAINHOOK_METRICS_ACCESS: public | dashboard
+    # Container builders (TRAINHOOK_BUILDER=local|docker|podman): where images are pushed
+    # (None: a registry `trainhook up` starts on loopback), the build arg BASE_IMAGE (None:
+    # the Dockerfile's default), a CA bundle mounted into builds (a TLS-inspecting proxy).
+    registry: str | None = None
+    base_image: str | None = None
+    build_ca_bundle: Path | None = None
 
     def repo(self, name: str, provider: str | None = None) -> RepoConfig | None:
         """The configured repository with this full name (and provider), or None."""
@@ -133,6 +139,11 @@ class Settings:
 PUBSUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
 LOG_FORMATS = ("text", "json")
 ACCESS_MODES = ("public", "token", "proxy")
+# `local` picks docker, else podman, else `bundle` (no image, nothing served).
+BUILDERS = ("local", "docker", "podman", "bundle", "cloudbuild")
+# host[:port][/path]: where images are pushed as <registry>/<repo slug>.
+REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[a-z0-9._/-]+)?$")
+IMAGE_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
 METRICS_ACCESS = ("public", "dashboard")
 HOUR, DAY = 3600.0, 86400.0
 
@@ -250,6 +261,24 @@ def _choice(problems: Problems, env: Mapping[str, str], name: str, choices: tupl
     return value
 
 
+def _container_settings(problems: Problems, env: Mapping[str, str]) -> dict[str, Any]:
+    """TRAINHOOK_REGISTRY, TRAINHOOK_BASE_IMAGE, TRAINHOOK_BUILD_CA_BUNDLE: they reach an
+    engine's command line as single arguments, so they are held to the reference formats."""
+    registry = (env.get("TRAINHOOK_REGISTRY") or "").rstrip("/") or None
+    if registry and not REGISTRY_RE.fullmatch(registry):
+        problems.add(
+            f"TRAINHOOK_REGISTRY={registry!r}: expected HOST[:PORT][/PATH] of an OCI registry"
+        )
+    base = env.get("TRAINHOOK_BASE_IMAGE") or None
+    if base and not IMAGE_REF_RE.fullmatch(base):
+        problems.add(f"TRAINHOOK_BASE_IMAGE={base!r}: expected an image reference")
+    ca = env.get("TRAINHOOK_BUILD_CA_BUNDLE") or None
+    ca_path = Path(ca).expanduser().absolute() if ca else None
+    if ca_path is not None and not ca_path.is_file():
+        problems.add(f"TRAINHOOK_BUILD_CA_BUNDLE={ca!r}: expected a CA bundle file (not found)")
+    return {"registry": registry, "base_image": base, "build_ca_bundle": ca_path}
+
+
 def _flag(problems: Problems, env: Mapping[str, str], name: str) -> bool:
     """A yes/no variable: 1/true/yes or 0/false/no (unset: no)."""
     value = (env.get(name) or "0").strip().lower()
@@ -272,7 +301,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
     database_url = env.get("TRAINHOOK_DATABASE_URL") or f"sqlite:///{home / 'trainhook.db'}"
     config_path = Path(env.get("TRAINHOOK_CONFIG") or "./trainhook.toml").expanduser().absolute()
     queue = _choice(problems, env, "TRAINHOOK_QUEUE", ("sql", "pubsub"))
-    builder = _choice(problems, env, "TRAINHOOK_BUILDER", ("local", "cloudbuild"))
+    builder = _choice(problems, env, "TRAINHOOK_BUILDER", BUILDERS)
     mode = _choice(problems, env, "TRAINHOOK_ENV", ("dev", "prod"))
     log_format = _choice(
         problems, env, "TRAINHOOK_LOG_FORMAT", ("json", "text") if mode == "prod" else LOG_FORMATS
@@ -329,6 +358,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_repos: bool =
             problems, env, queue, numbers["max_attempts"], numbers["pubsub_max_deliveries"]
         ),
         **cloudbuild_env(env),
+        **_container_settings(problems, env),
     )
     if builder == "cloudbuild":
         problems.extend(cloudbuild_problems(settings))

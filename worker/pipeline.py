@@ -108,13 +108,23 @@ def default_pipeline(
 
 
 def builder_for(settings: Settings) -> Builder:
-    """The builder selected by TRAINHOOK_BUILDER (`local`, or `cloudbuild` with its Google
-    clients made from the settings). Raises NotImplementedError for an unknown builder."""
-    if settings.builder == "local":
+    """The builder selected by TRAINHOOK_BUILDER: `local` (docker, else podman, else
+    `bundle`, see worker/container/engine.py), `docker`, `podman`, `bundle`, or `cloudbuild`
+    with its Google clients made from the settings. Raises NotImplementedError for an
+    unknown builder."""
+    from worker.container.engine import resolve
+
+    chosen, note = resolve(settings.builder)
+    if chosen == "bundle":
         from worker.local.builder import LocalBuilder
 
-        return LocalBuilder()
-    if settings.builder == "cloudbuild":
+        return LocalBuilder(note=note)
+    if chosen in ("docker", "podman"):
+        from worker.container.builder import ContainerBuilder
+        from worker.container.engine import engine_named
+
+        return ContainerBuilder(engine_named(chosen))
+    if chosen == "cloudbuild":
         from worker.cloudbuild.builder import make_cloud_builder
 
         return make_cloud_builder(settings)

@@ -60,7 +60,7 @@ def test_missing_environment_is_one_error_naming_every_variable(make_settings: M
 
 
 def test_the_local_builder_needs_none_of_it(make_settings: Make):
-    settings = make_settings()
+    settings = make_settings(env={"TRAINHOOK_BUILDER": "local"})
     assert settings.builder == "local" and settings.repos[0].image is None
 
 

@@ -108,7 +108,7 @@ def test_missing_repositories_file_is_a_clear_error(tmp_path: Path):
     "name,value",
     [
         ("TRAINHOOK_QUEUE", "redis"),
-        ("TRAINHOOK_BUILDER", "docker"),
+        ("TRAINHOOK_BUILDER", "kaniko"),
         ("TRAINHOOK_ENV", "staging"),
         ("TRAINHOOK_LEASE_SECONDS", "soon"),
     ],

@@ -23,6 +23,8 @@ COMPONENTS = {
     "SHARED": "the shared folder ../shared beside the repository (fixtures, data)",
     "SANDBOX": "a working bubblewrap sandbox (apt-get install bubblewrap)",
     "UV": "uv on PATH (the test stage's venvs)",
+    "CONTAINERS": "podman, runc, a distribution registry and the offline base image "
+    "(scripts/system-deps.sh)",
 }
 
 

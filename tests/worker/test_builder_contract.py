@@ -30,10 +30,13 @@ from tests.cloudbuild.conftest import (  # noqa: F401 (fixtures the Cloud Build 
     source_bucket,
 )
 from tests.cloudbuild.fake_server import Plan
+from tests.support.containers import BASE_IMAGE, need_podman, remove_containers
 from tests.worker.conftest import context_for, new_build, stage_map
 from trainhook.settings import Settings
 from worker.builder import BUILDER_STAGES, Builder
 from worker.cloudbuild.builder import NO_VERTEX
+from worker.container.builder import REPO_LABEL, ContainerBuilder
+from worker.container.registry import start_local_registry, stop_registry
 from worker.context import BuildContext, CacheKeys
 from worker.local.builder import VERTEX_REASON, LocalBuilder
 from worker.stage import Interrupted, StageFailed
@@ -99,6 +102,93 @@ def local_kit(
     return kit
 
 
+# The container builder: podman, a real registry process, the image run ------------------
+
+# A stdlib app (the base image has no pip packages): it refuses to start when the vectorizer
+# is not a pickle (how the contract breaks a health check), and labels every text.
+CONTAINER_APP = """\
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+with open("vectorizer.joblib", "rb") as stream:
+    if stream.read(1) != b"\\x80":
+        sys.exit("vectorizer.joblib is not a pickle")
+
+
+class Handler(BaseHTTPRequestHandler):
+    def answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.answer(200 if self.path == "/healthz" else 404, {"status": "ok"})
+
+    def do_POST(self):
+        texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["texts"]
+        self.answer(200, {"labels": ["pos" for _ in texts]})
+
+
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+CONTAINER_DOCKERFILE = """\
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+WORKDIR /app
+COPY . ./
+CMD ["python3", "app.py"]
+"""
+
+
+@pytest.fixture(scope="module")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    need_podman()
+    home = tmp_path_factory.mktemp("registry-home")
+    process = start_local_registry(home)
+    assert process is not None
+    yield (home / "oci-registry" / "address").read_text().strip()
+    stop_registry(process)
+
+
+def container_kit(
+    make_settings: Callable[..., Settings], url: str, engine: sa.Engine, tmp: Path, registry: str
+) -> Kit:
+    podman = need_podman()
+    settings = make_settings(url, env={
+        "TRAINHOOK_BUILDER": "podman", "TRAINHOOK_REGISTRY": registry,
+        "TRAINHOOK_BASE_IMAGE": BASE_IMAGE,
+    })  # fmt: skip
+
+    def ready(sha: str, metrics: dict[str, Any]) -> BuildContext:
+        ctx = context_for(settings, engine, new_build(engine, sha))
+        ctx.source = tmp / f"src-{ctx.build.id}"
+        ctx.source.mkdir()
+        (ctx.source / "app.py").write_text(CONTAINER_APP)
+        (ctx.source / "Dockerfile").write_text(CONTAINER_DOCKERFILE)
+        ctx.model_dir = _sklearn_model(tmp / f"model-{ctx.build.id}", metrics)
+        return ctx
+
+    def break_health_check(ctx: BuildContext) -> None:
+        (ctx.need_model() / "vectorizer.joblib").write_bytes(b"not a pickle")
+
+    def deployments(ctx: BuildContext) -> int:
+        return len(list((settings.home / "containers" / ctx.repo.slug / "images").iterdir()))
+
+    def fail_build(ctx: BuildContext) -> bool:
+        (ctx.need_source() / "Dockerfile").write_text(CONTAINER_DOCKERFILE + "RUN false\n")
+        return True
+
+    kit = Kit(
+        "container", ContainerBuilder(podman), settings, engine, ready, break_health_check,
+        deployments, fail_build=fail_build, without_vertex=lambda: kit,
+        vertex_reason=VERTEX_REASON,
+    )  # fmt: skip
+    return kit
+
+
 # Cloud Build -------------------------------------------------------------------------------
 
 
@@ -137,13 +227,18 @@ def cloud_kit(
     )  # fmt: skip
 
 
-@pytest.fixture(params=["local", "cloudbuild"])
+@pytest.fixture(params=["local", "container", "cloudbuild"])
 def kit(
     request: pytest.FixtureRequest, make_settings: Callable[..., Settings], sqlite_url: str,
     sqlite_engine: sa.Engine, tmp_path: Path,
 ) -> Iterator[Kit]:  # fmt: skip
     if request.param == "local":
         yield local_kit(make_settings, sqlite_url, sqlite_engine, tmp_path)
+    elif request.param == "container":
+        registry = request.getfixturevalue("oci_registry")
+        built = container_kit(make_settings, sqlite_url, sqlite_engine, tmp_path, registry)
+        yield built
+        remove_containers(built.builder.engine, f"{REPO_LABEL}={built.settings.repos[0].slug}")  # type: ignore[attr-defined]
     else:
         fake_server = request.getfixturevalue("fake")
         yield cloud_kit(request.getfixturevalue("cloud_settings"), fake_server, sqlite_engine,

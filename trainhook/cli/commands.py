@@ -100,7 +100,8 @@ def print_banner(settings: Settings, base: str, token: str | None = None) -> Non
     token = token or TOKEN_HINT
     repo = settings.repos[0].name if settings.repos else "OWNER/REPO"
     banner = (
-        f"\ntrainhook is up ({settings.env}, queue={settings.queue}, builder={settings.builder})\n"
+        f"\ntrainhook is up ({settings.env}, queue={settings.queue}, "
+        f"builder={_builder_said(settings)})\n"
         f"  status page : {base}/\n"
         f"  webhook URL : {base}/webhooks/github  (content type application/json)\n"
         f'  rebuild     : curl -X POST {base}/rebuild -H "Authorization: Bearer {token}" '
@@ -111,6 +112,16 @@ def print_banner(settings: Settings, base: str, token: str | None = None) -> Non
         logging.getLogger("trainhook").info(banner.strip())
     else:
         print(banner, flush=True)
+
+
+def _builder_said(settings: Settings) -> str:
+    """The builder that runs, and plainly why when `local` found no container engine."""
+    from worker.container.engine import resolve
+
+    chosen, note = resolve(settings.builder)
+    if chosen == settings.builder:
+        return chosen
+    return f"{settings.builder} -> {chosen}" + (f": {note}" if note else "")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -167,6 +178,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def _rebuild_here(args: argparse.Namespace) -> int:
+    from trainhook import audit
     from trainhook.runtime import build_runtime
     from trainhook.triggers import TriggerError, request_rebuild
 
@@ -174,6 +186,11 @@ def _rebuild_here(args: argparse.Namespace) -> int:
     try:
         ref = args.ref if args.ref or args.sha else "main"
         build_id = request_rebuild(runtime, args.repo, ref=ref, sha=args.sha, force=args.force)
+        # Straight to the database, so no token says who: the user at this terminal does.
+        action = "rebuild --force" if args.force else "rebuild"
+        detail = f"{args.repo} " + (f"sha {args.sha}" if args.sha else f"ref {ref}")
+        with runtime.engine.begin() as conn:
+            audit.write(conn, audit.cli_actor(), action, result_build_id=build_id, detail=detail)
     except TriggerError as exc:
         raise TrainhookError(exc.message) from None
     finally:

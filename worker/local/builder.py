@@ -33,6 +33,11 @@ class LocalBuilder:
 
     stages: tuple[str, ...] = BUILDER_STAGES
 
+    def __init__(self, note: str | None = None) -> None:
+        # Why this builder runs instead of a container engine (TRAINHOOK_BUILDER=local on a
+        # machine without one): said in every deploy detail, so the build page says it too.
+        self.note = note
+
     def __call__(self, ctx: BuildContext) -> None:
         ctx.recorder.run_stage("build", lambda: self.build(ctx))
         ctx.recorder.run_stage("push", lambda: self.push(ctx))
@@ -107,8 +112,9 @@ class LocalBuilder:
         if pruned:
             ctx.log("deploy", "pruned old releases: " + ", ".join(pruned) + "\n")
         unsandboxed = f" ({note})" if (note := isolation_note(ctx)) and not ctx.repo.sandbox else ""
+        said = f"{self.note}; " if self.note else ""
         return Outcome(
-            detail=f"{release.name} is current (was {previous or 'none'}); "
+            detail=f"{said}{release.name} is current (was {previous or 'none'}); "
             f"health check{unsandboxed} scored {len(labels)} texts: {', '.join(labels)}"
         )
 

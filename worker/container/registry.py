@@ -1,0 +1,98 @@
+"""Where images are pushed: TRAINHOOK_REGISTRY, or a CNCF distribution registry (the Debian
+`docker-registry` binary, `registry` elsewhere) that `trainhook up` starts on loopback with
+its storage under TRAINHOOK_HOME; its address is kept in a file the builders read."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from trainhook.settings import Settings
+
+BINARIES = ("docker-registry", "registry")
+START_TIMEOUT = 20.0
+
+
+def local_registry_dir(home: Path) -> Path:
+    return home / "oci-registry"
+
+
+def registry_for(settings: Settings) -> str | None:
+    """TRAINHOOK_REGISTRY, else the address of the registry `trainhook up` started, else
+    None (nothing to push to)."""
+    if settings.registry:
+        return settings.registry
+    with contextlib.suppress(OSError):
+        address = (local_registry_dir(settings.home) / "address").read_text().strip()
+        return address or None
+    return None
+
+
+def is_loopback(registry: str) -> bool:
+    """A registry on this machine, reached over plain HTTP (the local one serves no TLS)."""
+    host = registry.split("/", 1)[0].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "[::1]")
+
+
+def answers(address: str, timeout: float = 2.0) -> bool:
+    """Whether the registry API answers at `address` (host:port)."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/v2/", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_local_registry(home: Path) -> subprocess.Popen[bytes] | None:
+    """Start a registry on 127.0.0.1 storing under `home/oci-registry/data` and record its
+    address; None when no registry binary is installed. Raises RuntimeError when it does not
+    answer within START_TIMEOUT (its output is in `home/oci-registry/registry.log`)."""
+    binary = next((b for b in map(shutil.which, BINARIES) if b), None)
+    if binary is None:
+        return None
+    folder = local_registry_dir(home)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "address").unlink(missing_ok=True)
+    address = f"127.0.0.1:{_free_port()}"
+    config = folder / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}}}\n"
+        f"http: {{addr: {address}}}\n"
+    )
+    log = (folder / "registry.log").open("ab")
+    process = subprocess.Popen(
+        [binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+    )
+    log.close()
+    deadline = time.monotonic() + START_TIMEOUT
+    while not answers(address):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_registry(process)
+            raise RuntimeError(
+                f"the registry at {address} did not start; see {folder}/registry.log"
+            )
+        time.sleep(0.1)
+    (folder / "address").write_text(address + "\n")
+    return process
+
+
+def stop_registry(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
