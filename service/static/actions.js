@@ -1,6 +1,9 @@
-// trainhook status pages: the token-protected actions of a build page (rebuild, rebuild with
-// force, cancel). The bearer token is entered once and kept in this browser's localStorage;
-// it is sent only in the Authorization header of same-origin requests.
+// trainhook status pages: the protected actions of a build page (rebuild, rebuild with
+// force, cancel). Signed in (a login cookie or an authenticating proxy), they ride on that
+// session and send the page's CSRF token in X-CSRF-Token: another site can make the browser
+// send the cookie but never read this page. Otherwise a bearer token is entered once and
+// kept in this browser's localStorage; it is sent only in the Authorization header of
+// same-origin requests.
 "use strict";
 
 (function () {
@@ -15,6 +18,7 @@
     const result = $("#action-result");
     const forget = $("#forget-token");
     const buttons = $$("button", form);
+    const csrf = form.dataset.csrf || "";
 
     function stored() {
       try {
@@ -24,6 +28,7 @@
       }
     }
     function refresh() {
+      if (!input) return;
       const has = Boolean(stored());
       input.placeholder = has ? "token saved in this browser" : "API token (kept in this browser)";
       forget.hidden = !has;
@@ -42,9 +47,18 @@
       return stored();
     }
 
-    async function call(url, body) {
+    // The session's headers, or the typed token's; null when there is neither.
+    function credentials() {
+      if (csrf) {
+        return { headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" };
+      }
       const secret = token();
-      if (!secret) {
+      return secret ? { headers: { Authorization: "Bearer " + secret }, credentials: "omit" } : null;
+    }
+
+    async function call(url, body) {
+      const auth = credentials();
+      if (!auth) {
         say("Enter the API token first.", "warn");
         input.focus();
         return null;
@@ -53,11 +67,15 @@
       try {
         const response = await fetch(url, {
           method: "POST",
-          headers: { Authorization: "Bearer " + secret, "Content-Type": "application/json" },
+          headers: Object.assign({ "Content-Type": "application/json" }, auth.headers),
           body: JSON.stringify(body || {}),
-          credentials: "omit",
+          credentials: auth.credentials,
         });
         const data = await response.json().catch(() => ({}));
+        if (response.status === 401 && csrf) {
+          say("Your session was refused; sign in again.", "bad");
+          return null;
+        }
         if (response.status === 401) {
           localStorage.removeItem(TOKEN_KEY);
           refresh();
@@ -90,14 +108,16 @@
       }
     }
 
-    $("#save-token").addEventListener("click", () => {
-      if (token()) say("Token saved in this browser.", "good");
-    });
-    forget.addEventListener("click", () => {
-      localStorage.removeItem(TOKEN_KEY);
-      refresh();
-      say("Token forgotten.", "");
-    });
+    if (input) {
+      $("#save-token").addEventListener("click", () => {
+        if (token()) say("Token saved in this browser.", "good");
+      });
+      forget.addEventListener("click", () => {
+        localStorage.removeItem(TOKEN_KEY);
+        refresh();
+        say("Token forgotten.", "");
+      });
+    }
     $("#rebuild").addEventListener("click", () => rebuild(false));
     $("#rebuild-force").addEventListener("click", () => rebuild(true));
     $("#cancel").addEventListener("click", async () => {
@@ -108,7 +128,12 @@
         $("#cancel").hidden = true;
       }
     });
-    if (form.dataset.configured !== "true") {
+    if (form.dataset.readOnly === "true") {
+      ["#rebuild", "#rebuild-force", "#cancel"].forEach((id) => {
+        $(id).disabled = true;
+        $(id).title = "your token is read-only";
+      });
+    } else if (form.dataset.configured !== "true") {
       ["#rebuild", "#rebuild-force"].forEach((id) => {
         $(id).disabled = true;
         $(id).title = "this repository is not configured here";

@@ -5,6 +5,7 @@ hashed, CSRF on cookie and proxy writes, and an audit row for every write."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -223,6 +224,52 @@ def test_the_build_page_shows_who_made_and_who_cancelled_the_build(serve):
     assert "grace (token, from testclient): rebuild made this build" in page
     assert "admin (admin, from testclient): cancel" in page
     assert writer not in page and ADMIN not in page
+
+
+def csrf_in_page(html: str) -> str | None:
+    found = re.search(r'data-csrf="([0-9a-f]+)"', html)
+    return found.group(1) if found else None
+
+
+def test_a_signed_in_writers_build_page_holds_the_csrf_token_its_writes_need(serve):
+    client, engine = serve(TRAINHOOK_DASHBOARD_ACCESS="token")
+    made = client.post("/rebuild", content=REBUILD, headers={"Authorization": f"Bearer {ADMIN}"})
+    build_id = made.json()["build_id"]
+    client.post("/login", data={"token": add_token(engine, "grace")}, follow_redirects=False)
+    page = client.get(f"/builds/{build_id}")
+    csrf = csrf_in_page(page.text)
+    assert csrf and "Signed in as grace" in page.text and 'id="token"' not in page.text
+    assert page.headers["cache-control"] == "no-store"  # bound to the session: never cached
+    answer = client.post("/rebuild", content=REBUILD, headers={"X-CSRF-Token": csrf})
+    assert answer.status_code == 202, answer.text
+    client.cookies.clear()  # the page's token alone, without the session, is nothing
+    assert client.post("/rebuild", content=REBUILD,
+                       headers={"X-CSRF-Token": csrf}).status_code == 401  # fmt: skip
+
+
+def test_a_read_only_session_or_a_bearer_reader_gets_no_csrf_token(serve):
+    client, engine = serve(TRAINHOOK_DASHBOARD_ACCESS="token")
+    made = client.post("/rebuild", content=REBUILD, headers={"Authorization": f"Bearer {ADMIN}"})
+    build_id = made.json()["build_id"]
+    reader = add_token(engine, "ada", "read")
+    by_bearer = client.get(f"/builds/{build_id}", headers={"Authorization": f"Bearer {reader}"})
+    assert csrf_in_page(by_bearer.text) is None and 'id="token"' in by_bearer.text
+    client.post("/login", data={"token": reader}, follow_redirects=False)
+    page = client.get(f"/builds/{build_id}").text
+    assert csrf_in_page(page) is None and "Signed in as ada (read only)" in page
+
+
+def test_a_proxy_users_build_page_holds_a_csrf_token_that_works_only_for_them(serve):
+    client, _ = serve(TRAINHOOK_DASHBOARD_ACCESS="proxy")
+    ada = {"X-Goog-Authenticated-User-Email": "accounts.google.com:ada@example.com"}
+    bob = {"X-Goog-Authenticated-User-Email": "accounts.google.com:bob@example.com"}
+    made = client.post("/rebuild", content=REBUILD, headers={"Authorization": f"Bearer {ADMIN}"})
+    csrf = csrf_in_page(client.get(f"/builds/{made.json()['build_id']}", headers=ada).text)
+    assert csrf
+    assert client.post("/rebuild", content=REBUILD,
+                       headers={**bob, "X-CSRF-Token": csrf}).status_code == 401  # fmt: skip
+    answer = client.post("/rebuild", content=REBUILD, headers={**ada, "X-CSRF-Token": csrf})
+    assert answer.status_code == 202, answer.text
 
 
 def test_tokens_add_prints_the_token_once_and_stores_only_its_hash(
