@@ -43,6 +43,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from trainhook import audit
 from trainhook.apitokens import find_token, hash_token, holder_by_id
 from trainhook.models import audit_events, service_keys, utcnow
 from trainhook.runtime import Runtime
@@ -396,13 +397,8 @@ def record(
 ) -> None:
     """One audit row: who did `action`, when, from where, to which build."""
     with engine.begin() as conn:
-        conn.execute(
-            audit_events.insert().values(
-                at=utcnow(), action=action, actor=identity.name[:255], via=identity.via,
-                remote=(remote or "")[:64] or None, build_id=build_id,
-                result_build_id=result_build_id, detail=detail,
-            )
-        )  # fmt: skip
+        audit.write(conn, audit.Actor(identity.name, identity.via, remote), action,
+                    build_id=build_id, result_build_id=result_build_id, detail=detail)  # fmt: skip
 
 
 def trail(conn: sa.Connection, build_id: int) -> list[dict[str, Any]]:

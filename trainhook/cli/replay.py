@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from trainhook.audit import Actor, cli_actor, write
 from trainhook.builds import BuildSpec, create_build
 from trainhook.errors import TrainhookError
 from trainhook.models import builds, utcnow
@@ -93,15 +94,22 @@ def _replayed(conn: sa.Connection, ids: list[int]) -> dict[int, tuple[int, str]]
 
 
 def replay(
-    runtime: Runtime, flt: ReplayFilter, *, force: bool = False, dry_run: bool = False
+    runtime: Runtime,
+    flt: ReplayFilter,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    actor: Actor | None = None,
 ) -> ReplayReport:
     """Queue a new `replay` build for each matching failed/cancelled build (all with force).
 
     Idempotent: builds still in progress, builds already replayed (replay their replay
     instead) and a second build of a commit already replayed in this run are skipped, each
     with the reason. Never touches the original rows. The new builds' jobs go through the
-    queue's `notify` (with Pub/Sub: the outbox).
+    queue's `notify` (with Pub/Sub: the outbox). Each new build is audited, in its own
+    transaction, as done by `actor` (default: the user running the command, from this host).
     """
+    actor = actor or cli_actor()
     query = sa.select(builds).order_by(builds.c.id)
     if flt.since:
         query = query.where(builds.c.created_at >= flt.since)
@@ -147,6 +155,8 @@ def replay(
         )
         with runtime.engine.begin() as conn:
             new_id = create_build(conn, spec)
+            write(conn, actor, "replay --force" if force else "replay", build_id=row.id,
+                  result_build_id=new_id, detail=f"replay of build {row.id}")  # fmt: skip
         report.queued.append((row.id, new_id))
     if report.queued and not dry_run:
         runtime.queue.notify([new for _, new in report.queued])

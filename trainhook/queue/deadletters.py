@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from trainhook.audit import Actor, cli_actor, write
 from trainhook.builds import BuildSpec, create_build, mark_finished
 from trainhook.errors import TrainhookError
 from trainhook.models import builds, jobs, utcnow
@@ -77,10 +78,11 @@ def list_dead(engine: Engine, limit: int = 200) -> list[DeadJob]:
         return [DeadJob(*row) for row in conn.execute(query)]
 
 
-def requeue(engine: Engine, queue: Queue, build_id: int) -> int:
+def requeue(engine: Engine, queue: Queue, build_id: int, actor: Actor | None = None) -> int:
     """Queue a new attempt of a dead job: a new `replay` build of the same commit, published
     through the outbox. Returns the new build id; raises TrainhookError when the build has
-    no dead job."""
+    no dead job. Audited in the same transaction as done by `actor` (default: the user
+    running the command, from this host)."""
     with engine.begin() as conn:
         row = conn.execute(
             sa.select(builds, jobs.c.status.label("job_status"))
@@ -100,6 +102,9 @@ def requeue(engine: Engine, queue: Queue, build_id: int) -> int:
             commit_message=row.commit_message, author=row.author, replay_of=row.id,
         )  # fmt: skip
         new_id = create_build(conn, spec)
+        detail = f"dead-letter requeue of build {build_id}"
+        write(conn, actor or cli_actor(), "requeue", build_id=build_id, result_build_id=new_id,
+              detail=detail)  # fmt: skip
     queue.notify([new_id])
     return new_id
 
