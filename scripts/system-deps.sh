@@ -38,11 +38,32 @@ fi
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 { command -v prlimit && command -v setpriv; } >/dev/null 2>&1 || need+=(util-linux)
+# The container builder: podman (built with buildah, run with runc), the distribution
+# registry, skopeo, and mmdebstrap for a Python base image made without an image registry.
+for tool in buildah podman runc docker-registry skopeo mmdebstrap; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
 if command -v gcloud >/dev/null 2>&1 && ! command -v java >/dev/null 2>&1; then
   need+=(default-jre-headless)  # the Pub/Sub emulator is a Java program
 fi
 
+# A python:3.11-slim stand-in from Debian packages, cached where the tests import it from
+# (tests/support/containers.py): ~40 s once, then reused.
+base_image() {
+  local cache="${XDG_CACHE_HOME:-$HOME/.cache}/trainhook"
+  [ -f "$cache/python-base.tar" ] && return 0
+  command -v mmdebstrap >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] || return 0
+  mkdir -p "$cache"
+  echo "system-deps: making the offline Python base image ($cache/python-base.tar)"
+  mmdebstrap --quiet --variant=minbase \
+    --include=python3,python3-pip,python-is-python3,ca-certificates \
+    --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED' \
+    bookworm "$cache/python-base.tar.part.tar"
+  mv "$cache/python-base.tar.part.tar" "$cache/python-base.tar"
+}
+
 if [ ${#need[@]} -eq 0 ]; then
+  base_image
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -53,3 +74,4 @@ echo "system-deps: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+base_image

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +62,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     db.upgrade(settings.database_url)
     runtime = build_runtime(settings)
     runtime.start_background()
+    registry = _start_registry(settings)
     stop = threading.Event()
     threads = [
         threading.Thread(
@@ -87,7 +89,25 @@ def cmd_up(args: argparse.Namespace) -> int:
         for thread in threads:
             thread.join()
         runtime.close()
+        if registry is not None:
+            from worker.container.registry import stop_registry
+
+            stop_registry(registry)
     return 0
+
+
+def _start_registry(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """A loopback registry for the container builder when TRAINHOOK_REGISTRY is unset and
+    the distribution registry is installed (else the push stage says what is missing)."""
+    from worker.container.engine import resolve
+    from worker.container.registry import start_local_registry
+
+    if settings.registry or resolve(settings.builder)[0] not in ("docker", "podman"):
+        return None
+    process = start_local_registry(settings.home)
+    if process is None:
+        print("no registry binary (docker-registry): set TRAINHOOK_REGISTRY", flush=True)
+    return process
 
 
 TOKEN_HINT = "$TRAINHOOK_API_TOKEN"
