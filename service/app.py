@@ -13,6 +13,7 @@ from service import access, api, badges, dashboard, health, rebuild, webhooks
 from service.access import AccessGate
 from service.headers import SecurityHeaders, server_error
 from service.notifications import Notifier
+from service.pullcomments import PullCommenter
 from service.reconcile import Reconciler
 from service.statusreporter import StatusReporter
 from service.tracing import TraceContext
@@ -30,6 +31,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     reconciler = Reconciler(runtime.settings, runtime.engine).start()
     # Build notifications ([[repos.notify]]), sent the same way as the commit statuses.
     notifier = Notifier(runtime.settings, runtime.engine).start()
+    # The comment on each pull/merge request, kept up to date the same way.
+    commenter = PullCommenter(runtime.settings, runtime.engine).start()
     async with dashboard.lifespan(app):
         try:
             yield
@@ -38,6 +41,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             reporter.stop()
             reconciler.stop()
             notifier.stop()
+            commenter.stop()
 
 
 def trace_project(settings: Settings) -> str | None:

@@ -218,3 +218,41 @@ service_keys = sa.Table(
     sa.Column("value", sa.String(128), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
+
+# What the train stage compared (migration 0006): the candidate model's figures and those of
+# the model deployed when the quality gate ran, and its verdict. Written by the worker (once
+# per build: a retried job overwrites it), read by the pull request comment.
+train_results = sa.Table(
+    "train_results",
+    metadata,
+    sa.Column("build_id", sa.ForeignKey("builds.id"), primary_key=True),
+    sa.Column("candidate", sa.Text, nullable=False),  # JSON: trainhook/trainresults.py
+    sa.Column("deployed", sa.Text, nullable=True),  # JSON; NULL: nothing was deployed
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False),
+)
+
+# The one comment on each pull/merge request (migration 0006), keyed by the request's head
+# ref: the forge's id of the comment once created, the newest build it shows, and the
+# delivery state. A commenter claims the row by lease before sending (several service
+# replicas), as status_reports; `posting` marks a create whose answer was not recorded, so
+# the next attempt looks for the comment before creating another.
+pull_comments = sa.Table(
+    "pull_comments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("repo", sa.String(255), nullable=False),
+    sa.Column("ref", sa.String(255), nullable=False),
+    sa.Column("comment_id", sa.String(64), nullable=True),
+    sa.Column("build_id", sa.Integer, nullable=True),  # shown (or given up); no FK: a marker
+    sa.Column("posting", sa.Boolean, nullable=False, default=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("claimed_by", sa.String(64), nullable=True),
+    sa.Column("claimed_until", UTCDateTime, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("provider", "repo", "ref"),
+)

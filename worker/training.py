@@ -27,6 +27,7 @@ from trainer.gate import decide
 from trainhook.artifacts import Entry
 from trainhook.gcs import make_gcs_client
 from trainhook.models import utcnow
+from trainhook.trainresults import record_train_result
 from worker.commands import child_env, run_command
 from worker.context import BuildContext
 from worker.hash.gcsobjects import download_object
@@ -240,12 +241,19 @@ def make_train_stage(deployed_metrics: DeployedMetrics) -> Callable[[BuildContex
         ctx.recorder.metrics.cache.labels(level="model", result=result).inc()
         metrics = read_metrics(model_dir, key)
         ctx.model_dir, ctx.metrics = model_dir, metrics
+        deployed = deployed_metrics(ctx)
         decision = decide(
             metrics,
-            deployed_metrics(ctx),
+            deployed,
             min_macro_f1=ctx.repo.min_macro_f1,
             max_regression=ctx.repo.max_regression,
         )
+        # The comparison itself, for the pull request comment: the gate's input, as it ran.
+        if not ctx.recorder.muted():
+            with ctx.recorder.engine.begin() as conn:
+                record_train_result(
+                    conn, ctx.build.id, metrics, deployed, decision.deploy, decision.reason
+                )
         score = metrics.get("macro_f1")
         f1 = f"macro F1 {score:.3f}" if isinstance(score, int | float) else "macro F1 unknown"
         nltk = ctx.cache.nltk
