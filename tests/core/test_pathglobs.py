@@ -60,6 +60,16 @@ def test_a_pattern_matches_the_paths_its_syntax_says(pattern: str, path: str):
     assert matches(pattern, path)
 
 
+def test_each_set_ends_at_its_own_closing_bracket():
+    assert matches("a[bc]d[ef]", "abde") and matches("[x]/[y]", "x/y")
+    assert not matches("a[bc]d[ef]", "abd]")
+    assert not matches("[ab]", "X") and matches("[X]", "X")  # nothing added to the set
+
+
+def test_a_double_star_keeps_the_character_after_it():
+    assert matches("**.md", "docs/a.md") and not matches("**.md", "docs/amd")
+
+
 def test_a_set_without_a_closing_bracket_is_refused_by_name():
     with pytest.raises(PatternError, match=r"^'x\[ab': '\[' without a closing '\]'$"):
         translate("x[ab")
