@@ -2,9 +2,10 @@
 message, a command's output, a stage log, or the environment of repository code.
 
 One realistic session with a recognisable value for every secret trainhook holds (the webhook
-secret of each forge, the /rebuild token, each forge's API token, the database password)
-captures everything that is emitted and searches it for each secret, raw and in its hex and
-base64 forms."""
+secret of each forge, the /rebuild token, each forge's API token, the database password, the
+notification URLs and signing key, each person's token and its hash, a login cookie, its CSRF
+token and the key that signs them) captures everything that is emitted and searches it for
+each secret, raw and in its hex and base64 forms."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -27,6 +29,7 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from service.app import create_app
+from service.notifications import Notifier
 from service.statusreporter import StatusReporter
 from tests.reliability.security_support import (
     API_TOKEN,
@@ -39,9 +42,10 @@ from tests.support.gitrepo import GitRepo
 from tests.support.postgres import free_port
 from tests.worker.conftest import toy_pipeline
 from trainhook import cli
+from trainhook.apitokens import add_token, hash_token
 from trainhook.cli.commands import print_banner
 from trainhook.cli.demo import DemoSession
-from trainhook.models import metadata
+from trainhook.models import api_tokens, metadata, service_keys
 from trainhook.runtime import build_runtime
 from trainhook.settings import load_settings
 from worker.checkout import checkout_stage
@@ -56,11 +60,17 @@ FORGE_TOKENS = {
     "forgejo": ("FJ_PAT", "fjforgetok-Q7v9-iiiiiiiiiiiiii"),
 }
 DB_PASSWORD = "dbpassword-Q7va-jjjjjjjjjjjjjj"
+# A notification URL is a credential (whoever has it can post to the channel): the secret
+# part is its path, as in Slack's and Google Chat's incoming-webhook URLs.
+NOTIFY_PATHS = {"webhook": "whpath-Q7vb-kkkkkkkkkkkkkkkk", "slack": "slpath-Q7vc-llllllllllllllll"}
+NOTIFY_KEY = "notifykey-Q7vd-mmmmmmmmmmmmmm"
 SECRETS = {
     **{f"{p} webhook secret": s for p, s in HOOK_SECRETS.items()},
     "API token": API_TOKEN,
     **{f"{p} API token": t for p, (_, t) in FORGE_TOKENS.items()},
     "database password": DB_PASSWORD,
+    **{f"{kind} notification URL": path for kind, path in NOTIFY_PATHS.items()},
+    "notification signing key": NOTIFY_KEY,
 }
 # The repository's tests print their whole environment and fail: a failing build whose log
 # would show any secret handed to repository code.
@@ -83,8 +93,8 @@ def forms(secret: str) -> set[str]:
     }
 
 
-def leaks(text: str) -> list[str]:
-    return [f"{name} ({form})" for name, value in SECRETS.items() for form in forms(value)
+def leaks(text: str, secrets: dict[str, str] = SECRETS) -> list[str]:
+    return [f"{name} ({form})" for name, value in secrets.items() for form in forms(value)
             if form in text]  # fmt: skip
 
 
@@ -93,6 +103,12 @@ class Sink:
 
     def __init__(self) -> None:
         self.parts: list[tuple[str, str]] = []
+        # SECRETS, and those only made during the session (person tokens, sessions).
+        self.secrets = dict(SECRETS)
+
+    def secret(self, name: str, value: str) -> str:
+        self.secrets[name] = value
+        return value
 
     def add(self, where: str, text: Any) -> None:
         self.parts.append((where, text if isinstance(text, str) else repr(text)))
@@ -101,18 +117,29 @@ class Sink:
         self.add(where, f"{response.status_code} {dict(response.headers)}\n{response.text}")
 
     def leaks(self) -> list[str]:
-        return [f"{where}: {leak}" for where, text in self.parts for leak in leaks(text)]
+        return [f"{where}: {leak}" for where, text in self.parts
+                for leak in leaks(text, self.secrets)]  # fmt: skip
 
 
 class ForgeApi:
-    """A forge API refusing every call (401 Bad credentials); records the headers it got."""
+    """A forge API refusing every call (401 Bad credentials); records the headers it got.
+    Also the notification receivers: the webhook's takes it, Slack's is down (500)."""
 
     def __init__(self) -> None:
         self.seen: list[dict[str, str]] = []
-        seen = self.seen
+        self.notified: list[tuple[str, dict[str, str]]] = []
+        seen, notified = self.seen, self.notified
 
         class Refuse(BaseHTTPRequestHandler):
             def _refuse(self) -> None:
+                if self.path.startswith("/notify/"):
+                    notified.append((self.path, dict(self.headers)))
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    ok = NOTIFY_PATHS["webhook"] in self.path
+                    self.send_response(200 if ok else 500)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 seen.append(dict(self.headers))
                 body = b'{"message": "Bad credentials"}'
                 self.send_response(401)
@@ -154,6 +181,8 @@ def environment(tmp_path: Path, db_url: str, clone_url: str, api_base: str) -> d
             # The sandbox gives the tests an empty environment plus what the repository
             # declares: this marker proves the environment dump reached the log.
             'sandbox_env = { SAFE_MARKER = "visible-to-tests" }\n'
+            '[[repos.notify]]\nkind = "webhook"\nurl_env = "HOOK_URL"\nsecret_env = "HOOK_KEY"\n'
+            '[[repos.notify]]\nkind = "slack"\nurl_env = "CHAT_URL"\n'
             if p == "github"
             else ""
         )
@@ -170,6 +199,9 @@ def environment(tmp_path: Path, db_url: str, clone_url: str, api_base: str) -> d
         "SAFE_MARKER": "visible-to-tests",  # proves the environment dump reached the log
         **{f"{p.upper()}_HOOK_KEY": s for p, s in HOOK_SECRETS.items()},
         **dict(FORGE_TOKENS.values()),
+        "HOOK_URL": f"{api_base}/notify/{NOTIFY_PATHS['webhook']}",
+        "CHAT_URL": f"{api_base}/notify/{NOTIFY_PATHS['slack']}",
+        "HOOK_KEY": NOTIFY_KEY,
     }
 
 
@@ -222,16 +254,73 @@ def read_everything(sink: Sink, client: TestClient) -> None:
         sink.answer(f"GET {path}", client.get(path))
 
 
+# The columns that exist to hold a secret (a person token's hash, the session signing key):
+# searched everywhere else, not where they belong.
+HELD = {api_tokens.c.token_hash, service_keys.c.value}
+
+
 def dump_database(sink: Sink, engine: sa.Engine) -> str:
     """Every row of every table, as text: stage logs, details, stored deliveries and all."""
     out = []
     with engine.connect() as conn:
         for table in metadata.sorted_tables:
-            for row in conn.execute(sa.select(table)):
+            columns = [c for c in table.columns if c not in HELD]
+            for row in conn.execute(sa.select(*columns)):
                 out.append(f"{table.name}: {tuple(row)!r}")
     text = "\n".join(out)
     sink.add("database", text)
     return text
+
+
+def drive_sessions(sink: Sink, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Person tokens, a login, the build page's CSRF token and writes with them, under
+    `token` access (a second service on the same database)."""
+    writer = sink.secret("person write token", add_token(engine, "ada"))
+    reader = sink.secret("person read token", add_token(engine, "bob", "read"))
+    sink.secret("person write token hash", hash_token(writer))
+    sink.secret("person read token hash", hash_token(reader))
+    monkeypatch.setenv("TRAINHOOK_DASHBOARD_ACCESS", "token")
+    runtime = build_runtime(load_settings())
+    body = json.dumps({"repo": "octo-org/social-score-api", "ref": "main"})
+    with TestClient(create_app(runtime), base_url="https://testserver",
+                    raise_server_exceptions=False) as client:  # fmt: skip
+        wrong = client.post("/login", data={"token": same_length_wrong(writer)})
+        sink.answer("login, wrong token", wrong)
+        login = client.post("/login", data={"token": writer}, follow_redirects=False)
+        cookie = sink.secret("session cookie", client.cookies["trainhook_session"])
+        # The cookie belongs in its Set-Cookie, the CSRF token in the page: each answer is
+        # searched for every other secret.
+        sink.add("login", str(login.headers).replace(cookie, "<cookie>"))
+        build_id = client.get("/api/builds").json()["builds"][0]["id"]
+        page = client.get(f"/builds/{build_id}").text
+        found = re.search(r'data-csrf="([0-9a-f]+)"', page)
+        assert found, page
+        csrf = sink.secret("CSRF token", found.group(1))
+        sink.add("build page, signed in", page.replace(csrf, "<csrf>"))
+        made = client.post("/rebuild", content=body, headers={"X-CSRF-Token": csrf})
+        sink.answer("rebuild, session", made)
+        assert made.status_code == 202, made.text
+        forged = {"X-CSRF-Token": same_length_wrong(csrf)}
+        sink.answer("rebuild, forged CSRF", client.post("/rebuild", content=body, headers=forged))
+        cancel = f"/api/builds/{made.json()['build_id']}/cancel"
+        sink.answer("cancel, session", client.post(cancel, headers={"X-CSRF-Token": csrf}))
+        for path in ("/", "/api/builds", f"/api/builds/{build_id}", "/api/builds.csv"):
+            sink.answer(f"GET {path}, signed in", client.get(path))
+        sink.answer("logout", client.post("/logout", follow_redirects=False))
+        person = {"Authorization": f"Bearer {writer}"}
+        sink.answer("rebuild, person token", client.post("/rebuild", content=body, headers=person))
+        assert sink.parts[-1][1].startswith("202")
+        read_only = {"Authorization": f"Bearer {reader}"}
+        sink.answer("rebuild, read token", client.post("/rebuild", content=body,
+                                                        headers=read_only))  # fmt: skip
+        sink.answer("cancel, wrong person token", client.post(
+            cancel, headers={"Authorization": f"Bearer {same_length_wrong(writer)}"}))  # fmt: skip
+    runtime.close()
+    monkeypatch.delenv("TRAINHOOK_DASHBOARD_ACCESS")
+    with engine.connect() as conn:
+        sink.secret(
+            "session signing key", conn.execute(sa.select(service_keys.c.value)).scalar_one()
+        )
 
 
 def test_no_secret_appears_in_anything_a_session_emits(
@@ -264,11 +353,14 @@ def test_no_secret_appears_in_anything_a_session_emits(
             stages = {"checkout": checkout_stage, "test": repo_tests_stage}
             Worker(runtime, pipeline=toy_pipeline(stages)).run(threading.Event(), burst=True)
 
-            # Commit statuses to a forge that refuses the token.
+            # Commit statuses to a forge that refuses the token; notifications of the failed
+            # build to a receiver that takes it and one that is down.
             reporter = StatusReporter(settings, engine)
             reporter.tick()
             reporter.stop()
+            Notifier(settings, engine).tick()
             read_everything(sink, client)
+        drive_sessions(sink, engine, monkeypatch)
 
         # The command line: what operators run and paste into tickets.
         for argv in (
@@ -279,6 +371,8 @@ def test_no_secret_appears_in_anything_a_session_emits(
             ("reconcile", "--dry-run", "--since", "1d"),
             ("cloudbuild-config", "octo-org/social-score-api"),
             ("migrate",),
+            ("tokens", "list"),
+            ("tokens", "revoke", "bob"),
         ):
             run_cli(sink, capsys, *argv)
         print_banner(settings, "http://127.0.0.1:8000")
@@ -288,6 +382,10 @@ def test_no_secret_appears_in_anything_a_session_emits(
     # The control: the tokens were really used (sent to the forge), so they were there to leak.
     sent = {value for headers in api.seen for value in headers.values()}
     assert any(FORGE_TOKENS["github"][1] in value for value in sent), api.seen
+    # And the notifications were sent, signed with the key, to both receivers.
+    assert {path.split("/")[2] for path, _ in api.notified} == set(NOTIFY_PATHS.values())
+    signed = [h for path, h in api.notified if NOTIFY_PATHS["webhook"] in path]
+    assert signed[0]["X-Trainhook-Signature-256"].startswith("sha256="), api.notified
 
     # The database is down, and its URL carries a password.
     down = f"postgresql+psycopg://trainhook:{DB_PASSWORD}@127.0.0.1:{free_port()}/trainhook"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from service import access
 from tests.conftest import REPO_ROOT
 from tests.reliability.security_support import (
     API_TOKEN,
@@ -28,6 +29,7 @@ from tests.reliability.security_support import (
     serving,
 )
 from tests.service.forge_kits import SHA
+from trainhook.apitokens import add_token
 
 PACKAGES = ("trainhook", "service", "worker")
 SECRETISH = re.compile(
@@ -185,3 +187,43 @@ def test_a_bearer_token_wrong_in_one_character_is_401_for_rebuild_and_cancel(
         assert client.post(f"/api/builds/{build}/cancel", headers=wrong).status_code == 401
         assert client.get(f"/api/builds/{build}").json()["status"] == "queued"
         assert client.post(f"/api/builds/{build}/cancel", headers=right).status_code == 200
+
+
+def _tamper_mac(cookie: str, at: int) -> str:
+    """The cookie with its MAC (after the last dot) wrong in one character, length kept."""
+    mac_start = cookie.rindex(".") + 1
+    return cookie[:mac_start] + same_length_wrong(cookie[mac_start:], at)
+
+
+@pytest.mark.parametrize("at", [0, -1], ids=["first-char", "last-char"])
+def test_a_person_token_session_cookie_or_csrf_token_wrong_in_one_character_is_401(
+    at: int, tmp_path: Path, sqlite_url: str, sqlite_engine
+):
+    settings = forge_settings(tmp_path, sqlite_url, env={"TRAINHOOK_DASHBOARD_ACCESS": "token"})
+    body = json.dumps({"repo": "octo-org/social-score-api", "sha": SHA})
+    person = add_token(sqlite_engine, "ada")
+    gate = access.Gate(settings, sqlite_engine)
+    cookie = gate.login(person)
+    assert cookie is not None
+    identity = gate.cookie(cookie)
+    assert identity is not None
+    csrf = gate.csrf_token(identity) or ""
+    session = {"Cookie": f"{access.COOKIE}={cookie}"}
+    with serving(settings, sqlite_engine) as (client, _):
+        wrong_person = {"Authorization": f"Bearer {same_length_wrong(person, at)}"}
+        assert client.post("/rebuild", content=body, headers=wrong_person).status_code == 401
+        assert client.get("/api/builds", headers=wrong_person).status_code == 401
+        forged = {**session, "X-CSRF-Token": same_length_wrong(csrf, at)}
+        assert client.post("/rebuild", content=body, headers=forged).status_code == 401
+        wrong_cookie = {"Cookie": f"{access.COOKIE}={_tamper_mac(cookie, at)}"}
+        assert client.get("/api/builds", headers=wrong_cookie).status_code == 401
+        answer = client.post(
+            "/rebuild", content=body, headers={**wrong_cookie, "X-CSRF-Token": csrf}
+        )
+        assert answer.status_code == 401
+        assert counts(sqlite_engine)["builds"] == 0
+        # The controls: the untouched values are accepted.
+        person_bearer = {"Authorization": f"Bearer {person}"}
+        assert client.post("/rebuild", content=body, headers=person_bearer).status_code == 202
+        right = {**session, "X-CSRF-Token": csrf}
+        assert client.post("/rebuild", content=body, headers=right).status_code == 202
