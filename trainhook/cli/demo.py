@@ -183,4 +183,8 @@ def prepare_demo(env: MutableMapping[str, str]) -> DemoSession:
     )
     env["TRAINHOOK_CONFIG"] = str(config)
     env.setdefault("TRAINHOOK_HOME", str(home))
+    # The example's image starts FROM python:3.11-slim and pip-installs from PyPI: a machine
+    # with podman but no route to an image registry would fail the demo at `build`. Unless the
+    # operator names a builder, the demo uses the bundle builder, which every machine has.
+    env.setdefault("TRAINHOOK_BUILDER", "bundle")
     return DemoSession(repo_dir=repo_dir, secret=secret, token_file=token_file)
