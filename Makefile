@@ -3,7 +3,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install uv lint format bench mutate clean
+.PHONY: run sandbox test install uv lint format bench mutate clean
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -12,8 +12,16 @@ install: uv
 	$(UV) sync --frozen --all-extras
 
 ## make run: install, migrate and start the all-in-one service with the bundled example
-run: install
+run: install sandbox
 	$(UV) run trainhook up --demo --host $(HOST) --port $(PORT)
+
+# The example's tests run in the bubblewrap sandbox: without it the test stage refuses.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && echo "installing bubblewrap (the sandbox repository code runs in)" \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends bubblewrap util-linux >/dev/null; } \
+	  || echo "make run: install bubblewrap, or the demo's test stage refuses to run" >&2
 
 ## make test: install (system packages too, when root) and run the whole suite
 test: install
