@@ -167,3 +167,17 @@ def test_the_stored_cloud_build_id_is_the_latest_marker_of_the_build_stage(sqlit
         assert stored_cloud_build(conn, build_id) == "cb-new"
         other = create_build(conn, BuildSpec("github", REPO, "refs/heads/main", "b" * 40))
         assert stored_cloud_build(conn, other) is None
+
+
+def test_an_older_build_left_alone_does_not_stop_the_next_from_being_superseded(
+    make_settings, sqlite_url, sqlite_engine
+):
+    deploying = build(sqlite_engine, "a" * 40, cloud_id="cb-1")  # its Cloud Build deploys
+    queued = build(sqlite_engine, "c" * 40)
+    ctx = newer(make_settings, sqlite_url, sqlite_engine)
+
+    assert supersede_older(ctx, Client(deploy="WORKING"), PARENT) == [queued]
+    assert status(sqlite_engine, deploying) == "running"
+    reason = f"superseded by build #{ctx.build.id} ({'f' * 12})"
+    assert events(sqlite_engine, queued, "queued")[-1] == ("queued", "skipped")
+    assert build_view(sqlite_engine, queued)["stages"][1]["detail"] == reason
