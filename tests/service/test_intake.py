@@ -31,7 +31,7 @@ def incoming(
         delivery_id,
         "push",
         REPO,
-        {"X-GitHub-Delivery": delivery_id},
+        {"X-GitHub-Delivery": delivery_id, "Content-Type": "application/json"},
         b'{"ref": "refs/heads/main"}',
         datetime.now(UTC),
     )
@@ -143,7 +143,9 @@ def test_a_new_delivery_stores_its_body_headers_and_a_queued_build(engine):
         ).one()
 
     assert bytes(delivery.body) == item.delivery.body
-    assert json.loads(delivery.headers) == {"X-GitHub-Delivery": "d-1"}
+    # Stored as canonical JSON (sorted keys), whatever order the request listed them in.
+    assert delivery.headers == '{"Content-Type": "application/json", "X-GitHub-Delivery": "d-1"}'
+    assert json.loads(delivery.headers)["X-GitHub-Delivery"] == "d-1"
     assert (delivery.event, delivery.repo, delivery.outcome) == ("push", REPO, "queued")
     assert (build.delivery_id, build.sha, build.ref) == (delivery.id, SHA, "refs/heads/main")
     assert [tuple(e) for e in events] == [
