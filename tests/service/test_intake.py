@@ -160,3 +160,22 @@ def test_an_empty_batch_stores_nothing(engine):
     with engine.begin() as conn:
         assert record_deliveries(conn, []) == []
     assert counts(engine) == {"deliveries": 0, "builds": 0, "stage_events": 0, "jobs": 0}
+
+
+def test_an_ignored_delivery_first_in_a_batch_does_not_drop_the_rest(engine):
+    with engine.begin() as conn:
+        answers = record_deliveries(
+            conn,
+            [
+                incoming("d-tag", builds=False, reason="branch not configured"),
+                incoming("d-1"),
+                incoming("d-2", sha="d4" * 20),
+            ],
+        )
+
+    assert [(a.build_id is None, a.duplicate) for a in answers] == [
+        (True, False),
+        (False, False),
+        (False, False),
+    ]
+    assert counts(engine) == {"deliveries": 3, "builds": 2, "stage_events": 6, "jobs": 2}
