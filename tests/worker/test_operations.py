@@ -116,6 +116,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         "TRAINHOOK_POLL_INTERVAL": "0.1",
         "TRAINHOOK_API_TOKEN": TOKEN,
         "HOOK_SECRET": SECRET,
+        # `local` would pick a container engine where one is installed, and the example has no
+        # image to build here: these are tests of logs, metrics and the CLI, not of images.
+        "TRAINHOOK_BUILDER": "bundle",
     }
     _cli(env, "migrate")
     _cli(env, "rebuild", REPO, "--ref", "main")
