@@ -112,29 +112,19 @@ def fit_classifier(
 
 
 def _fit_nbsvm(model: Any, features: Any, labels: Any, alpha: float) -> None:
-    import scipy.sparse as sp
     from sklearn.base import clone
 
-    features = features.tocsr()
     classes = np.unique(labels)
     # Binary data needs one problem (positive = the second class), as LinearSVC itself does.
     positives = classes[1:] if classes.size == 2 else classes
-    # Counts come from the index arrays, and the scaled matrix shares them: a copy of the
-    # matrix per class raised the peak memory at 200k rows by hundreds of MB. float64 data is
-    # what liblinear takes, so LinearSVC does not convert (copy) it again.
-    columns = features.shape[1]
-    total = np.bincount(features.indices, minlength=columns).astype(np.float64)
-    per_row = np.diff(features.indptr)
+    present = features.copy()
+    present.data[:] = 1.0
     coefs, intercepts, iterations = [], [], []
     for positive in positives:
         target = labels == positive
-        in_class = features.indices[np.repeat(target, per_row)]
-        ratio = _log_count_ratio(total, np.bincount(in_class, minlength=columns), alpha)
-        scaled = sp.csr_matrix(
-            (features.data * ratio[features.indices], features.indices, features.indptr),
-            shape=features.shape,
-            copy=False,
-        )
+        ratio = _log_count_ratio(present, target, alpha)
+        scaled = features.copy()
+        scaled.data *= ratio[scaled.indices].astype(scaled.dtype)
         binary = clone(model).fit(scaled, target)
         del scaled
         coefs.append(binary.coef_[0] * ratio)
@@ -147,11 +137,11 @@ def _fit_nbsvm(model: Any, features: Any, labels: Any, alpha: float) -> None:
     model.n_iter_ = max(iterations)
 
 
-def _log_count_ratio(total: Any, inside: Any, alpha: float) -> Any:
-    """log((p / |p|) / (q / |q|)), p and q the add-`alpha` counts of texts that contain each
-    feature inside the class and outside it (`total` = inside + outside)."""
-    outside = total - inside + alpha
-    inside = inside + alpha
+def _log_count_ratio(present: Any, target: Any, alpha: float) -> Any:
+    """log((p / |p|) / (q / |q|)): p, q the smoothed counts of texts containing each feature
+    in the class and outside it."""
+    inside = np.asarray(present[target].sum(axis=0), dtype=np.float64).ravel() + alpha
+    outside = np.asarray(present[~target].sum(axis=0), dtype=np.float64).ravel() + alpha
     return np.log(inside / inside.sum()) - np.log(outside / outside.sum())
 
 
