@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from trainer.params import TrainParams
-from trainhook_runtime.text import TweetNormalizer
+from trainhook_runtime.text import TweetNormalizer, TweetVectorizer
 
 
 def build_vectorizer(
@@ -17,10 +17,8 @@ def build_vectorizer(
     stopwords: frozenset[str] = frozenset(),
     normalizer: TweetNormalizer | None = None,
 ) -> Any:
-    """An unfitted vectorizer (scikit-learn `FeatureUnion`) configured from `params`;
-    `normalizer` (one made from the same params, its caches warm) is reused when given."""
-    from trainer.features import make_vectorizer
-
+    """An unfitted `TweetVectorizer` configured from `params`; `normalizer` (one made from the
+    same params, its caches warm) is reused when given."""
     if normalizer is None:
         normalizer = TweetNormalizer(
             lowercase=params.lowercase,
@@ -28,7 +26,7 @@ def build_vectorizer(
             stem=params.stem,
             stopwords=stopwords if params.stopwords else (),
         )
-    return make_vectorizer(
+    return TweetVectorizer(
         normalizer,
         word_ngram_range=params.word_ngram_range,
         char_ngram_range=params.char_ngram_range,
@@ -40,11 +38,7 @@ def build_vectorizer(
 
 
 def build_classifier(params: TrainParams) -> Any:
-    """An unfitted linear classifier configured from `params` (seeded, so deterministic).
-
-    "nbsvm" is a `LinearSVC` too: `fit_classifier` fits it as NB-SVM and leaves a plain,
-    fitted `LinearSVC` behind.
-    """
+    """An unfitted linear classifier configured from `params` (seeded, so deterministic)."""
     if params.classifier == "logistic_regression":
         from sklearn.linear_model import LogisticRegression
 
@@ -81,68 +75,12 @@ def split(labels: Sequence[str], params: TrainParams) -> tuple[list[int], list[i
     return list(train), list(val)
 
 
-# Add-one smoothing of NB-SVM's feature counts, as in Wang & Manning (2012); 0.5 scored lower
-# in cross-validation on the airline training rows.
-NB_ALPHA = 1.0
-
-
-def nb_alpha(params: TrainParams) -> float | None:
-    """The NB-SVM smoothing to fit with, or None for a plain fit of the classifier."""
-    return NB_ALPHA if params.classifier == "nbsvm" else None
-
-
-def fit_classifier(
-    model: Any, features: Any, labels: Sequence[str], *, nb_alpha: float | None = None
-) -> list[str]:
-    """Fit `model` in place; return the warnings it raised (e.g. non-convergence).
-
-    With `nb_alpha`, `model` (a `LinearSVC`) is fitted as NB-SVM (Wang & Manning 2012): for
-    each class, every feature is scaled by its log-count ratio (how much more often it occurs
-    in that class's texts than in the others', add-`nb_alpha` smoothed) and a binary SVM is
-    fitted on the scaled features. The ratio is then folded into the weights, so the result
-    is an ordinary fitted `LinearSVC` on the unscaled features: nothing new to unpickle.
-    """
+def fit_classifier(model: Any, features: Any, labels: Sequence[str]) -> list[str]:
+    """Fit `model` in place; return the warnings it raised (e.g. non-convergence)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if nb_alpha is None:
-            model.fit(features, list(labels))
-        else:
-            _fit_nbsvm(model, features, np.asarray(labels), nb_alpha)
+        model.fit(features, list(labels))
     return sorted({" ".join(str(w.message).split()) for w in caught})
-
-
-def _fit_nbsvm(model: Any, features: Any, labels: Any, alpha: float) -> None:
-    from sklearn.base import clone
-
-    classes = np.unique(labels)
-    # Binary data needs one problem (positive = the second class), as LinearSVC itself does.
-    positives = classes[1:] if classes.size == 2 else classes
-    present = features.copy()
-    present.data[:] = 1.0
-    coefs, intercepts, iterations = [], [], []
-    for positive in positives:
-        target = labels == positive
-        ratio = _log_count_ratio(present, target, alpha)
-        scaled = features.copy()
-        scaled.data *= ratio[scaled.indices].astype(scaled.dtype)
-        binary = clone(model).fit(scaled, target)
-        del scaled
-        coefs.append(binary.coef_[0] * ratio)
-        intercepts.append(binary.intercept_[0])
-        iterations.append(int(binary.n_iter_))
-    model.classes_ = classes
-    model.coef_ = np.vstack(coefs)
-    model.intercept_ = np.asarray(intercepts)
-    model.n_features_in_ = features.shape[1]
-    model.n_iter_ = max(iterations)
-
-
-def _log_count_ratio(present: Any, target: Any, alpha: float) -> Any:
-    """log((p / |p|) / (q / |q|)): p, q the smoothed counts of texts containing each feature
-    in the class and outside it."""
-    inside = np.asarray(present[target].sum(axis=0), dtype=np.float64).ravel() + alpha
-    outside = np.asarray(present[~target].sum(axis=0), dtype=np.float64).ravel() + alpha
-    return np.log(inside / inside.sum()) - np.log(outside / outside.sum())
 
 
 def evaluate(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict:
@@ -181,11 +119,7 @@ def top_features(model: Any, vectorizer: Any, count: int = 10) -> dict[str, list
     coef = getattr(model, "coef_", None)
     if coef is None:
         return {}
-    # FeatureUnion names columns "word__term" and "char__gram"; the card writes w: and c:.
-    names = [
-        name.replace("word__", "w:", 1).replace("char__", "c:", 1)
-        for name in vectorizer.get_feature_names_out()
-    ]
+    names = vectorizer.get_feature_names_out()
     classes = [str(c) for c in model.classes_]
     rows = coef if coef.shape[0] == len(classes) else np.vstack([-coef[0], coef[0]])
     out = {}

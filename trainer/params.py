@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-CLASSIFIERS = ("nbsvm", "linear_svc", "logistic_regression")
+CLASSIFIERS = ("linear_svc", "logistic_regression")
 HANDLE_MODES = ("placeholder", "strip", "keep")
 
 
@@ -47,10 +47,7 @@ class TrainParams:
     word_weight: float = 1.1
     char_weight: float = 1.0
     # Classifier.
-    # NB-SVM (a LinearSVC on log-count-ratio scaled features, shipped as a plain LinearSVC):
-    # chosen by 5-fold cross-validation inside the training rows of two airline splits,
-    # where it beat the plain LinearSVC by 0.002-0.005 macro-F1 (bench/README.md).
-    classifier: str = "nbsvm"
+    classifier: str = "linear_svc"
     C: float = 0.1
     class_weight: str | None = "balanced"
     max_iter: int = 5000

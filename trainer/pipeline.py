@@ -134,13 +134,12 @@ def train(
         with phase("libraries", "loading NLTK and scikit-learn"):
             # Imported only now: they take seconds to import, and the checks above should
             # fail fast without them.
-            from trainer.features import fit_vectorizer, normalizer_of
+            from trainer.features import fit_vectorizer
             from trainer.model import (
                 build_classifier,
                 build_vectorizer,
                 evaluate,
                 fit_classifier,
-                nb_alpha,
                 split,
                 top_features,
             )
@@ -162,8 +161,7 @@ def train(
             x_val = vectorizer.transform(val_texts)
         with phase("fit", "fitting classifier"):
             model = build_classifier(params)
-            train_labels = [ds.labels[i] for i in train_idx]
-            notices.extend(fit_classifier(model, x_train, train_labels, nb_alpha=nb_alpha(params)))
+            notices.extend(fit_classifier(model, x_train, [ds.labels[i] for i in train_idx]))
         with phase("evaluate", "evaluating"):
             predicted = [str(p) for p in model.predict(x_val)]
             labels = sorted(set(ds.labels))
@@ -178,11 +176,10 @@ def train(
                 # The held-out fit's matrices are dropped first: kept alive through the refit
                 # they raised the peak at 200k rows from 2.0 GB to 2.4 GB (measured).
                 del x_train, x_val
-                normalizer = normalizer_of(vectorizer)
-                vectorizer = build_vectorizer(params, stopwords, normalizer=normalizer)
+                vectorizer = build_vectorizer(params, stopwords, normalizer=vectorizer.normalizer)
                 x_all = fit_vectorizer(vectorizer, ds.texts, workers=workers)
                 model = build_classifier(params)
-                notices.extend(fit_classifier(model, x_all, ds.labels, nb_alpha=nb_alpha(params)))
+                notices.extend(fit_classifier(model, x_all, ds.labels))
                 shipped_rows = len(ds.texts)
                 del x_all
         timings["total_before_write"] = round(time.perf_counter() - started, 4)
@@ -259,8 +256,8 @@ def _rows(ds: Dataset, train: int, validation: int, shipped: int) -> dict[str, A
 
 
 def _feature_counts(vectorizer: Any) -> dict[str, int]:
-    sizes = {name: len(part.vocabulary_) for name, part in vectorizer.transformer_list}
-    word, char = sizes.get("word", 0), sizes.get("char", 0)
+    word = len(vectorizer.word_terms())
+    char = len(getattr(vectorizer, "char_index_", {}))
     return {"word": word, "char": char, "total": word + char}
 
 

@@ -1,7 +1,7 @@
 """trainhook_runtime: what a model trained by trainhook needs at serving time.
 
-The tokenizer and analyzer callables the pickled `vectorizer.joblib` (scikit-learn
-`TfidfVectorizer`s in a `FeatureUnion`) references (`trainhook_runtime.text`) and the model
+The normaliser and vectorizer classes the pickled `vectorizer.joblib` references
+(`trainhook_runtime.text`), the sparse TF-IDF arithmetic they use (`.tfidf`) and the model
 manifest with its version checks (`.loading`, `.versions`). It depends only on numpy, scipy,
 scikit-learn and nltk (joblib comes with scikit-learn), imports nothing of trainhook, and is
 named so that no user's package shadows it or is shadowed by it: builders ship it beside the
@@ -28,7 +28,7 @@ _EXPORTS = {
     "check_manifest": "trainhook_runtime.loading",
     "MANIFEST": "trainhook_runtime.loading",
     "TweetNormalizer": "trainhook_runtime.text",
-    "CharNgrams": "trainhook_runtime.text",
+    "TweetVectorizer": "trainhook_runtime.text",
 }
 
 __all__ = ["RUNTIME_VERSION", "IncompatibleModel", *_EXPORTS]

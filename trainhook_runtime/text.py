@@ -1,14 +1,16 @@
-"""Tweet normalisation and character n-grams: the callables a served vectorizer unpickles.
+"""Tweet normalisation and TF-IDF features: the classes a served model unpickles.
 
-The fitted vectorizer is scikit-learn's own: a `FeatureUnion` of two `TfidfVectorizer`s,
-word 1-2 grams with `TweetNormalizer` as the tokenizer and character 2-5 grams with
-`CharNgrams` as the analyzer. Both callables are top-level classes of this module, which
-imports only the standard library, NLTK and this package, so unpickling stays light.
+The fitted `TweetVectorizer` is pickled with joblib and unpickled by the serving app, so every
+object it references is a top-level class of this module, and this module imports only the
+standard library, NLTK and this package when it is imported (numpy and scipy are imported
+when features are computed, in trainhook_runtime.tfidf). Fitting lives in the trainer
+(trainer.features), which a served image never needs.
 
 Work is memoised per distinct whitespace-separated chunk of text: a chunk is tokenised
-(TweetTokenizer), normalised and stemmed once, and its character n-grams are generated once.
-(Tokenising per chunk differs from tokenising the whole text only for the rare token that
-spans whitespace, such as ". . .", and is the same at training and serving time.)
+(TweetTokenizer), normalised and stemmed once, and its character n-grams are generated once;
+documents are then assembled from their chunks with sparse matrix products. (Tokenising per
+chunk differs from tokenising the whole text only for the rare token that spans whitespace,
+such as ". . .", and is the same at training and serving time.)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ _ELONGATED = re.compile(r"(.)\1{2,}")
 # Caches are cleared when they reach this many entries, so a long-running API cannot grow
 # without bound; outputs never depend on the cache state.
 CACHE_LIMIT = 500_000
+_SEP = "\n"  # never inside a token or n-gram: both come from whitespace-split text
 
 
 class TweetNormalizer:
@@ -71,18 +74,14 @@ class TweetNormalizer:
 
     def __getstate__(self) -> dict[str, Any]:
         # The caches are rebuilt on demand; pickling them would bloat the artifact.
-        # runtime_version is checked on load, so that a pickle from an incompatible runtime
-        # fails with both versions named instead of an AttributeError deep in transform.
         return {
             "lowercase": self.lowercase,
             "handles": self.handles,
             "stem": self.stem,
             "stopwords": sorted(self.stopwords),
-            "runtime_version": RUNTIME_VERSION,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        check_runtime_version(str(state.get("runtime_version", "0")), "vectorizer.joblib")
         self.lowercase = state["lowercase"]
         self.handles = state["handles"]
         self.stem = state["stem"]
@@ -104,10 +103,6 @@ class TweetNormalizer:
                 self._chunks.clear()
             tokens = self._chunks[chunk] = self._normalise_chunk(chunk)
         return tokens
-
-    def unseen(self, chunks: Iterable[str]) -> list[str]:
-        """The chunks of `chunks` whose tokens are not cached yet."""
-        return [chunk for chunk in chunks if chunk not in self._chunks]
 
     def prime(self, chunks: Sequence[str], tokens: Sequence[tuple[str, ...]]) -> None:
         """Fill the chunk cache with results computed elsewhere (e.g. in worker processes)."""
@@ -152,54 +147,105 @@ class TweetNormalizer:
         return "#" + word if hashtag else word
 
 
-def char_wb_ngrams(chunk: str, low: int, high: int) -> list[str]:
-    """Character n-grams of one word padded with spaces, as scikit-learn's `char_wb` makes them."""
-    padded = f" {chunk} "
-    size = len(padded)
-    grams = []
-    for n in range(low, high + 1):
-        if size <= n:
-            # A word shorter than n contributes itself once, and longer n add nothing new.
-            grams.append(padded)
-            break
-        grams += [padded[i : i + n] for i in range(size - n + 1)]
-    return grams
+class TweetVectorizer:
+    """TF-IDF features: word n-grams of normalised tokens plus character n-grams of words.
 
-
-class CharNgrams:
-    """Analyzer for `TfidfVectorizer(analyzer=...)`: scikit-learn's `char_wb` n-grams of the
-    lowercased text, generated once per distinct word.
-
-    The n-grams are exactly those of `analyzer="char_wb"` (tested); scikit-learn makes them
-    again for every occurrence of a word, which made its character block the slowest part of
-    a training run (the airline tweets have 14k texts but only ~20k distinct words).
+    Each block uses sublinear term frequency (optional), smoothed idf, a minimum document
+    frequency and L2 row normalisation; the blocks are scaled by their weights and
+    concatenated. `transform(texts)` returns a scipy CSR matrix with one row per text.
     """
 
-    def __init__(self, low: int = 2, high: int = 5) -> None:
-        if not 1 <= low <= high:
-            raise ValueError("CharNgrams needs 1 <= low <= high")
-        self.low = low
-        self.high = high
-        self._cache: dict[str, list[str]] = {}
+    # Fitted state, set by the trainer (trainer.features.fit_vectorizer); arrays are numpy
+    # int64/float64.
+    token_index_: dict[str, int]
+    unigram_columns_: Any
+    bigram_codes_: Any
+    bigram_columns_: Any
+    word_idf_: Any
+    char_index_: dict[str, int]
+    char_idf_: Any
+
+    def __init__(
+        self,
+        normalizer: TweetNormalizer,
+        *,
+        word_ngram_range: tuple[int, int] = (1, 2),
+        char_ngram_range: tuple[int, int] | None = (2, 5),
+        min_df: int = 2,
+        sublinear_tf: bool = True,
+        word_weight: float = 1.0,
+        char_weight: float = 1.0,
+    ) -> None:
+        low, high = word_ngram_range
+        if not 1 <= low <= high <= 2:
+            raise ValueError("word_ngram_range must be (1, 1), (1, 2) or (2, 2)")
+        if char_ngram_range is not None and not 1 <= char_ngram_range[0] <= char_ngram_range[1]:
+            raise ValueError("char_ngram_range must be (low, high) with 1 <= low <= high")
+        self.normalizer = normalizer
+        self.word_ngram_range = (low, high)
+        self.char_ngram_range = None if char_ngram_range is None else tuple(char_ngram_range)
+        self.min_df = min_df
+        self.sublinear_tf = sublinear_tf
+        self.word_weight = word_weight
+        self.char_weight = char_weight
+        self._char_cache: dict[str, list[int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"low": self.low, "high": self.high, "runtime_version": RUNTIME_VERSION}
+        # joblib pickles dicts entry by entry in Python (seconds for 100k n-grams); one
+        # joined string per vocabulary pickles in milliseconds and is rebuilt on load.
+        state = dict(self.__dict__)
+        state["_char_cache"] = {}
+        # Checked on load, so that a pickle from an incompatible runtime fails with both
+        # versions named instead of an AttributeError deep in transform.
+        state["runtime_version"] = RUNTIME_VERSION
+        for name in ("token_index_", "char_index_"):
+            vocab = state.get(name)
+            if vocab is not None and not any(_SEP in term for term in vocab):
+                state[name] = _SEP.join(vocab)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        check_runtime_version(str(state.get("runtime_version", "0")), "vectorizer.joblib")
-        self.low = state["low"]
-        self.high = state["high"]
-        self._cache = {}
+        check_runtime_version(str(state.pop("runtime_version", "0")), "vectorizer.joblib")
+        for name in ("token_index_", "char_index_"):
+            vocab = state.get(name)
+            if isinstance(vocab, str):
+                terms = vocab.split(_SEP) if vocab else []
+                state[name] = {term: i for i, term in enumerate(terms)}
+        self.__dict__.update(state)
 
-    def __call__(self, text: str) -> list[str]:
-        """Return the character n-grams of `text` (lowercased), word by word."""
-        out: list[str] = []
-        cache = self._cache
-        for chunk in text.lower().split():
-            grams = cache.get(chunk)
-            if grams is None:
-                if len(cache) >= CACHE_LIMIT:
-                    cache.clear()
-                grams = cache[chunk] = char_wb_ngrams(chunk, self.low, self.high)
-            out += grams
-        return out
+    def transform(self, texts: Sequence[str]) -> Any:
+        """Return the TF-IDF matrix (scipy CSR, one row per text) of `texts`.
+
+        Raises RuntimeError if the vectorizer has not been fitted.
+        """
+        from trainhook_runtime import tfidf
+
+        if not hasattr(self, "word_idf_"):
+            raise RuntimeError("TweetVectorizer is not fitted")
+        texts = list(texts)
+        counts = tfidf.word_counts(self, texts)
+        blocks = [tfidf.weighted(counts, self.word_idf_, self.word_weight, self.sublinear_tf)]
+        if self.char_ngram_range is not None:
+            counts = tfidf.char_counts(self, texts, self._char_cache, CACHE_LIMIT)
+            blocks.append(
+                tfidf.weighted(counts, self.char_idf_, self.char_weight, self.sublinear_tf)
+            )
+        return tfidf.hstack(blocks)
+
+    def word_terms(self) -> list[str]:
+        """The word n-gram of each word feature column, in column order."""
+        tokens = list(self.token_index_)
+        names = [""] * (int((self.unigram_columns_ >= 0).sum()) + len(self.bigram_codes_))
+        for token_id, column in enumerate(self.unigram_columns_.tolist()):
+            if column >= 0:
+                names[column] = tokens[token_id]
+        width = len(tokens)
+        for code, column in zip(self.bigram_codes_.tolist(), self.bigram_columns_, strict=True):
+            names[column] = f"{tokens[code // width]} {tokens[code % width]}"
+        return names
+
+    def get_feature_names_out(self) -> list[str]:
+        """Names of the feature columns in order: `w:` word n-grams, then `c:` char n-grams."""
+        names = ["w:" + term for term in self.word_terms()]
+        names.extend("c:" + gram for gram in getattr(self, "char_index_", {}))
+        return names

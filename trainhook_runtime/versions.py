@@ -5,10 +5,9 @@ Standard library only: it is imported while a vectorizer is unpickled.
 
 from __future__ import annotations
 
-# The package version. Its major number changes whenever a pickled vectorizer or the
+# The package version. Its major number changes whenever a pickled TweetVectorizer or the
 # manifest stops loading in the previous release; a model loads only with the same major.
-# 2: the vectorizer became scikit-learn's TfidfVectorizers with this package's callables.
-RUNTIME_VERSION = "2.0.0"
+RUNTIME_VERSION = "1.0.0"
 # The manifest's own format (model_manifest.json "format").
 MANIFEST_FORMAT = 1
 

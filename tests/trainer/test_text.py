@@ -1,4 +1,4 @@
-"""Tweet normalisation, character n-grams and the vectorizer the deployed model unpickles."""
+"""Tweet normalisation and the TF-IDF vectorizer the deployed model unpickles."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import ast
 import pickle
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +16,8 @@ from sklearn.feature_extraction.text import CountVectorizer
 
 from trainer import features
 from trainer.data import read_dataset
-from trainhook_runtime.text import CharNgrams, TweetNormalizer
+from trainhook_runtime.text import CACHE_LIMIT, TweetNormalizer, TweetVectorizer
+from trainhook_runtime.tfidf import char_counts, word_counts
 
 TWEETS = [
     "@United thanks!!! the crew was sooooo nice :) http://t.co/abc #happy",
@@ -86,7 +86,7 @@ def test_normalizer_pickles_its_settings_but_not_its_caches() -> None:
     normalizer(" ".join(f"word{i}" for i in range(1000)))
     blob = pickle.dumps(normalizer)
     restored = pickle.loads(blob)
-    assert len(blob) < 600 and restored._chunks == {} and restored._tokens == {}
+    assert len(blob) < 500 and restored._chunks == {} and restored._tokens == {}
     assert restored("@A a b") == normalizer("@A a b") == ["@a", "b"]
 
 
@@ -106,43 +106,47 @@ def corpus(sample_csv: Path) -> list[str]:
     return read_dataset(sample_csv).texts + TWEETS
 
 
-def fitted(texts: list[str], **kwargs: object) -> Any:
-    vec = features.make_vectorizer(TweetNormalizer(), **kwargs)  # type: ignore[arg-type]
+def fitted(texts: list[str], **kwargs: object) -> TweetVectorizer:
+    vec = TweetVectorizer(TweetNormalizer(), **kwargs)  # type: ignore[arg-type]
     features.fit_vectorizer(vec, texts)
     return vec
 
 
-def test_char_ngrams_are_scikit_learns_char_wb(corpus: list[str]) -> None:
-    sk = CountVectorizer(analyzer="char_wb", ngram_range=(2, 5)).build_analyzer()
-    ours = CharNgrams(2, 5)
-    assert all(ours(text) == sk(text) for text in corpus)
-    assert ours("a") == sk("a") and ours("") == []
+def test_char_counts_equal_scikit_learns_char_wb(corpus: list[str]) -> None:
+    vec = fitted(corpus, char_ngram_range=(2, 5), min_df=2)
+    sk = CountVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2).fit(corpus)
+    assert set(vec.char_index_) == set(sk.vocabulary_)
+    order = [sk.vocabulary_[g] for g in vec.char_index_]
+    ours = char_counts(vec, TWEETS, {}, CACHE_LIMIT)
+    assert abs(ours - sk.transform(TWEETS)[:, order]).max() == 0
 
 
-def test_word_features_are_the_ngrams_of_the_normalised_tokens(corpus: list[str]) -> None:
+def test_word_counts_equal_scikit_learns_ngrams_of_the_tokens(corpus: list[str]) -> None:
     vec = fitted(corpus, min_df=2)
-    joined = [" ".join(TweetNormalizer()(t)) for t in corpus]
+    joined = [" ".join(vec.normalizer(t)) for t in corpus]
     sk = CountVectorizer(token_pattern=r"\S+", lowercase=False, ngram_range=(1, 2), min_df=2)
-    assert set(vec.transformer_list[0][1].vocabulary_) == set(sk.fit(joined).vocabulary_)
+    sk.fit(joined)
+    assert set(vec.word_terms()) == set(sk.vocabulary_)
+    order = [sk.vocabulary_[t] for t in vec.word_terms()]
+    expected = sk.transform([" ".join(vec.normalizer(t)) for t in TWEETS])[:, order]
+    assert abs(word_counts(vec, TWEETS) - expected).max() == 0
 
 
 def test_fit_transform_equals_transform_of_the_training_texts(corpus: list[str]) -> None:
-    vec = features.make_vectorizer(TweetNormalizer(), word_weight=1.5)
+    vec = TweetVectorizer(TweetNormalizer(), word_weight=1.5)
     fitted_rows = features.fit_vectorizer(vec, corpus)
-    assert fitted_rows.dtype == np.float32
-    assert abs(fitted_rows - vec.transform(corpus)).max() < 1e-6
+    assert abs(fitted_rows - vec.transform(corpus)).max() < 1e-12
     norms = np.sqrt(np.asarray(fitted_rows.multiply(fitted_rows).sum(axis=1))).ravel()
     assert np.allclose(norms, np.sqrt(1.5**2 + 1.0))  # two L2-normalised, weighted blocks
 
 
 def test_parallel_fit_equals_serial_fit(corpus: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(features, "PARALLEL_MIN_CHUNKS", 0)
-    serial = features.make_vectorizer(TweetNormalizer())
-    parallel = features.make_vectorizer(TweetNormalizer())
+    serial = TweetVectorizer(TweetNormalizer())
+    parallel = TweetVectorizer(TweetNormalizer())
     a = features.fit_vectorizer(serial, corpus, workers=1)
     b = features.fit_vectorizer(parallel, corpus, workers=2, pretokenise=TWEETS)
-    assert abs(a - b).max() == 0
-    assert list(serial.get_feature_names_out()) == list(parallel.get_feature_names_out())
+    assert abs(a - b).max() == 0 and serial.word_terms() == parallel.word_terms()
 
 
 def test_unseen_words_and_empty_texts_transform_to_valid_rows(corpus: list[str]) -> None:
@@ -152,15 +156,22 @@ def test_unseen_words_and_empty_texts_transform_to_valid_rows(corpus: list[str])
     assert rows[0].nnz == 0 and rows[2].nnz > 0
 
 
-def test_vectorizer_survives_pickling_without_caches(corpus: list[str]) -> None:
+def test_vectorizer_survives_pickling_compactly(corpus: list[str]) -> None:
     vec = fitted(corpus)
     vec.transform(TWEETS)  # fills caches, which must not be pickled
-    restored = pickle.loads(pickle.dumps(vec))
-    word, char = (part for _, part in restored.transformer_list)
-    assert word.tokenizer._chunks == {} and char.analyzer._cache == {}
+    blob = pickle.dumps(vec)
+    restored = pickle.loads(blob)
+    assert restored._char_cache == {} and restored.normalizer._chunks == {}
     assert abs(restored.transform(TWEETS) - vec.transform(TWEETS)).max() == 0
+    assert restored.get_feature_names_out() == vec.get_feature_names_out()
+    assert restored.token_index_ == vec.token_index_
 
 
 def test_word_only_features_when_char_ngrams_are_off(corpus: list[str]) -> None:
     vec = fitted(corpus, char_ngram_range=None)
-    assert all(name.startswith("word__") for name in vec.get_feature_names_out())
+    assert all(name.startswith("w:") for name in vec.get_feature_names_out())
+
+
+def test_an_unfitted_vectorizer_refuses_to_transform() -> None:
+    with pytest.raises(RuntimeError, match="not fitted"):
+        TweetVectorizer(TweetNormalizer()).transform(["x"])
