@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import secrets
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from service.background import BackgroundSender
 from service.details import commit_url
 from service.forges.api import DEFAULT_RETRY, retry_delay
 from trainhook.builds import STAGES
@@ -326,8 +326,10 @@ def send(
         raise SendError(f"HTTP {response.status_code}", retry_delay(response))
 
 
-class Notifier:
+class Notifier(BackgroundSender):
     """Sends build notifications; `tick()` once, or `start()` a thread doing it."""
+
+    name = "notifier"
 
     def __init__(
         self,
@@ -354,8 +356,7 @@ class Notifier:
         self._transport = transport
         self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.floor: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        BackgroundSender.__init__(self)
 
     @property
     def enabled(self) -> bool:
@@ -367,30 +368,9 @@ class Notifier:
             self._transport = httpx.HTTPTransport()
         return self._transport
 
-    def start(self) -> Notifier:
-        if self.enabled and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+    def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                self.tick()
-                failures = 0
-            except Exception as exc:  # the database is down: keep trying, quietly
-                failures += 1
-                log.warning("notifier: tick failed (%s)", type(exc).__name__)
-            self._stop.wait(min(self.interval * 2**failures, 60.0))
 
     def _watched(self) -> sa.ColumnElement[bool]:
         return sa.or_(

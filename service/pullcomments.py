@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from service.background import BackgroundSender
 from service.forges import ApiError, ForgeApi
 from service.forges.api import client
 from service.forges.registry import connect
@@ -137,8 +137,10 @@ def comment_body(build: dict[str, Any], result: TrainResult | None, public_url: 
     return "\n".join(lines) + "\n"
 
 
-class PullCommenter:
+class PullCommenter(BackgroundSender):
     """Keeps one comment per request up to date; `tick()` once, or `start()` a thread."""
+
+    name = "pull request comments"
 
     def __init__(
         self,
@@ -158,8 +160,7 @@ class PullCommenter:
         self._http = http
         self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.floor: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        BackgroundSender.__init__(self)
 
     @property
     def enabled(self) -> bool:
@@ -171,30 +172,9 @@ class PullCommenter:
             self._http = client()
         return self._http
 
-    def start(self) -> PullCommenter:
-        if self.enabled and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="pull-comments", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+    def close(self) -> None:
         if self._http is not None:
             self._http.close()
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                self.tick()
-                failures = 0
-            except Exception as exc:  # the database is down: keep trying, quietly
-                failures += 1
-                log.warning("pull request comments: tick failed (%s)", type(exc).__name__)
-            self._stop.wait(min(self.interval * 2**failures, 60.0))
 
     def _join(self) -> Any:
         return builds.outerjoin(

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -36,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from service.background import BackgroundSender
 from service.forges import ApiError, ForgeApi
 from service.forges.api import client
 from service.forges.registry import connect
@@ -59,8 +59,10 @@ def backoff(attempt: int) -> float:
     return float(min(600, 5 * 2 ** max(0, attempt - 1)))
 
 
-class StatusReporter:
+class StatusReporter(BackgroundSender):
     """Reports build statuses to forges; `tick()` once, or `start()` a thread doing it."""
+
+    name = "status reporter"
 
     def __init__(
         self,
@@ -85,8 +87,7 @@ class StatusReporter:
         self._http = http
         self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.floor: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        BackgroundSender.__init__(self)
 
     @property
     def enabled(self) -> bool:
@@ -98,30 +99,9 @@ class StatusReporter:
             self._http = client()
         return self._http
 
-    def start(self) -> StatusReporter:
-        if self.enabled and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="status-reporter", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+    def close(self) -> None:
         if self._http is not None:
             self._http.close()
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                self.tick()
-                failures = 0
-            except Exception as exc:  # the database is down: keep trying, quietly
-                failures += 1
-                log.warning("status reporter: tick failed (%s)", type(exc).__name__)
-            self._stop.wait(min(self.interval * 2**failures, 60.0))
 
     def _watched(self) -> sa.ColumnElement[bool]:
         return sa.or_(*(sa.and_(builds.c.provider == p, builds.c.repo == r) for p, r in self.apis))
