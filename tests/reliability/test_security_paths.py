@@ -8,7 +8,9 @@ the watched paths is recorded while the build runs."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
 import sys
 import threading
 import time
@@ -254,24 +256,62 @@ def test_the_audit_hook_sees_an_open_of_a_watched_file(tmp_path: Path, opened: l
 
 
 LINGER = """
-import subprocess, sys
+import os, subprocess, sys
 # Started in the background: it would rewrite the data (here: leave a marker) after the
-# tests are over, while the hash and train stages read the checkout.
-subprocess.Popen(["sh", "-c", "sleep 0.4; touch " + sys.argv[1]])
+# tests are over, while the hash and train stages read the checkout. The tests end only once
+# it holds its lock, so that the lock's release is the proof that it is gone.
+ready, told = os.pipe()
+subprocess.Popen([sys.executable, "background.py", *sys.argv[1:], str(told)], pass_fds=(told,))
+os.close(told)
+assert os.read(ready, 1) == b"x"
 print("tests passed")
 """
+
+BACKGROUND = """
+import fcntl, os, sys, time
+lock_path, marker, told = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lock = open(lock_path, "w")
+fcntl.flock(lock, fcntl.LOCK_EX)  # held until this process ends
+lock.write(str(os.getpid()))
+lock.flush()
+os.write(told, b"x")
+time.sleep(60)
+open(marker, "w").close()
+"""
+
+
+def released_within(lock_path: Path, timeout: float) -> bool:
+    """Whether the lock at `lock_path` is free within `timeout` s: its holder has ended."""
+    deadline = time.monotonic() + timeout
+    with lock_path.open() as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.02)
 
 
 def test_nothing_the_tests_started_outlives_the_test_stage(
     tmp_path: Path, origin, make_settings, sqlite_url, sqlite_engine
 ):
-    marker = tmp_path / "still-running"
-    sha = origin.commit({"data/train.csv": DATA, "linger.py": LINGER})
+    marker, lock = tmp_path / "still-running", tmp_path / "background.lock"
+    sha = origin.commit({"data/train.csv": DATA, "linger.py": LINGER, "background.py": BACKGROUND})
     settings = make_settings(
-        sqlite_url, clone_url=origin.url, extra=f'test_command = "python linger.py {marker}"'
+        sqlite_url,
+        clone_url=origin.url,
+        # Unsandboxed, the weakest setting (and the lock and marker are reachable): the end
+        # of the stage's process group, not the sandbox, is what protects here.
+        extra=f'test_command = "python linger.py {lock} {marker}"\nsandbox = false',
     )
     build_id = run_build(settings, sqlite_engine, sha)
 
     assert stage_map(sqlite_engine, build_id)["test"]["status"] == "succeeded"
-    time.sleep(1.0)  # well past the background process's 0.4 s
+    assert lock.exists()  # the background process did start, and took its lock
+    # It holds the lock for a minute if it lives: the lock comes free only when it is killed.
+    if not released_within(lock, timeout=10):
+        os.kill(int(lock.read_text()), signal.SIGKILL)
+        pytest.fail("a process the tests started outlived the test stage")
     assert not marker.exists()
