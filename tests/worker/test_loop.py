@@ -297,13 +297,23 @@ def test_burst_drains_the_queue_then_returns(runtime: Runtime, engine):
     assert {build_view(engine, i)["status"] for i in ids} == {"succeeded"}
 
 
-def test_worker_waits_for_new_jobs_until_stopped(runtime: Runtime, engine):
-    stop = threading.Event()
+def test_worker_waits_for_new_jobs_until_stopped(
+    runtime: Runtime, engine, monkeypatch: pytest.MonkeyPatch
+):
+    stop, idle = threading.Event(), threading.Event()
+    queue_wait = runtime.queue.wait
+
+    def waiting(timeout: float) -> None:
+        idle.set()  # the worker found the queue empty and waits instead of returning
+        queue_wait(timeout)
+
+    monkeypatch.setattr(runtime.queue, "wait", waiting)
     worker = Worker(runtime, pipeline=toy_pipeline())
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
     try:
-        time.sleep(0.2)
+        assert idle.wait(10), "the worker never waited on the empty queue"
+        assert thread.is_alive()
         build_id = new_build(engine)
         runtime.queue.notify([build_id])
         deadline = time.monotonic() + 10
