@@ -109,7 +109,9 @@ class StatusWatcher:
 
 @pytest.mark.postgres
 def test_database_restarted_mid_job_the_job_finishes_once_and_the_worker_survives(
-    own_pg: PostgresServer, make_settings: Callable[..., Settings]
+    own_pg: PostgresServer,
+    make_settings: Callable[..., Settings],
+    caplog: pytest.LogCaptureFixture,
 ):
     url = own_pg.url("trainhook") + "?connect_timeout=2"
     engine = make_engine(url)
@@ -134,7 +136,13 @@ def test_database_restarted_mid_job_the_job_finishes_once_and_the_worker_survive
         assert in_train.wait(10)
         own_pg.stop("immediate")  # every connection dies, mid-transaction for some
         down.set()
-        time.sleep(1.0)  # the worker fails to record, to settle, then to claim
+        # The worker fails to record, to settle, then to claim: it is back at its loop,
+        # retrying, before the database returns.
+        wait_until(
+            lambda: any("claim failed" in r.getMessage() for r in caplog.records),
+            30,
+            "the worker retrying its claim during the outage",
+        )
         own_pg.resume()
         wait_until(lambda: status_of(engine, first) == "succeeded", 30, "first build done")
         second = new_build(engine, sha="b" * 40)  # the same worker goes on
