@@ -15,6 +15,7 @@ from service.headers import SecurityHeaders, server_error
 from service.notifications import Notifier
 from service.pullcomments import PullCommenter
 from service.reconcile import Reconciler
+from service.scheduler import Scheduler
 from service.statusreporter import StatusReporter
 from service.tracing import TraceContext
 from service.writer import DeliveryWriter
@@ -33,6 +34,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     notifier = Notifier(runtime.settings, runtime.engine).start()
     # The comment on each pull/merge request, kept up to date the same way.
     commenter = PullCommenter(runtime.settings, runtime.engine).start()
+    # Repositories' `schedule` ticks, each fired by exactly one replica.
+    scheduler = Scheduler(runtime.settings, runtime.engine, runtime.queue.notify).start()
     async with dashboard.lifespan(app):
         try:
             yield
@@ -42,6 +45,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             reconciler.stop()
             notifier.stop()
             commenter.stop()
+            scheduler.stop()
 
 
 def trace_project(settings: Settings) -> str | None:

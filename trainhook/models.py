@@ -256,3 +256,17 @@ pull_comments = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("provider", "repo", "ref"),
 )
+
+# One row per (repository, schedule tick) that fired (trainhook/schedules.py): inserting it is
+# the claim, so of several service replicas exactly one queues the tick's build.
+schedule_runs = sa.Table(
+    "schedule_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("repo", sa.String(255), nullable=False),
+    sa.Column("tick", UTCDateTime, nullable=False),
+    sa.Column("build_id", sa.Integer, nullable=True),  # no FK: a marker
+    sa.Column("fired_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("provider", "repo", "tick"),
+)

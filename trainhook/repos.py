@@ -12,6 +12,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 from urllib.parse import urlparse
 
+from croniter import croniter
+
 from trainhook.configcheck import Problems, shown
 from trainhook.deployconfig import (
     DeployConfig,
@@ -87,6 +89,17 @@ class RepoConfig:
     # Pull/merge requests into a configured branch build up to `train` (never deployed):
     # one of PULL_REQUESTS.
     pull_requests: str = "same-repo"
+    # A cron expression (UTC): each tick queues a build of `schedule_branch` (default: the
+    # first of `branches`) that builds only when the model key changed, unless
+    # `schedule_force` (trainhook/schedules.py).
+    schedule: str | None = None
+    schedule_branch: str | None = None
+    schedule_force: bool = False
+
+    @property
+    def scheduled_branch(self) -> str:
+        """The branch a scheduled build builds."""
+        return self.schedule_branch or self.branches[0]
 
     def wants_branch(self, branch: str) -> bool:
         """True when a push to `branch` should build (glob patterns, as in the file)."""
@@ -144,6 +157,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "sandbox_limits": (dict,),
     "notify": (list,),
     "pull_requests": (str,),
+    "schedule": (str,),
+    "schedule_branch": (str,),
+    "schedule_force": (bool,),
 }
 _LISTS = ("branches", "tags", "data", "paths", "paths_ignore")
 _REQUIRED = {
@@ -235,6 +251,37 @@ def _check_pull_requests(path: Path, repo: str, table: dict[str, Any]) -> None:
             repo,
             "key 'pull_requests': \"all\" builds forks' code, which must run sandboxed: "
             'it is refused with sandbox = false (use "same-repo", or the sandbox)',
+        )
+
+
+def _schedule_problems(path: Path, repo: str, table: dict[str, Any], problems: Problems) -> None:
+    cron = table.get("schedule")
+    five = cron is not None and (len(cron.split()) == 5 or cron.startswith("@"))
+    if cron is not None and not (five and croniter.is_valid(cron)):
+        problems.add(
+            str(
+                _fail(
+                    path,
+                    repo,
+                    f"key 'schedule': {cron!r} is not a cron expression (expected five fields, "
+                    'minute hour day-of-month month day-of-week, in UTC: "0 3 * * *")',
+                )
+            )
+        )
+    branch = table.get("schedule_branch", (table.get("branches") or ["main"])[0])
+    key = "schedule_branch" if "schedule_branch" in table else "branches"
+    if (cron is not None or "schedule_branch" in table) and (
+        not branch or any(c in branch for c in "*?[]") or branch.startswith("refs/")
+    ):
+        problems.add(
+            str(
+                _fail(
+                    path,
+                    repo,
+                    f"key {key!r}: {branch!r} is not a branch a schedule can build (expected "
+                    "a branch name, no glob; set schedule_branch)",
+                )
+            )
         )
 
 
@@ -336,6 +383,7 @@ def check_repo(
     with problems.check():
         _check_pull_requests(path, label, table)
     _forge_problems(path, label, table, problems)
+    _schedule_problems(path, label, table, problems)
     group = table.get("cache_group")
     if group is not None and not CACHE_GROUP_RE.fullmatch(group):
         problems.add(

@@ -27,6 +27,7 @@ class BuildInfo:
     sha: str
     status: str
     force: bool
+    trigger: str = "push"
 
     @property
     def short_sha(self) -> str:
@@ -43,6 +44,7 @@ class BuildInfo:
                 builds.c.sha,
                 builds.c.status,
                 builds.c.force,
+                builds.c.trigger,
             ).where(builds.c.id == build_id)
         ).first()
         if row is None:
@@ -55,6 +57,7 @@ class BuildInfo:
             sha=row.sha,
             status=row.status,
             force=bool(row.force),
+            trigger=row.trigger,
         )
 
 

@@ -30,9 +30,10 @@ import trainer
 from trainer.nltkdata import NLTK_PACKAGES, nltk_cache_key_material, nltk_version
 from trainer.params import ParamsError, TrainParams
 from trainhook.artifacts import ArtifactStore, open_store
-from trainhook.builds import set_cache_key
+from trainhook.builds import STAGES, mark_finished, set_cache_key
 from trainhook.gcs import make_gcs_client
 from trainhook.repos import RepoConfig
+from trainhook.schedules import deployed_model_key
 from worker.context import BuildContext
 from worker.git import redact
 from worker.hash.decision import (
@@ -371,6 +372,26 @@ def record_deps(ctx: BuildContext, decision: CacheDecision) -> None:
     level.entry = entry
 
 
+def end_if_unchanged(ctx: BuildContext, model: str) -> str | None:
+    """End a scheduled build `superseded` when its model key is the one the branch's deployed
+    build has (no new data, nothing new to train or deploy), unless the repository says
+    `schedule_force` (or the build is forced); returns the reason, or None."""
+    b = ctx.build
+    if b.trigger != "schedule" or b.force or ctx.repo.schedule_force:
+        return None
+    with ctx.engine.begin() as conn:
+        deployed = deployed_model_key(conn, b.provider, b.repo, b.ref, other_than=b.id)
+        if deployed is None or deployed[1] != model:
+            return None
+        reason = f"model key unchanged since build #{deployed[0]}"
+        if not mark_finished(conn, b.id, "superseded", error=reason):
+            return None  # ended meanwhile: the worker stops at the next boundary
+    for stage in ctx.recorder.stages:
+        if STAGES.index(stage) > STAGES.index("hash") and stage not in ctx.recorder.done:
+            ctx.recorder.skip(stage, reason)
+    return reason
+
+
 def make_hash_stage(
     store: ArtifactStore | None = None,
     gcs_client: Client | None = None,
@@ -402,6 +423,7 @@ def make_hash_stage(
         ctx.data, ctx.keys, ctx.cache = decision.data, decision.keys, decision
         with ctx.engine.begin() as conn:
             set_cache_key(conn, ctx.build.id, decision.keys.model)
+        unchanged = end_if_unchanged(ctx, decision.keys.model)
         previous = previous_inputs(ctx.engine, ctx.build)
         explain(decision, previous, ref=ctx.build.ref)
         record_deps(ctx, decision)
@@ -410,6 +432,8 @@ def make_hash_stage(
         ctx.log("hash", log_text(decision))
         # The data first: the dashboard reads the first "data <path>" as the data file.
         data = data_line(decision.data, decision.configured)
+        if unchanged:
+            return Outcome(detail=f"{data} · {unchanged}")
         return Outcome(detail=f"{data} · {decision.summary()}")
 
     return hash_stage
