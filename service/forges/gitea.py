@@ -19,7 +19,6 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, quote
 
 import httpx
 
@@ -32,23 +31,26 @@ from service.forges import (
     Push,
     Report,
     Unauthorized,
-    comment_id,
     content_type,
     header,
     is_sha,
     is_zero,
-    json_object,
-    marked,
     optional,
-    pull_number,
-    pull_sha,
     require,
     text,
 )
-from service.forges.api import owner_repo_path, request
+from service.forges.api import owner_repo_path
+from service.forges.common import (
+    FORM,
+    IssueComments,
+    counts_every_commit,
+    form_payload,
+    json_or_form,
+    listed_commit,
+    pull_request,
+)
 from service.forges.statuses import CONTEXT, post
 
-FORM = "application/x-www-form-urlencoded"
 STATES = {"queued": "pending", "running": "pending", "succeeded": "success",
           "failed": "failure", "cancelled": "warning", "superseded": "warning",
           "ignored": "success"}  # fmt: skip
@@ -66,26 +68,14 @@ def signature(secret: str, content: bytes) -> str:
     return hmac.digest(secret.encode(), content, "sha256").hex()
 
 
-def _form_payload(body: bytes) -> str:
-    """The one `payload` field of a form body; raises BadRequest otherwise."""
-    try:
-        form = parse_qs(body.decode("ascii"), strict_parsing=True)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("form body is not valid url-encoding") from None
-    values = form.get("payload")
-    if not values or len(values) != 1:
-        raise BadRequest("form body must carry exactly one 'payload' field")
-    return values[0]
-
-
 def _signed_content(headers: Mapping[str, str], body: bytes) -> bytes:
     """The bytes Gitea signed: the body, or for a form body the JSON in its `payload` field."""
     if content_type(headers) == FORM:
-        return _form_payload(body).encode("utf-8")
+        return form_payload(body).encode("utf-8")
     return body
 
 
-class Gitea(NoRedelivery):
+class Gitea(IssueComments, NoRedelivery):
     """The Gitea adapter (https://docs.gitea.com/usage/webhooks); `Gitea("forgejo")` for Forgejo.
 
     `name` is both the route (`/webhooks/<name>`) and the `provider` of the repositories it serves.
@@ -105,12 +95,7 @@ class Gitea(NoRedelivery):
 
     def payload(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         """The JSON object, sent as JSON or as a form's `payload` field; raises BadRequest."""
-        ctype = content_type(headers)
-        if ctype == FORM:
-            return json_object(_form_payload(body))
-        if ctype not in ("application/json", ""):
-            raise BadRequest(f"unsupported content type {ctype!r}: use application/json or {FORM}")
-        return json_object(body)
+        return json_or_form(headers, body)
 
     def repo_name(self, payload: dict[str, Any]) -> str:
         """`repository.full_name` (`owner/name`); raises BadRequest when absent."""
@@ -155,25 +140,7 @@ class Gitea(NoRedelivery):
     def pull(self, payload: dict[str, Any]) -> PullRequest:
         """The neutral PullRequest of a `pull_request` payload; raises BadRequest naming the
         field. `pull_request.head.repo` is null when the fork was deleted: a fork, then."""
-        verb = str(require(payload, "action"))
-        number = pull_number(require(payload, "number", int), "number")
-        base_repo = self.repo_name(payload)
-        head_repo = text(optional(payload, "pull_request.head.repo.full_name"))
-        action = "build" if verb in PULL_BUILD else "close" if verb in PULL_CLOSE else "other"
-        return PullRequest(
-            repo=base_repo,
-            number=number,
-            action=action,
-            verb=verb,
-            ref=self.pull_ref(number),
-            sha=pull_sha(require(payload, "pull_request.head.sha"), "pull_request.head.sha"),
-            head_repo=head_repo,
-            same_repo=head_repo is not None and head_repo.lower() == base_repo.lower(),
-            base_branch=str(require(payload, "pull_request.base.ref")),
-            title=text(optional(payload, "pull_request.title")),
-            author=text(optional(payload, "pull_request.user.login")),
-            url=text(optional(payload, "pull_request.html_url")),
-        )
+        return pull_request(self, payload, build=PULL_BUILD, close=PULL_CLOSE)
 
     def pull_ref(self, number: int) -> str:
         return f"refs/pull/{number}/head"
@@ -190,15 +157,10 @@ class Gitea(NoRedelivery):
         deleted = is_zero(after)
         if not deleted and not is_sha(after):
             raise BadRequest("field 'after' is not a commit id")
-        commits = payload.get("commits")
-        if commits is not None and not isinstance(commits, list):
-            raise BadRequest("field 'commits' must be a list")
+        listed = listed_commit(payload, after)
         head = payload.get("head_commit")
         if not isinstance(head, dict):
-            head = next(
-                (c for c in commits or () if isinstance(c, dict) and c.get("id") == after),
-                None,
-            )
+            head = listed
         pusher = (
             text(optional(payload, "pusher.full_name"))
             or text(optional(payload, "pusher.login"))
@@ -216,8 +178,7 @@ class Gitea(NoRedelivery):
 
     def lists_every_commit(self, payload: dict[str, Any], listed: int) -> bool:
         # Gitea keeps a few newest commits and counts them all in `total_commits`.
-        total = payload.get("total_commits")
-        return isinstance(total, int) and not isinstance(total, bool) and total == listed
+        return counts_every_commit(payload.get("total_commits"), listed)
 
     # Outbound.
 
@@ -235,26 +196,6 @@ class Gitea(NoRedelivery):
 
     def send_status(self, http: httpx.Client, api: ForgeApi, report: Report) -> None:
         post(http, api, report, context=CONTEXT)
-
-    def create_comment(self, http: httpx.Client, api: ForgeApi, number: int, body: str) -> str:
-        url = api.url(f"{api.repo_path}/issues/{number}/comments")
-        what = f"comment on #{number} of {api.repo}"
-        return comment_id(request(http, api, "POST", url, what, body={"body": body}).json(), what)
-
-    def edit_comment(
-        self, http: httpx.Client, api: ForgeApi, number: int, comment_id: str, body: str
-    ) -> None:
-        # Comments are addressed by id alone, under the repository's issues.
-        url = api.url(f"{api.repo_path}/issues/comments/{quote(comment_id, safe='')}")
-        what = f"edit comment {comment_id} on #{number} of {api.repo}"
-        request(http, api, "PATCH", url, what, body={"body": body})
-
-    def find_comment(
-        self, http: httpx.Client, api: ForgeApi, number: int, marker: str
-    ) -> str | None:
-        url = api.url(f"{api.repo_path}/issues/{number}/comments")
-        what = f"list the comments on #{number} of {api.repo}"
-        return marked(request(http, api, "GET", url, what).json(), marker)
 
     def serves_host(self, host: str) -> bool:
         return False  # self-hosted under any name: only the configured provider says

@@ -13,7 +13,6 @@ import hmac
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qs, quote
 
 import httpx
 
@@ -28,16 +27,13 @@ from service.forges import (
     Push,
     Report,
     Unauthorized,
-    comment_id,
-    content_type,
-    json_object,
-    marked,
+    is_sha,
     optional,
-    pull_number,
-    pull_sha,
     require,
+    text,
 )
 from service.forges.api import owner_repo_path, request
+from service.forges.common import IssueComments, json_or_form, pull_request
 from service.forges.statuses import CONTEXT, post
 
 MAX_COMMITS = 2048  # a push payload lists at most this many commits
@@ -58,32 +54,16 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.digest(secret.encode(), body, "sha256").hex()
 
 
-class GitHub:
+class GitHub(IssueComments):
     """The GitHub adapter (https://docs.github.com/en/webhooks)."""
 
     name = "github"
     title = "GitHub"
     redelivers = True
+    comment_query = PAGE
 
     def payload(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
-        ctype = content_type(headers)
-        if ctype == "application/x-www-form-urlencoded":
-            try:
-                form = parse_qs(body.decode("ascii"), strict_parsing=True)
-            except (UnicodeDecodeError, ValueError):
-                raise BadRequest("form body is not valid url-encoding") from None
-            values = form.get("payload")
-            if not values or len(values) != 1:
-                raise BadRequest("form body must carry exactly one 'payload' field")
-            raw: str | bytes = values[0]
-        elif ctype in ("application/json", ""):
-            raw = body
-        else:
-            raise BadRequest(
-                f"unsupported content type {ctype!r}: use application/json or "
-                "application/x-www-form-urlencoded"
-            )
-        return json_object(raw)
+        return json_or_form(headers, body)
 
     def repo_name(self, payload: dict[str, Any]) -> str:
         if "repository" not in payload and "organization" in payload:
@@ -130,35 +110,18 @@ class GitHub:
             before=before if isinstance(before, str) else None,
             after=after,
             deleted=deleted,
-            commit_message=_text(optional(head, "message")) if isinstance(head, dict) else None,
-            author=_text(optional(head, "author.name") if isinstance(head, dict) else None)
-            or _text(optional(payload, "pusher.name")),
+            commit_message=text(optional(head, "message")) if isinstance(head, dict) else None,
+            author=text(optional(head, "author.name") if isinstance(head, dict) else None)
+            or text(optional(payload, "pusher.name")),
         )
-        if not deleted and not _is_sha(after):
+        if not deleted and not is_sha(after):
             raise BadRequest("field 'after' is not a commit id")
         return ForgeEvent(event=event, delivery_id=delivery, hook_id=hook_id[:64], push=push)
 
     def pull(self, payload: dict[str, Any]) -> PullRequest:
         """The neutral PullRequest of a `pull_request` payload; raises BadRequest naming the
         field. `pull_request.head.repo` is null when the fork was deleted: a fork, then."""
-        verb = str(require(payload, "action"))
-        number = pull_number(require(payload, "number", int), "number")
-        base_repo = self.repo_name(payload)
-        head_repo = _text(optional(payload, "pull_request.head.repo.full_name"))
-        return PullRequest(
-            repo=base_repo,
-            number=number,
-            action=_pull_action(verb),
-            verb=verb,
-            ref=self.pull_ref(number),
-            sha=pull_sha(require(payload, "pull_request.head.sha"), "pull_request.head.sha"),
-            head_repo=head_repo,
-            same_repo=head_repo is not None and head_repo.lower() == base_repo.lower(),
-            base_branch=str(require(payload, "pull_request.base.ref")),
-            title=_text(optional(payload, "pull_request.title")),
-            author=_text(optional(payload, "pull_request.user.login")),
-            url=_text(optional(payload, "pull_request.html_url")),
-        )
+        return pull_request(self, payload, build=PULL_BUILD, close=PULL_CLOSE)
 
     def pull_ref(self, number: int) -> str:
         return f"refs/pull/{number}/head"
@@ -187,26 +150,6 @@ class GitHub:
 
     def send_status(self, http: httpx.Client, api: ForgeApi, report: Report) -> None:
         post(http, api, report, context=CONTEXT)
-
-    def create_comment(self, http: httpx.Client, api: ForgeApi, number: int, body: str) -> str:
-        url = api.url(f"{api.repo_path}/issues/{number}/comments")
-        what = f"comment on #{number} of {api.repo}"
-        return comment_id(request(http, api, "POST", url, what, body={"body": body}).json(), what)
-
-    def edit_comment(
-        self, http: httpx.Client, api: ForgeApi, number: int, comment_id: str, body: str
-    ) -> None:
-        # Comments are addressed by id alone, under the repository's issues.
-        url = api.url(f"{api.repo_path}/issues/comments/{quote(comment_id, safe='')}")
-        what = f"edit comment {comment_id} on #{number} of {api.repo}"
-        request(http, api, "PATCH", url, what, body={"body": body})
-
-    def find_comment(
-        self, http: httpx.Client, api: ForgeApi, number: int, marker: str
-    ) -> str | None:
-        url = api.url(f"{api.repo_path}/issues/{number}/comments{PAGE}")
-        what = f"list the comments on #{number} of {api.repo}"
-        return marked(request(http, api, "GET", url, what).json(), marker)
 
     def find_hook(self, http: httpx.Client, api: ForgeApi, public_url: str) -> int:
         url = api.url(f"{api.repo_path}/hooks?per_page=100")
@@ -265,10 +208,6 @@ class GitHub:
         return f"{web}/pull/{number}"
 
 
-def _pull_action(verb: str) -> str:
-    return "build" if verb in PULL_BUILD else "close" if verb in PULL_CLOSE else "other"
-
-
 def _when(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -283,16 +222,8 @@ def _delivery(item: dict[str, Any]) -> Delivery:
     return Delivery(
         guid=guid if isinstance(guid, str) else "",
         id=id_ if isinstance(id_, int) and not isinstance(id_, bool) else None,
-        event=_text(item.get("event")),
+        event=text(item.get("event")),
         status_code=item.get("status_code"),
         delivered_at=item.get("delivered_at"),
         redelivery=bool(item.get("redelivery")),
     )
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _is_sha(value: str) -> bool:
-    return len(value) in (40, 64) and all(c in "0123456789abcdef" for c in value)

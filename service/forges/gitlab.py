@@ -50,6 +50,7 @@ from service.forges import (
     text,
 )
 from service.forges.api import request
+from service.forges.common import counts_every_commit, listed_commit
 from service.forges.statuses import CONTEXT, post
 
 PUSH_EVENTS = ("Push Hook", "Tag Push Hook")
@@ -143,13 +144,7 @@ class GitLab(NoRedelivery):
         sha = after if deleted else (checkout or after)
         if not deleted and not is_sha(sha):
             raise BadRequest("field 'checkout_sha'/'after' is not a commit id")
-        commits = payload.get("commits")
-        if commits is not None and not isinstance(commits, list):
-            raise BadRequest("field 'commits' must be a list")
-        head = next(
-            (c for c in commits or () if isinstance(c, dict) and c.get("id") == sha),
-            None,
-        )
+        head = listed_commit(payload, sha)
         return Push(
             repo=self.repo_name(payload),
             ref=ref,
@@ -197,8 +192,7 @@ class GitLab(NoRedelivery):
 
     def lists_every_commit(self, payload: dict[str, Any], listed: int) -> bool:
         # GitLab keeps the 20 newest commits and counts them all in `total_commits_count`.
-        total = payload.get("total_commits_count")
-        return isinstance(total, int) and not isinstance(total, bool) and total == listed
+        return counts_every_commit(payload.get("total_commits_count"), listed)
 
     # Outbound.
 
