@@ -7,11 +7,64 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Self
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any, Self
+
+import sqlalchemy as sa
+
+from trainhook.models import builds
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 60.0
+# How far back a sender starting afresh reads builds, and how long a build stays in view
+# after it was created whatever its state (see `advanced_floor`).
+HORIZON = timedelta(days=3)
+RECENT = timedelta(minutes=10)
+OPEN = ("queued", "running")
+
+
+def watching(repos: Iterable[tuple[str, str]]) -> sa.ColumnElement[bool]:
+    """The builds of the (provider, repository) pairs a sender serves."""
+    return sa.or_(*(sa.and_(builds.c.provider == p, builds.c.repo == r) for p, r in repos))
+
+
+def after_created_before(conn: sa.Connection, moment: datetime) -> int:
+    """One past the newest build created before `moment`. Not one past the newest build:
+    a build committing meanwhile, or later than a higher id, would then never be read (on
+    PostgreSQL each statement reads its own snapshot and ids are taken before commit)."""
+    last = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.max(builds.c.id), 0)).where(builds.c.created_at < moment)
+    ).scalar_one()
+    return int(last) + 1
+
+
+def advanced_floor(
+    conn: sa.Connection,
+    floor: int,
+    now: datetime,
+    *,
+    watched: sa.ColumnElement[bool],
+    unsettled: sa.ColumnElement[bool],
+    source: Any = builds,
+) -> int:
+    """The floor moved past builds finished and settled, never past one open, created in the
+    last RECENT, or `unsettled` (still owed something); `source` is what `unsettled` reads."""
+    held = conn.execute(
+        sa.select(sa.func.min(builds.c.id))
+        .select_from(source)
+        .where(
+            builds.c.id >= floor,
+            sa.or_(
+                sa.and_(watched, builds.c.status.in_(OPEN)),
+                builds.c.created_at >= now - RECENT,
+                unsettled,
+            ),
+        )
+    ).scalar()
+    settled = after_created_before(conn, now - RECENT)
+    return max(floor, settled if held is None else min(int(held), settled))
 
 
 class BackgroundSender:

@@ -40,7 +40,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from service.background import BackgroundSender
+from service.background import (
+    HORIZON,
+    BackgroundSender,
+    advanced_floor,
+    after_created_before,
+    watching,
+)
 from service.details import commit_url
 from service.forges.api import DEFAULT_RETRY, retry_delay
 from trainhook.builds import STAGES
@@ -53,13 +59,10 @@ from trainhook.settings import Settings
 
 log = logging.getLogger(__name__)
 
-HORIZON = timedelta(days=3)
-RECENT = timedelta(minutes=10)
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 8
 BATCH = 100
 TIMEOUT = 10.0
-OPEN = ("queued", "running")
 FINISHED = ("succeeded", "failed")
 LOG_LINES = 12
 LOG_CHARS = 1500
@@ -373,9 +376,7 @@ class Notifier(BackgroundSender):
             self._transport.close()
 
     def _watched(self) -> sa.ColumnElement[bool]:
-        return sa.or_(
-            *(sa.and_(builds.c.provider == p, builds.c.repo == r) for p, r in self.targets)
-        )
+        return watching(self.targets)
 
     def _unsettled(self) -> sa.ColumnElement[bool]:
         """A finished build of a watched repository with a target not yet settled."""
@@ -400,7 +401,7 @@ class Notifier(BackgroundSender):
         now = self.clock()
         with reading(self.engine) as conn:
             if self.floor is None:
-                self.floor = self._after_created_before(conn, now - HORIZON)
+                self.floor = after_created_before(conn, now - HORIZON)
             rows = conn.execute(
                 sa.select(builds)
                 .where(builds.c.id >= self.floor, self._unsettled())
@@ -447,30 +448,10 @@ class Notifier(BackgroundSender):
             )
         return 0
 
-    @staticmethod
-    def _after_created_before(conn: sa.Connection, moment: datetime) -> int:
-        last = conn.execute(
-            sa.select(sa.func.coalesce(sa.func.max(builds.c.id), 0)).where(
-                builds.c.created_at < moment
-            )
-        ).scalar_one()
-        return int(last) + 1
-
     def _advance(self, conn: sa.Connection, floor: int, now: datetime) -> int:
-        """Past builds finished and settled, never past one open, recent or unsettled
-        (a build committing meanwhile may appear below a higher id: see the reporter)."""
-        held = conn.execute(
-            sa.select(sa.func.min(builds.c.id)).where(
-                builds.c.id >= floor,
-                sa.or_(
-                    sa.and_(self._watched(), builds.c.status.in_(OPEN)),
-                    builds.c.created_at >= now - RECENT,
-                    self._unsettled(),
-                ),
-            )
-        ).scalar()
-        settled = self._after_created_before(conn, now - RECENT)
-        return max(floor, settled if held is None else min(int(held), settled))
+        return advanced_floor(
+            conn, floor, now, watched=self._watched(), unsettled=self._unsettled()
+        )
 
     def _insert(
         self, build_id: int, target: Target, event: str | None, now: datetime

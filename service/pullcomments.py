@@ -35,11 +35,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from service.background import BackgroundSender
+from service.background import HORIZON, BackgroundSender, after_created_before, watching
 from service.forges import ApiError, ForgeApi
 from service.forges.api import client
 from service.forges.registry import connect
-from service.statusreporter import HORIZON, LEASE, MAX_ATTEMPTS, backoff
+from service.statusreporter import LEASE, MAX_ATTEMPTS, backoff
 from trainhook.buildview import get_build
 from trainhook.db import reading
 from trainhook.models import builds, pull_comments, utcnow
@@ -191,18 +191,11 @@ class PullCommenter(BackgroundSender):
         if not self.enabled:
             return 0
         now = self.clock()
-        watched = sa.or_(
-            *(sa.and_(builds.c.provider == p, builds.c.repo == r) for p, r in self.apis)
-        )
+        watched = watching(self.apis)
         with reading(self.engine) as conn:
             if self.floor is None:
                 # Requests are not read further back than the status reporter reads builds.
-                last = conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.max(builds.c.id), 0)).where(
-                        builds.c.created_at < now - HORIZON
-                    )
-                ).scalar_one()
-                self.floor = int(last) + 1
+                self.floor = after_created_before(conn, now - HORIZON)
             rows = conn.execute(
                 sa.select(builds.c.id, builds.c.provider, builds.c.repo, builds.c.ref,
                           pull_comments.c.next_attempt_at, pull_comments.c.claimed_until)

@@ -35,7 +35,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from service.background import BackgroundSender
+from service.background import (
+    HORIZON,
+    BackgroundSender,
+    advanced_floor,
+    after_created_before,
+    watching,
+)
 from service.forges import ApiError, ForgeApi
 from service.forges.api import client
 from service.forges.registry import connect
@@ -46,12 +52,9 @@ from trainhook.settings import Settings
 
 log = logging.getLogger(__name__)
 
-HORIZON = timedelta(days=3)
-RECENT = timedelta(minutes=10)
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 8
 BATCH = 100
-OPEN = ("queued", "running")
 
 
 def backoff(attempt: int) -> float:
@@ -104,7 +107,7 @@ class StatusReporter(BackgroundSender):
             self._http.close()
 
     def _watched(self) -> sa.ColumnElement[bool]:
-        return sa.or_(*(sa.and_(builds.c.provider == p, builds.c.repo == r) for p, r in self.apis))
+        return watching(self.apis)
 
     def _pending(self) -> sa.ColumnElement[bool]:
         return sa.and_(
@@ -120,7 +123,7 @@ class StatusReporter(BackgroundSender):
         now = self.clock()
         with reading(self.engine) as conn:
             if self.floor is None:
-                self.floor = self._after_created_before(conn, now - HORIZON)
+                self.floor = after_created_before(conn, now - HORIZON)
             rows = conn.execute(
                 sa.select(builds, status_reports.c.attempts.label("report_attempts"),
                           status_reports.c.next_attempt_at, status_reports.c.claimed_until)
@@ -139,32 +142,11 @@ class StatusReporter(BackgroundSender):
             self.floor = self._advance(conn, self.floor, now)
         return sent
 
-    @staticmethod
-    def _after_created_before(conn: sa.Connection, moment: datetime) -> int:
-        """One past the newest build created before `moment`. Not one past the newest build:
-        a build committing meanwhile, or later than a higher id, would then never be read."""
-        last = conn.execute(
-            sa.select(sa.func.coalesce(sa.func.max(builds.c.id), 0)).where(
-                builds.c.created_at < moment
-            )
-        ).scalar_one()
-        return int(last) + 1
-
     def _advance(self, conn: sa.Connection, floor: int, now: datetime) -> int:
-        held = conn.execute(
-            sa.select(sa.func.min(builds.c.id))
-            .select_from(builds.outerjoin(status_reports))
-            .where(
-                builds.c.id >= floor,
-                sa.or_(
-                    sa.and_(self._watched(), builds.c.status.in_(OPEN)),
-                    builds.c.created_at >= now - RECENT,
-                    self._pending(),
-                ),
-            )
-        ).scalar()
-        settled = self._after_created_before(conn, now - RECENT)
-        return max(floor, settled if held is None else min(int(held), settled))
+        return advanced_floor(
+            conn, floor, now, watched=self._watched(), unsettled=self._pending(),
+            source=builds.outerjoin(status_reports),
+        )  # fmt: skip
 
     def _claim(self, build_id: int, now: datetime) -> bool:
         until = now + LEASE
