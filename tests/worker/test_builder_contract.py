@@ -10,6 +10,9 @@ how its health check is made to fail, and what counts as one deployment.
 from __future__ import annotations
 
 import json
+import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
@@ -352,3 +355,35 @@ def test_a_worker_stopping_before_it_starts_interrupts_it_and_deploys_nothing(ki
 
     assert kit.builder.deployed_metrics(ctx) is None
     assert all(statuses(ctx).get(s) != "succeeded" for s in ORDERED)
+
+
+def test_a_dockerfile_run_step_cannot_see_the_workers_processes(
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    sqlite_engine: sa.Engine,
+    tmp_path: Path,
+    oci_registry: str,
+):
+    """A RUN step is repository code: it must not see the worker's processes (with
+    `--isolation chroot` it shares the host's pid namespace and /proc, and does)."""
+    token = secrets.token_hex(8)  # new each run: no cached layer answers for it
+    witness = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)", f"worker-only-{token}"]
+    )
+    try:
+        kit = container_kit(make_settings, sqlite_url, sqlite_engine, tmp_path, oci_registry)
+        ctx = kit.ready("7" * 40, GOOD)
+        # The marker is put together in the shell and handed to grep in a file, so no command
+        # line of the RUN step holds it whole: only the witness process's does.
+        (ctx.need_source() / "Dockerfile").write_text(
+            CONTAINER_DOCKERFILE
+            + f'RUN m=worker-only; printf %s "$m-{token}" >/tmp/m; '
+            + "! grep -qsFf /tmp/m /proc/*/cmdline\n"
+        )
+
+        kit.builder(ctx)
+    finally:
+        witness.kill()
+        witness.wait()
+
+    assert statuses(ctx)["build"] == "succeeded"

@@ -128,8 +128,11 @@ class ContainerBuilder:
             )
         args = ["build", "-f", str(dockerfile), "-t", local_tag(ctx)]
         if self.engine.name == "podman":
-            # Builds without a user namespace or overlay mounts, which containers lack.
-            args += ["--isolation", "chroot"]
+            # The Dockerfile's RUN steps are repository code: they run under the OCI runtime,
+            # in namespaces of their own. `--isolation chroot` shares the host's pid namespace
+            # and /proc, so a RUN step as root could read the worker's environment (seen:
+            # /proc/1/cmdline of the host from a RUN step).
+            args += ["--isolation", "oci"]
         for key, value in image_labels(ctx).items():
             args += ["--label", f"{key}={value}"]
         if ctx.settings.base_image:
