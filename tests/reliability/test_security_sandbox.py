@@ -536,13 +536,18 @@ def marked_processes(marker: str) -> list[int]:
     return found
 
 
+# The test ends only once the daemon runs `sleep <marker>`: the pipe's write end is closed on
+# exec, so the read returns then (and not before), and a daemon that escaped is always found.
 DAEMON = """
 import os
+r, w = os.pipe()
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
         os.execvp("sleep", ["sleep", "{seconds}"])
     os._exit(0)
+os.close(w)
+os.read(r, 1)
 print("daemon started")
 raise SystemExit(1)
 """
@@ -556,8 +561,11 @@ def test_daemons_started_by_tests_never_outlive_the_stage(mode: str, start_up):
     build = up.build(push_attack(up, DAEMON.format(seconds=seconds)))
 
     assert build is not None and build["status"] == "failed"
-    time.sleep(0.5)
     left = marked_processes(seconds)
+    deadline = time.monotonic() + 10
+    while mode == "sandboxed" and left and time.monotonic() < deadline:
+        time.sleep(0.05)  # the stage's processes may still be being killed: wait for it
+        left = marked_processes(seconds)
     for pid in left:  # the control's daemon: end it
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
