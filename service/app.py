@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute
 
 from service import access, api, badges, dashboard, health, rebuild, webhooks
 from service.access import AccessGate
+from service.datawatch import DataWatcher
 from service.headers import SecurityHeaders, server_error
 from service.notifications import Notifier
 from service.pullcomments import PullCommenter
@@ -36,6 +37,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     commenter = PullCommenter(runtime.settings, runtime.engine).start()
     # Repositories' `schedule` ticks, each fired by exactly one replica.
     scheduler = Scheduler(runtime.settings, runtime.engine, runtime.queue.notify).start()
+    # New generations of gs:// training data, from the buckets' Pub/Sub notifications.
+    watcher = DataWatcher(runtime.settings, runtime.engine, runtime.queue.notify).start()
     async with dashboard.lifespan(app):
         try:
             yield
@@ -46,6 +49,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             notifier.stop()
             commenter.stop()
             scheduler.stop()
+            watcher.stop()
 
 
 def trace_project(settings: Settings) -> str | None:

@@ -270,3 +270,21 @@ schedule_runs = sa.Table(
     sa.Column("fired_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("provider", "repo", "tick"),
 )
+
+# One row per (repository, gs:// object generation) that a data event announced
+# (trainhook/dataevents.py): the unique key makes a redelivered or repeated event build
+# nothing more. `build_id` is the build it queued or joined (None: it arrived while nothing
+# could build, say the repository left the configuration).
+data_events = sa.Table(
+    "data_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("repo", sa.String(255), nullable=False),
+    sa.Column("bucket", sa.String(222), nullable=False),
+    sa.Column("object", sa.String(1024), nullable=False),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("build_id", sa.Integer, nullable=True),  # no FK: a marker
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("provider", "repo", "bucket", "object", "generation"),
+)

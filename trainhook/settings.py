@@ -66,6 +66,11 @@ class Settings:
     # A job runnable this long with nobody claiming it has lost its message (say Pub/Sub
     # lost its state): the outbox sweep publishes it again. 0: never.
     pubsub_republish_seconds: float = 600.0
+    # Data changes in Cloud Storage (trainhook/dataevents.py): the topic the buckets'
+    # notifications publish to, and the subscription the service pulls them from. Used with
+    # either queue, whenever a repository's `data` names a gs:// object and a project is set.
+    pubsub_data_topic: str = "trainhook-data"
+    pubsub_data_subscription: str = "trainhook-data-service"
     # Cloud Build (TRAINHOOK_BUILDER=cloudbuild; see trainhook/cloudsettings.py)
     gcp_project: str | None = None
     gcp_region: str | None = None
@@ -229,26 +234,32 @@ def _pubsub_settings(
         "pubsub_dead_letter_subscription": env.get("TRAINHOOK_PUBSUB_DEAD_LETTER_SUBSCRIPTION")
         or "",
     }
-    if queue == "pubsub":
-        if not project:
+    data = {
+        "pubsub_data_topic": env.get("TRAINHOOK_PUBSUB_DATA_TOPIC") or "trainhook-data",
+        "pubsub_data_subscription": env.get("TRAINHOOK_PUBSUB_DATA_SUBSCRIPTION")
+        or "trainhook-data-service",
+    }
+    if queue == "pubsub" and not project:
+        problems.add(
+            "TRAINHOOK_QUEUE=pubsub needs TRAINHOOK_PUBSUB_PROJECT (or GOOGLE_CLOUD_PROJECT)"
+        )
+    # The data-event names are used with either queue, so they are checked whenever set.
+    checked = {**names, **data} if queue == "pubsub" else data
+    for field_name, value in checked.items():
+        if value and not PUBSUB_NAME.match(value):
+            var = "TRAINHOOK_" + field_name.upper()
             problems.add(
-                "TRAINHOOK_QUEUE=pubsub needs TRAINHOOK_PUBSUB_PROJECT (or GOOGLE_CLOUD_PROJECT)"
+                f"{var}={value!r}: expected a Pub/Sub name (3-255 characters: letters, "
+                "digits and . _ ~ + % -, starting with a letter)"
             )
-        for field_name, value in names.items():
-            if value and not PUBSUB_NAME.match(value):
-                var = "TRAINHOOK_" + field_name.upper()
-                problems.add(
-                    f"{var}={value!r}: expected a Pub/Sub name (3-255 characters: letters, "
-                    "digits and . _ ~ + % -, starting with a letter)"
-                )
-        if deliveries <= attempts:
-            # The worker's own count must decide; Pub/Sub's policy is the backstop for jobs
-            # that never get to fail (they kill the worker), and duplicates count too.
-            problems.add(
-                f"TRAINHOOK_PUBSUB_MAX_DELIVERIES={deliveries}: expected a number above "
-                f"TRAINHOOK_MAX_ATTEMPTS={attempts}"
-            )
-    return {"pubsub_project": project, **names}
+    if queue == "pubsub" and deliveries <= attempts:
+        # The worker's own count must decide; Pub/Sub's policy is the backstop for jobs
+        # that never get to fail (they kill the worker), and duplicates count too.
+        problems.add(
+            f"TRAINHOOK_PUBSUB_MAX_DELIVERIES={deliveries}: expected a number above "
+            f"TRAINHOOK_MAX_ATTEMPTS={attempts}"
+        )
+    return {"pubsub_project": project, **names, **data}
 
 
 def _choice(problems: Problems, env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:

@@ -29,8 +29,9 @@ def free_port() -> int:
 
 
 class FakeGcs:
-    def __init__(self, binary: Path) -> None:
+    def __init__(self, binary: Path, args: tuple[str, ...] = ()) -> None:
         self.binary = binary
+        self.args = args  # more flags, e.g. `-event.pubsub-topic T` to publish object events
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in stop()
@@ -38,7 +39,7 @@ class FakeGcs:
 
     def start(self) -> FakeGcs:
         argv = [str(self.binary), "-scheme", "http", "-host", "127.0.0.1"]
-        argv += ["-port", str(self.port), "-backend", "memory", "-log-level", "warn"]
+        argv += ["-port", str(self.port), "-backend", "memory", "-log-level", "warn", *self.args]
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=self._log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -77,3 +77,28 @@ def test_a_schedule_builds_only_new_data_unless_forced(
     )
     again = scheduled(forced, sqlite_engine, 3)
     assert run(forced, sqlite_engine) == [again]
+
+
+def test_a_data_build_of_bytes_already_deployed_ends_superseded(
+    origin: GitRepo,
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    sqlite_engine: sa.Engine,
+):
+    # As for a gs:// object uploaded again with the same bytes: the event queues a `data`
+    # build of the branch head, whose model key is the deployed one.
+    sha = origin.commit({"data/train.csv": CSV})
+    settings = make_settings(sqlite_url, clone_url=origin.url)
+    spec = BuildSpec("github", REPO, "refs/heads/main", "", trigger="data")
+    with sqlite_engine.begin() as conn:
+        first = create_build(conn, BuildSpec("github", REPO, "refs/heads/main", sha))
+        same = create_build(conn, spec)
+    assert run(settings, sqlite_engine) == [first]
+    view = build_view(sqlite_engine, same)
+    assert (view["trigger"], view["status"]) == ("data", "superseded")
+    assert view["error"] == f"model key unchanged since build #{first}"
+
+    origin.commit({"data/train.csv": CSV + "great day,pos\n"})
+    with sqlite_engine.begin() as conn:
+        changed = create_build(conn, spec)
+    assert run(settings, sqlite_engine) == [changed]

@@ -124,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "setup-pubsub",
-        help="create the Pub/Sub topic, subscription and dead-letter pair (idempotent)",
+        help="create the Pub/Sub topic, subscription and dead-letter pair, and for gs:// "
+        "data the buckets' notifications with their topic and subscription (idempotent)",
     )
     snapshot = sub.add_parser("snapshot", help="snapshot the Pub/Sub subscription (for replay)")
     snapshot.add_argument("name", help="snapshot name (3-255 characters, starting with a letter)")

@@ -281,7 +281,7 @@ def _seek_report(by_status: dict[str, int]) -> str:
 
 
 def cmd_setup_pubsub(args: argparse.Namespace) -> int:
-    from trainhook.queue.admin import setup_pubsub
+    from trainhook.queue.admin import setup_data_events, setup_pubsub
     from trainhook.queue.pubsubclients import PubSubClients
 
     settings = load_settings(require_repos=False)
@@ -290,6 +290,9 @@ def cmd_setup_pubsub(args: argparse.Namespace) -> int:
     clients = PubSubClients.from_settings(settings)
     try:
         for resource in setup_pubsub(settings, clients):
+            print(resource.line())
+        # Repositories training on gs:// objects: their buckets' notifications of new data.
+        for resource in setup_data_events(settings, clients, None):
             print(resource.line())
     finally:
         clients.close()

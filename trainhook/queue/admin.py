@@ -1,5 +1,5 @@
 """Pub/Sub resources: `trainhook setup-pubsub` (idempotent), `trainhook snapshot NAME` and the
-seek behind `trainhook replay --seek`."""
+seek behind `trainhook replay --seek`; the buckets' notifications of data changes."""
 
 from __future__ import annotations
 
@@ -78,6 +78,78 @@ def setup_pubsub(settings: Settings, clients: PubSubClients) -> list[Resource]:
         "expiration_policy": {},
     }
     done.append(create("subscription", clients.dead_subscription, sub.create_subscription, dead))
+    return done
+
+
+def data_paths(settings: Settings, clients: PubSubClients) -> tuple[str, str]:
+    """(topic, subscription) paths of the data events (trainhook/dataevents.py)."""
+    project = settings.pubsub_project
+    return (
+        clients.publisher.topic_path(project, settings.pubsub_data_topic),
+        clients.subscriber.subscription_path(project, settings.pubsub_data_subscription),
+    )
+
+
+def setup_data_events(
+    settings: Settings, clients: PubSubClients, storage: Any | None
+) -> list[Resource]:
+    """For repositories whose `data` names gs:// objects: the data topic, the subscription
+    the service pulls from, and per watched object a bucket notification (OBJECT_FINALIZE,
+    JSON_API_V1, the object's name as prefix) publishing to that topic. Nothing when no
+    repository watches an object. Idempotent: a notification with the same topic, prefix
+    and event type is left as it is. `storage` is a google-cloud-storage Client (None: made
+    here, for the project of TRAINHOOK_GCP_PROJECT or the Pub/Sub project)."""
+    from google.api_core import exceptions as gexc
+
+    from trainhook.dataevents import FINALIZE, watched_objects
+    from trainhook.gcs import make_gcs_client
+
+    watched = watched_objects(settings.repos)
+    if not watched:
+        return []
+    topic, subscription = data_paths(settings, clients)
+    done = []
+    try:
+        clients.publisher.create_topic(request={"name": topic})
+        done.append(Resource("topic", topic, "created"))
+    except gexc.AlreadyExists:
+        done.append(Resource("topic", topic, "exists"))
+    spec = {
+        "name": subscription,
+        "topic": topic,
+        # Long enough for a tick to commit every build of a pulled batch before the ack.
+        "ack_deadline_seconds": 60,
+        "expiration_policy": {},  # never expires
+    }
+    try:
+        clients.subscriber.create_subscription(request=spec)
+        done.append(Resource("subscription", subscription, "created"))
+    except gexc.AlreadyExists:
+        done.append(Resource("subscription", subscription, "exists"))
+    storage = storage if storage is not None else make_gcs_client(settings.gcp_project)
+    project = settings.pubsub_project
+    for bucket_name, name in sorted(watched):
+        bucket = storage.bucket(bucket_name)
+        where = f"gs://{bucket_name}/{name}"
+        existing = [
+            n
+            for n in bucket.list_notifications()
+            if n.topic_project == project
+            and n.topic_name == settings.pubsub_data_topic
+            and (n.blob_name_prefix or "") == name
+            and (not n.event_types or FINALIZE in n.event_types)  # none listed: all events
+        ]
+        if existing:
+            done.append(Resource("notification", where, "exists"))
+            continue
+        bucket.notification(
+            topic_name=settings.pubsub_data_topic,
+            topic_project=project,
+            event_types=[FINALIZE],
+            blob_name_prefix=name,
+            payload_format="JSON_API_V1",
+        ).create()
+        done.append(Resource("notification", where, "created"))
     return done
 
 

@@ -373,11 +373,15 @@ def record_deps(ctx: BuildContext, decision: CacheDecision) -> None:
 
 
 def end_if_unchanged(ctx: BuildContext, model: str) -> str | None:
-    """End a scheduled build `superseded` when its model key is the one the branch's deployed
-    build has (no new data, nothing new to train or deploy), unless the repository says
-    `schedule_force` (or the build is forced); returns the reason, or None."""
+    """End a scheduled or data build `superseded` when its model key is the one the branch's
+    deployed build has (no new data, nothing new to train or deploy), unless the build is
+    forced or, for a scheduled one, the repository says `schedule_force`; returns the reason,
+    or None. A data event for bytes already deployed (the same file uploaded again, or an
+    object that is not the `data` entry chosen) so builds nothing."""
     b = ctx.build
-    if b.trigger != "schedule" or b.force or ctx.repo.schedule_force:
+    if b.force or b.trigger not in ("schedule", "data"):
+        return None
+    if b.trigger == "schedule" and ctx.repo.schedule_force:
         return None
     with ctx.engine.begin() as conn:
         deployed = deployed_model_key(conn, b.provider, b.repo, b.ref, other_than=b.id)
