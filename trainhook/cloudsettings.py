@@ -107,9 +107,12 @@ def cloudbuild_problems(settings: CloudBuildConfig) -> list[str]:
                 f"{where}: missing key 'image' (TRAINHOOK_BUILDER=cloudbuild; expected "
                 f"{IMAGE_FORMAT})"
             )
-        if repo.deploy is None:
+        if repo.deploy is None or not repo.deploy.gke:
+            # A table of local keys only (port, env, ...) is valid for the container
+            # builders, and says nothing about where on GKE to deploy.
+            what = "table [repos.deploy]" if repo.deploy is None else "keys in [repos.deploy]"
             problems.append(
-                f"{where}: missing table [repos.deploy] (TRAINHOOK_BUILDER=cloudbuild; "
+                f"{where}: missing {what} (TRAINHOOK_BUILDER=cloudbuild; "
                 "expected cluster, location, deployment, ...)"
             )
     return problems

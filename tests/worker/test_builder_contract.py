@@ -38,8 +38,9 @@ from tests.worker.conftest import context_for, new_build, stage_map
 from trainhook.settings import Settings
 from worker.builder import BUILDER_STAGES, Builder
 from worker.cloudbuild.builder import NO_VERTEX
-from worker.container.builder import REPO_LABEL, ContainerBuilder
+from worker.container.builder import ContainerBuilder
 from worker.container.registry import start_local_registry, stop_registry
+from worker.container.release import REPO_LABEL
 from worker.context import BuildContext, CacheKeys
 from worker.local.builder import VERTEX_REASON, LocalBuilder
 from worker.stage import Interrupted, StageFailed
@@ -135,7 +136,7 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(200, {"labels": ["pos" for _ in texts]})
 
 
-HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+HTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
 """
 CONTAINER_DOCKERFILE = """\
 ARG BASE_IMAGE=python:3.11-slim

@@ -8,21 +8,19 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from collections import deque
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from trainhook.deployconfig import DeployConfig
 from trainhook.models import utcnow
+from trainhook.releases import Releases, read_json
 from worker.builder import BUILDER_STAGES
 from worker.bundle import bundle_entries, write_bundle
 from worker.container.engine import Engine
 from worker.container.registry import answers, is_loopback, registry_for
+from worker.container.release import Containers, Target, deliver
 from worker.context import BuildContext
 from worker.local.builder import VERTEX_REASON, version_of
 from worker.local.healthcheck import PROBE_TEXTS
@@ -32,13 +30,6 @@ from worker.stalegate import supersede_if_stale
 
 BUILD_TIMEOUT = 1800.0
 PUSH_TIMEOUT = 600.0
-HEALTH_TIMEOUT = 120.0
-HEALTH_PATH = "/healthz"
-PREDICT_PATH = "/predict"
-LOG_LINES = 20
-REPO_LABEL = "trainhook.repo"
-# Podman's default rlimits can exceed a host's hard limits, and then nothing starts.
-PODMAN_RUN = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
 CA_TARGET = "/etc/ssl/certs/ca-certificates.crt"
 
 
@@ -66,26 +57,6 @@ def image_labels(ctx: BuildContext) -> dict[str, str]:
     }
 
 
-class Releases:
-    """`home/containers/<slug>/`: one record per pushed version and `current.json`, the
-    release serving now (written atomically, so a crash leaves the old one or the new one)."""
-
-    def __init__(self, home: Path, slug: str) -> None:
-        self.folder = home / "containers" / slug
-
-    def record(self, version: str) -> dict[str, Any] | None:
-        return _read_json(self.folder / "images" / f"{version}.json")
-
-    def save(self, version: str, record: dict[str, Any]) -> None:
-        _write_json(self.folder / "images" / f"{version}.json", record)
-
-    def current(self) -> dict[str, Any] | None:
-        return _read_json(self.folder / "current.json")
-
-    def switch(self, record: dict[str, Any]) -> None:
-        _write_json(self.folder / "current.json", record)
-
-
 class ContainerBuilder:
     """Runs the builder stages with a container engine (see `Builder`). Idempotent: the same
     build gives the same tag and version, a version already serving is left serving."""
@@ -94,6 +65,7 @@ class ContainerBuilder:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.containers = Containers(engine)
 
     def __call__(self, ctx: BuildContext) -> None:
         ctx.recorder.run_stage("build", lambda: self.build(ctx))
@@ -186,16 +158,19 @@ class ContainerBuilder:
                 digest = found[0].rsplit("@", 1)[-1] if found else ""
         if code != 0 or not digest.startswith("sha256:"):
             raise StageFailed(f"push to {registry} failed (exit {code}); nothing deployed:\n{tail}")
-        metrics = _read_json(ctx.need_model() / "metrics.json")
+        metrics = read_json(ctx.need_model() / "metrics.json")
+        releases = Releases(ctx.settings.home, ctx.repo.slug)
+        before = releases.record(version) or {}
         record = {
             "version": version,
+            "created": before.get("created") or utcnow().isoformat(),
             "build_id": ctx.build.id,
             "sha": ctx.build.sha,
             "image": f"{registry}/{image_name(ctx)}@{digest}",
             "digest": digest,
             "metrics": metrics,
         }
-        Releases(ctx.settings.home, ctx.repo.slug).save(version, record)
+        releases.save(version, record)
         return Outcome(detail=f"{record['image']}")
 
     # deploy --------------------------------------------------------------------------------
@@ -208,80 +183,18 @@ class ContainerBuilder:
             raise RuntimeError(
                 f"no pushed image recorded for {version}: the push stage has not run"
             )
-        current = releases.current() or {}
-        if current.get("digest") == record["digest"] and self._running(current.get("container")):
-            return Outcome(detail=f"{version} already serving at {current.get('url')}")
-        image = record["image"]
-        registry = image.split("/", 1)[0]
-        tls = ["--tls-verify=false"] if is_loopback(registry) else []
-        if self.engine.name == "podman":
-            code, tail = self._stream(ctx, "deploy", ["pull", *tls, image], PUSH_TIMEOUT)
-        else:
-            code, tail = self._stream(ctx, "deploy", ["pull", image], PUSH_TIMEOUT)
-        if code != 0:
-            raise StageFailed(f"pulling {image} failed; current release unchanged:\n{tail}")
-        port = _free_port()
-        run = ["run", "-d", "--network", "host", "-e", f"PORT={port}"]
-        if self.engine.name == "podman":
-            run += list(PODMAN_RUN)
-        run += [
-            "--label",
-            f"{REPO_LABEL}={ctx.repo.slug}",
-            "--label",
-            f"trainhook.version={version}",
-        ]
-        container = self._output([*run, image])
-        url = f"http://127.0.0.1:{port}"
-        problem = self._check(ctx, container, url)
-        if problem is not None:
-            logs = self._logs(container)
-            self._remove(container)
-            raise StageFailed(
-                f"{problem}; current release unchanged ({current.get('version') or 'none'}); "
-                f"the new container's last lines:\n{logs}"
-            )
-        stale = supersede_if_stale(ctx, ctx.mirror) if ctx.mirror is not None else None
-        if stale:
-            self._remove(container)
-            return skipped(f"{stale}; current release unchanged ({current.get('version')})")
-        releases.switch({**record, "container": container, "url": url, "port": port})
-        old = current.get("container")
-        if old and old != container:
-            self._remove(old)
-        return Outcome(
-            detail=f"{image} serving at {url} in container {container[:12]} "
-            f"(was {current.get('version') or 'none'}); health and smoke test passed"
-        )
+        target = Target(record, ctx.repo.deploy or DeployConfig(), PROBE_TEXTS)
 
-    def _check(self, ctx: BuildContext, container: str, url: str) -> str | None:
-        """None when the container answers its health path and labels the probe texts,
-        else what went wrong."""
-        deadline = time.monotonic() + HEALTH_TIMEOUT
-        while True:
-            if not self._running(container):
-                return "health check failed: the new container exited before it was healthy"
-            try:
-                with urllib.request.urlopen(url + HEALTH_PATH, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (OSError, urllib.error.HTTPError):
-                pass
-            if time.monotonic() > deadline:
-                return f"health check {HEALTH_PATH} failed for {HEALTH_TIMEOUT:.0f} s"
-            time.sleep(0.5)
-        body = json.dumps({"texts": list(PROBE_TEXTS)}).encode()
-        request = urllib.request.Request(
-            url + PREDICT_PATH, data=body, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                labels = json.loads(response.read()).get("labels")
-        except (OSError, ValueError, AttributeError) as exc:
-            return f"smoke test POST {PREDICT_PATH} failed: {exc}"
-        if not isinstance(labels, list) or len(labels) != len(PROBE_TEXTS):
-            return f"smoke test POST {PREDICT_PATH} gave no labels for {len(PROBE_TEXTS)} texts"
-        ctx.log("deploy", f"smoke test labels: {', '.join(map(str, labels))}\n")
-        return None
+        def stale() -> str | None:
+            # Checked at the last moment: a newer commit of the branch may have been
+            # deployed since this build's checkout (two workers, the older one slower).
+            return supersede_if_stale(ctx, ctx.mirror) if ctx.mirror is not None else None
+
+        switched, detail = deliver(
+            self.containers, releases, target, lambda line: ctx.log("deploy", line),
+            os.environ, before_switch=stale,
+        )  # fmt: skip
+        return Outcome(detail=detail) if switched else skipped(detail)
 
     # the engine ----------------------------------------------------------------------------
 
@@ -289,78 +202,7 @@ class ContainerBuilder:
         self, ctx: BuildContext, stage: str, args: list[str], timeout: float
     ) -> tuple[int, str]:
         """Run the engine, its output streamed into the stage log; (exit code, last lines)."""
-        tail: deque[str] = deque(maxlen=LOG_LINES)
-        deadline = time.monotonic() + timeout
-        with subprocess.Popen(
-            self.engine.cmd(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, errors="replace",
-        ) as process:  # fmt: skip
-            assert process.stdout is not None
-            for line in process.stdout:
-                tail.append(line)
-                ctx.log(stage, line)
-                if time.monotonic() > deadline:
-                    process.kill()
-                    tail.append(f"timed out after {timeout:.0f} s\n")
-                    break
-            code = process.wait()
-        return code, "".join(tail)
+        return self.containers.stream(args, lambda line: ctx.log(stage, line), timeout)
 
     def _output(self, args: list[str]) -> str:
-        result = subprocess.run(
-            self.engine.cmd(*args), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=120, check=False,
-        )  # fmt: skip
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(args[:2])} failed: {result.stderr.strip()[-500:]}")
-        return result.stdout.strip()
-
-    def _running(self, container: Any) -> bool:
-        if not isinstance(container, str) or not container:
-            return False
-        try:
-            state = self._output(["inspect", "--format", "{{.State.Running}}", container])
-        except RuntimeError:
-            return False
-        return state == "true"
-
-    def _logs(self, container: str) -> str:
-        result = subprocess.run(
-            self.engine.cmd("logs", "--tail", str(LOG_LINES), container),
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        return (result.stdout + result.stderr).strip() or "(no output)"
-
-    def _remove(self, container: str) -> None:
-        subprocess.run(
-            self.engine.cmd("rm", "-f", container), stdin=subprocess.DEVNULL,
-            capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(value, stream, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return self.containers.output(args)
