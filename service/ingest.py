@@ -141,6 +141,7 @@ def incoming(
                 repo=repo.name,
                 ref=pull.ref,
                 sha=pull.sha,
+                before_sha=pull.before,  # the request's new commits: its path filter
                 trigger="pull_request",
                 commit_message=pull.title,
                 author=pull.author,

@@ -18,7 +18,13 @@ later stage is `skipped` with the same reason. When the diff cannot be read (the
 commit is gone from the mirror, no default branch, unrelated histories, a git error) the
 push builds: a filter only ever saves work, it never loses a build.
 
-Only pushes to branches are filtered; tags, rebuilds and replays always build.
+A pull/merge request build is filtered by the files its new commits changed, `git diff
+before after` where the event named the previous head (GitHub `synchronize`, a GitLab update
+that brought commits); an opened or reopened request, a Gitea/Forgejo one (whose payload names
+no previous head), or one whose previous head is not in the mirror builds.
+
+Only pushes to branches and request builds are filtered; tags, rebuilds, replays, schedules
+and data builds always build.
 """
 
 from __future__ import annotations
@@ -81,13 +87,21 @@ def end_if_only_ignored(ctx: BuildContext, mirror: Path) -> str | None:
     """End the build when its push changed only filtered-out paths; returns the reason, or
     None when the build goes on. Called by the checkout stage once the commit is present."""
     flt = ctx.repo.path_filter
-    if not flt.active or not ctx.build.ref.startswith("refs/heads/"):
+    if not flt.active:
         return None
     with reading(ctx.engine) as conn:
         row = conn.execute(
             sa.select(builds.c.trigger, builds.c.before_sha).where(builds.c.id == ctx.build.id)
         ).first()
-    if row is None or row.trigger != "push":
+    if row is None:
+        return None
+    branch_push = row.trigger == "push" and ctx.build.ref.startswith("refs/heads/")
+    # A request's new commits only: with no previous head there is no "new" to compare
+    # (the request's whole diff would need its base, which the event does not pin down).
+    request_push = row.trigger == "pull_request" and bool(row.before_sha)
+    if not (branch_push or request_push):
+        if row.trigger == "pull_request":
+            ctx.log("checkout", "path filters: the event names no previous head: building\n")
         return None
     files, basis = changed_files(mirror, row.before_sha, ctx.build.sha.lower())
     if files is None:

@@ -109,6 +109,10 @@ class PullRequest:
     title: str | None = None
     author: str | None = None
     url: str | None = None  # the request's web page
+    # The head before this event, when the forge says (GitHub `before` on a synchronize,
+    # GitLab `oldrev` on an update that brought commits; Gitea and Forgejo do not): the new
+    # commits are `before..sha`, which the path filters read at checkout.
+    before: str | None = None
 
 
 @dataclass(frozen=True)
@@ -423,6 +427,11 @@ def pull_number(value: object, field_name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 10**10:
         raise BadRequest(f"field '{field_name}' must be a positive whole number")
     return value
+
+
+def pull_before(value: object) -> str | None:
+    """The previous head a request event names, or None when it names none (or no commit)."""
+    return str(value) if is_sha(value) and not is_zero(value) else None
 
 
 def pull_sha(value: object, field_name: str) -> str:

@@ -22,6 +22,7 @@ from service.forges import (
     json_object,
     marked,
     optional,
+    pull_before,
     pull_number,
     pull_sha,
     require,
@@ -96,6 +97,7 @@ def pull_request(
         title=text(optional(payload, "pull_request.title")),
         author=text(optional(payload, "pull_request.user.login")),
         url=text(optional(payload, "pull_request.html_url")),
+        before=pull_before(payload.get("before")),
     )
 
 

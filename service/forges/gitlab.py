@@ -44,6 +44,7 @@ from service.forges import (
     json_object,
     marked,
     optional,
+    pull_before,
     pull_number,
     pull_sha,
     require,
@@ -185,6 +186,7 @@ class GitLab(NoRedelivery):
             title=text(attrs.get("title")),
             author=text(optional(payload, "user.username")),
             url=text(attrs.get("url")),
+            before=pull_before(attrs.get("oldrev")),
         )
 
     def pull_ref(self, number: int) -> str:

@@ -307,3 +307,64 @@ def test_the_checkout_log_lists_the_changed_files(origin, make_settings, sqlite_
     build, _ = run_push(settings, sqlite_engine, before, after)
     text = logs(sqlite_engine, build["id"])["checkout"]
     assert "path filters: 1 file(s) changed in" in text and "  docs/index.md\n" in text
+
+
+# --- pull/merge request builds: the request's new commits ---------------------------------
+
+
+def request_heads(origin: GitRepo, ref: str, *changes: dict[str, str]) -> list[str]:
+    """Commits on a request's head ref alone (as a forge keeps them), one per change."""
+    main = origin.head()
+    made = [origin.commit(files) for files in changes]
+    git(origin.path, "update-ref", ref, made[-1])
+    git(origin.path, "reset", "-q", "--hard", main)
+    return made
+
+
+def run_request(settings, engine, ref: str, before: str | None, after: str):
+    with engine.begin() as conn:
+        spec = BuildSpec(provider="github", repo=settings.repos[0].name, ref=ref, sha=after,
+                         before_sha=before, trigger="pull_request")  # fmt: skip
+        build_id = create_build(conn, spec)
+    stages = toy_pipeline({"checkout": checkout_stage})
+    Worker(build_runtime(settings, engine), pipeline=stages).run(threading.Event(), burst=True)
+    return build_view(engine, build_id)
+
+
+# GitHub, Gitea and Forgejo keep a request's head at refs/pull/N/head, GitLab at
+# refs/merge-requests/N/head; only GitHub and GitLab events name the previous head.
+REQUEST_REFS = ["refs/pull/7/head", "refs/merge-requests/7/head"]
+
+
+@pytest.mark.parametrize("ref", REQUEST_REFS)
+def test_new_request_commits_changing_only_ignored_paths_end_at_checkout_as_cancelled(
+    origin, make_settings, sqlite_url, sqlite_engine, ref
+):
+    settings = make_settings(sqlite_url, clone_url=origin.url, extra=FILTERS)
+    first, docs = request_heads(origin, ref, {"src/model.py": "v2\n"}, {"docs/index.md": "v2\n"})
+
+    build = run_request(settings, sqlite_engine, ref, first, docs)
+
+    assert build["status"] == "cancelled"
+    assert build["error"].startswith("only ignored paths changed: docs/index.md")
+
+
+@pytest.mark.parametrize("ref", REQUEST_REFS)
+def test_new_request_commits_changing_a_relevant_path_build(
+    origin, make_settings, sqlite_url, sqlite_engine, ref
+):
+    settings = make_settings(sqlite_url, clone_url=origin.url, extra=FILTERS)
+    first, model = request_heads(origin, ref, {"docs/index.md": "v2\n"}, {"src/model.py": "v3\n"})
+
+    assert run_request(settings, sqlite_engine, ref, first, model)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("ref", REQUEST_REFS)
+def test_a_request_event_naming_no_previous_head_builds(
+    origin, make_settings, sqlite_url, sqlite_engine, ref
+):
+    # An opened or reopened request, or any Gitea/Forgejo event: no "new commits" to read.
+    settings = make_settings(sqlite_url, clone_url=origin.url, extra=FILTERS)
+    (docs,) = request_heads(origin, ref, {"docs/index.md": "v2\n"})
+
+    assert run_request(settings, sqlite_engine, ref, None, docs)["status"] == "succeeded"

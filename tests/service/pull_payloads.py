@@ -24,11 +24,15 @@ def github(
     fork: str | None = None,
     base: str = "main",
     repo: str = REPO,
+    before: str | None = None,
 ) -> dict[str, Any]:
-    """A `pull_request` event; `fork` names the head repository when it is not `repo`."""
+    """A `pull_request` event; `fork` names the head repository when it is not `repo`;
+    `before` is the previous head a `synchronize` names (with `after`, the new one)."""
     head_repo = fork or repo
+    pushed = {"before": before, "after": sha} if before else {}
     return {
         "action": action,
+        **pushed,
         "number": number,
         "pull_request": {
             "url": f"https://api.github.com/repos/{repo}/pulls/{number}",

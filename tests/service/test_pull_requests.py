@@ -55,7 +55,8 @@ def _gitea_sign(flavour: str) -> Callable[..., tuple[bytes, dict[str, str]]]:
 FORGES = [
     Forge("github", "pull_request", pull_payloads.github,
           lambda body, event: github_payloads.signed(body, event=event, secret=SECRET),
-          "opened", {"action": "synchronize"}, "closed", "edited", "refs/pull/7/head"),
+          "opened", {"action": "synchronize", "before": HEAD}, "closed", "edited",
+          "refs/pull/7/head"),
     Forge("gitlab", "Merge Request Hook", pull_payloads.gitlab,
           lambda body, event: gitlab_payloads.signed(body, event=event, secret=SECRET),
           "open", {"action": "update", "oldrev": HEAD}, "close", "update",
@@ -163,6 +164,21 @@ def test_a_newer_head_supersedes_the_older_build_of_the_request(
     queued = next(s for s in old["stages"] if s["name"] == "queued")
     assert queued["status"] == "skipped"
     assert f"superseded by build #{second['build_id']}" in queued["detail"]
+
+
+def test_new_commits_on_a_request_carry_the_previous_head_where_the_forge_names_it(
+    forge, make_settings, db_url, engine
+):
+    # The path filters read the request's new commits, previous head..new head, at checkout;
+    # Gitea and Forgejo name no previous head (the request then builds whatever it changed).
+    client, _ = _app(make_settings, db_url, engine, forge)
+    with client:
+        _, opened = _post(client, forge, forge.body())
+        status, pushed = _post(client, forge, forge.newer(NEWER))
+    assert status == 202, pushed
+    assert _build(engine, opened["build_id"])["before_sha"] is None
+    named = {"github": HEAD, "gitlab": HEAD, "gitea": None, "forgejo": None}[forge.route]
+    assert _build(engine, pushed["build_id"])["before_sha"] == named
 
 
 def test_closing_the_request_supersedes_its_queued_builds_and_no_other(
