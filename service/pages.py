@@ -201,6 +201,7 @@ async def build_page(request: Request) -> Response:
         saved=stats.saved_seconds(build, summary.miss_median),
         miss_median=summary.miss_median,
         commit=commit_url(repo.clone_url if repo else None, build["provider"], build["sha"]),
+        pull=pull_request_link(runtime.settings, build),
         configured=repo is not None,
         refresh=live,
         trail=view["trail"],

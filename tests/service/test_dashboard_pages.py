@@ -377,3 +377,37 @@ def test_list_links_a_pull_request_build_to_its_request(client: TestClient, engi
     page = client.get("/").text
     assert 'href="https://github.com/octo-org/social-score-api/pull/7"' in cell(page, pull)
     assert "data-pull-request" not in cell(page, push)
+
+
+def test_the_build_page_links_a_request_build_to_its_request(client: TestClient, engine):
+    pull = make_build(engine, ref="refs/merge-requests/7/head", trigger="pull_request")
+    push = make_build(engine)
+    page = client.get(f"/builds/{pull}").text
+    (link,) = Tags(page).find("a", id="pull-request-link")
+    assert link["href"] == "https://github.com/octo-org/social-score-api/pull/7"
+    assert ">#7</a>" in page
+    assert "pull-request-link" not in client.get(f"/builds/{push}").text
+
+
+def test_the_build_page_escapes_the_request_link_and_names_a_request_without_a_web_page(
+    make_settings, db_url: str, engine: sa.Engine
+):
+    from service.app import create_app
+    from trainhook.runtime import build_runtime
+
+    hostile = 'https://git.example"onmouseover="alert(1)/octo-org/social-score-api.git'
+    settings = make_settings(db_url, clone_url=hostile.replace('"', '\\"'))  # TOML-escaped
+    assert settings.repos[0].clone_url == hostile
+    pull = make_build(engine, ref="refs/pull/7/head", trigger="pull_request")
+    with TestClient(create_app(build_runtime(settings, engine))) as client:
+        page = client.get(f"/builds/{pull}").text
+    (link,) = Tags(page).find("a", id="pull-request-link")
+    # One attribute holding the whole URL, quotes and all: no handler was injected.
+    assert "onmouseover" not in link and (link["href"] or "").endswith("/pull/7")
+    assert '"onmouseover="' not in page
+
+    local = make_settings(db_url, clone_url="file:///srv/git/social-score-api.git")
+    with TestClient(create_app(build_runtime(local, engine))) as client:
+        page = client.get(f"/builds/{pull}").text
+    assert Tags(page).find("a", id="pull-request-link") == []
+    assert '<span id="pull-request-link">#7</span>' in page
