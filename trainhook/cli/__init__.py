@@ -142,6 +142,22 @@ def _parser() -> argparse.ArgumentParser:
     revoke = tokens_sub.add_parser("revoke", help="revoke NAME's token")
     revoke.add_argument("name")
 
+    releases = sub.add_parser(
+        "releases",
+        help="list a repository's container releases here: which serves now, its stable URL",
+    )
+    releases.add_argument("repo", help="repository full name, as in the repositories file")
+    releases.add_argument("--json", action="store_true", help="as JSON, for scripts")
+    rollback = sub.add_parser(
+        "rollback",
+        help="serve an earlier release at the stable URL again, after the deploy's health "
+        "and smoke checks (the current one keeps serving when they fail)",
+    )
+    rollback.add_argument("repo", help="repository full name, as in the repositories file")
+    rollback.add_argument(
+        "version", nargs="?", help="the release to serve [the last one before the current]"
+    )
+
     reconcile = sub.add_parser(
         "reconcile",
         help="redeliver GitHub webhook deliveries that failed or that trainhook has no record of",

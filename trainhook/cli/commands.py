@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trainhook import db
+from trainhook.cli.releases import cmd_releases, cmd_rollback
 from trainhook.cli.tokens import cmd_tokens
 from trainhook.errors import TrainhookError
 from trainhook.logs import choose_format
@@ -63,6 +64,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     runtime = build_runtime(settings)
     runtime.start_background()
     registry = _start_registry(settings)
+    serving = _start_serving(settings)
     stop = threading.Event()
     threads = [
         threading.Thread(
@@ -77,7 +79,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     base = f"http://{args.host}:{args.port}"
 
     def started() -> None:
-        print_banner(settings, base, demo.token_hint if demo is not None else None)
+        urls = serving.urls if serving is not None else None
+        print_banner(settings, base, demo.token_hint if demo is not None else None, urls)
         if demo is not None:
             demo.push(base, runtime)
 
@@ -89,11 +92,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         for thread in threads:
             thread.join()
         runtime.close()
+        if serving is not None:
+            # The containers keep running: the next `up` re-adopts them.
+            serving.close()
         if registry is not None:
             from worker.container.registry import stop_registry
 
             stop_registry(registry)
     return 0
+
+
+def _start_serving(settings: Settings) -> Any:
+    """The stable URL of every repository, after re-adopting this home's containers; None
+    when the builder runs no containers (bundle, cloudbuild)."""
+    from worker.container.serving import start_serving
+
+    return start_serving(settings)
 
 
 def _start_registry(settings: Settings) -> subprocess.Popen[bytes] | None:
@@ -113,8 +127,11 @@ def _start_registry(settings: Settings) -> subprocess.Popen[bytes] | None:
 TOKEN_HINT = "$TRAINHOOK_API_TOKEN"
 
 
-def print_banner(settings: Settings, base: str, token: str | None = None) -> None:
-    """How to reach the service. `token` is how a shell gets the API token (default: from
+def print_banner(
+    settings: Settings, base: str, token: str | None = None, urls: dict[str, str] | None = None
+) -> None:
+    """How to reach the service, and each repository's model at its stable URL (`urls`, when
+    the builder runs containers). `token` is how a shell gets the API token (default: from
     $TRAINHOOK_API_TOKEN), never the token itself: this goes to the terminal and, in a
     container, into the logs."""
     token = token or TOKEN_HINT
@@ -127,6 +144,8 @@ def print_banner(settings: Settings, base: str, token: str | None = None) -> Non
         f'  rebuild     : curl -X POST {base}/rebuild -H "Authorization: Bearer {token}" '
         f'-H \'Content-Type: application/json\' -d \'{{"repo": "{repo}", "ref": "main"}}\'\n'
     )
+    for name, url in (urls or {}).items():
+        banner += f"  model URL   : {url}  ({name}, the same for every version)\n"
     if choose_format(os.environ) == "json":
         # A log collector reads this output: one JSON line, like every other.
         logging.getLogger("trainhook").info(banner.strip())
@@ -164,7 +183,15 @@ def _base(args: argparse.Namespace) -> str:
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.loop import run_worker_process
 
-    run_worker_process(load_settings(), burst=args.burst)
+    settings = load_settings()
+    # A worker that runs containers also keeps their stable URLs up (when no other process
+    # of this home does); a burst worker exits when the queue is empty, so it does not.
+    serving = None if args.burst else _start_serving(settings)
+    try:
+        run_worker_process(settings, burst=args.burst)
+    finally:
+        if serving is not None:
+            serving.close()
     return 0
 
 
@@ -444,6 +471,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reconcile": cmd_reconcile,
     "cloudbuild-config": cmd_cloudbuild_config,
     "tokens": cmd_tokens,
+    "releases": cmd_releases,
+    "rollback": cmd_rollback,
 }
 
 

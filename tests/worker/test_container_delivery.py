@@ -1,0 +1,413 @@
+"""Real delivery on one machine: images in a real registry process, run by podman, reached at
+the repository's stable URL through the forwarder; a switch, a failed one, a crash, the
+registry down, a worker killed mid-deploy, re-adopting after a restart, rollback and the
+releases listing.
+
+The images are built once per module from a stdlib app (the offline base image has no pip
+packages) that differs only in its last layer: what it labels, and how it misbehaves."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.containers import BASE_IMAGE, need_podman, remove_containers
+from trainhook.cli import main
+from trainhook.deployconfig import DeployConfig
+from trainhook.releases import Releases, home_label
+from worker.container.engine import Engine
+from worker.container.forward import Forwarder
+from worker.container.registry import start_local_registry, stop_registry
+from worker.container.release import HOME_LABEL, Containers, Target, adopt, deliver
+from worker.stage import StageFailed
+
+TEXTS = ("good", "bad")
+# MODE: ok | crash (exits at start, saying why) | unhealthy (/healthz 500) | hang (never healthy)
+APP = """\
+import json, os, signal, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LABEL = open("label.txt").read().strip()
+MODE = open("mode.txt").read().strip()
+if MODE == "crash":
+    sys.exit("cannot load the model: model.joblib is truncated")
+# pid 1 ignores SIGTERM without a handler; a served app stops on it.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+class Handler(BaseHTTPRequestHandler):
+    def answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        healthy = self.path == "/healthz" and MODE == "ok"
+        self.answer(200 if healthy else 500, {"label": LABEL, "env": os.environ.get("APP_KEY")})
+
+    def do_POST(self):
+        texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["texts"]
+        self.answer(200, {"labels": [LABEL for _ in texts]})
+
+
+ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+DOCKERFILE = f"""\
+FROM {BASE_IMAGE}
+WORKDIR /app
+COPY app.py ./
+COPY label.txt mode.txt ./
+CMD ["python3", "app.py"]
+"""
+IMAGES = {  # version -> (label, mode)
+    "b1-aaaaaaaaaaaa": ("pos", "ok"),
+    "b2-bbbbbbbbbbbb": ("neg", "ok"),
+    "b3-cccccccccccc": ("neg", "unhealthy"),
+    "b4-dddddddddddd": ("neg", "crash"),
+    "b5-eeeeeeeeeeee": ("neg", "hang"),
+}
+
+
+@dataclass
+class Registry:
+    address: str
+    records: dict[str, dict[str, Any]]  # version -> pushed record
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry process holding one image per IMAGES entry (built once, by podman)."""
+    engine = need_podman()
+    home = tmp_path_factory.mktemp("registry-home")
+    process = start_local_registry(home)
+    assert process is not None
+    address = (home / "oci-registry" / "address").read_text().strip()
+    name = f"trainhook-delivery-test-{secrets.token_hex(3)}"
+    context = tmp_path_factory.mktemp("image")
+    (context / "app.py").write_text(APP)
+    (context / "Dockerfile").write_text(DOCKERFILE)
+    records = {}
+    tags = []
+    try:
+        for build_id, (version, (label, mode)) in enumerate(IMAGES.items(), start=1):
+            (context / "label.txt").write_text(label)
+            (context / "mode.txt").write_text(mode)
+            tag = f"localhost/{name}:{version}"
+            tags.append(tag)
+            run(engine, "build", "--isolation", "chroot", "-q", "-t", tag, str(context))
+            digestfile = context / "digest"
+            ref = f"{address}/{name}:{version}"
+            run(engine, "push", "--tls-verify=false", "--digestfile", str(digestfile), tag, ref)
+            digest = digestfile.read_text().strip()
+            records[version] = {
+                "version": version, "build_id": build_id, "sha": version[3:] * 3,
+                "digest": digest, "image": f"{address}/{name}@{digest}",
+                "created": f"2026-01-0{build_id}T00:00:00+00:00",
+            }  # fmt: skip
+        yield Registry(address, records)
+    finally:
+        stop_registry(process)
+        images = subprocess.run(
+            engine.cmd("images", "-q", "--filter", f"reference=*{name}*"),
+            capture_output=True, text=True, check=False,
+        ).stdout.split()  # fmt: skip
+        subprocess.run(engine.cmd("rmi", "-f", *tags, *images), capture_output=True, check=False)
+
+
+def run(engine: Engine, *args: str) -> str:
+    done = subprocess.run(engine.cmd(*args), capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{args[:2]}: {done.stderr[-800:]}"
+    return done.stdout.strip()
+
+
+@dataclass
+class Machine:
+    """One trainhook home on this machine: its release records, URL forwarder, engine."""
+
+    engine: Engine
+    home: Path
+    slug: str
+    releases: Releases
+    forwarder: Forwarder
+    registry: Registry
+    deploy: DeployConfig
+
+    def deliver(self, version: str, **kwargs: Any) -> tuple[bool, str]:
+        target = Target(self.registry.records[version], self.deploy, TEXTS)
+        lines: list[str] = []
+        return deliver(
+            Containers(self.engine), self.releases, target, lines.append, os.environ, **kwargs
+        )
+
+    def labels(self) -> list[str]:
+        """What the stable URL answers now."""
+        return predict(self.releases.url())
+
+    def containers(self) -> list[str]:
+        out = run(
+            self.engine,
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            f"label={HOME_LABEL}={home_label(self.home)}",
+        )
+        return out.split()
+
+
+def predict(url: str) -> list[str]:
+    request = urllib.request.Request(
+        url + "/predict", json.dumps({"texts": list(TEXTS)}).encode(),
+        {"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return list(json.loads(response.read())["labels"])
+
+
+@pytest.fixture
+def machine(pushed: Registry, tmp_path: Path) -> Iterator[Machine]:
+    engine = need_podman()
+    home = tmp_path / "home"
+    slug = f"github-octo-org--app-{secrets.token_hex(3)}"
+    releases = Releases(home, slug)
+    forwarder = Forwarder([releases])
+    assert forwarder.start() == {slug: releases.stable_port()}
+    deploy = DeployConfig(timeout=30, env=("APP_KEY",))
+    yield Machine(engine, home, slug, releases, forwarder, pushed, deploy)
+    forwarder.close()
+    remove_containers(engine, f"{HOME_LABEL}={home_label(home)}")
+
+
+def test_a_new_model_serves_at_the_same_url_and_the_old_container_is_gone(machine: Machine):
+    assert machine.deliver("b1-aaaaaaaaaaaa")[0]
+    url = machine.releases.url()
+    assert machine.labels() == ["pos", "pos"]
+    (first,) = machine.containers()
+
+    switched, detail = machine.deliver("b2-bbbbbbbbbbbb")
+    assert switched and f"serving at {url}" in detail and "(was b1-aaaaaaaaaaaa)" in detail
+    assert machine.releases.url() == url
+    assert machine.labels() == ["neg", "neg"]
+    assert first not in machine.containers() and len(machine.containers()) == 1
+
+
+def test_deploying_what_serves_again_changes_nothing(machine: Machine):
+    machine.deliver("b1-aaaaaaaaaaaa")
+    before = machine.containers()
+    switched, detail = machine.deliver("b1-aaaaaaaaaaaa")
+    assert switched and "already serving" in detail and machine.containers() == before
+
+
+@pytest.mark.parametrize(
+    ("version", "said"),
+    [
+        ("b3-cccccccccccc", "health check /healthz failed for"),
+        ("b4-dddddddddddd", "cannot load the model: model.joblib is truncated"),
+    ],
+    ids=["failing-health-check", "crash-on-start"],
+)
+def test_a_new_version_that_fails_its_checks_leaves_the_old_one_serving(
+    machine: Machine, version: str, said: str
+):
+    machine = Machine(**{**machine.__dict__, "deploy": DeployConfig(timeout=10)})
+    machine.deliver("b1-aaaaaaaaaaaa")
+    serving = machine.containers()
+    with pytest.raises(StageFailed) as failed:
+        machine.deliver(version)
+    assert said in str(failed.value)
+    assert "current release unchanged (b1-aaaaaaaaaaaa)" in str(failed.value)
+    assert machine.labels() == ["pos", "pos"]
+    assert machine.containers() == serving  # the failed one is removed
+    assert (machine.releases.current() or {})["version"] == "b1-aaaaaaaaaaaa"
+
+
+def test_the_registry_down_fails_the_pull_clearly_and_switches_nothing(machine: Machine):
+    machine.deliver("b1-aaaaaaaaaaaa")
+    record = machine.registry.records["b2-bbbbbbbbbbbb"]
+    # A digest this machine does not hold, in a registry nobody answers for.
+    gone = {
+        **record,
+        "image": "127.0.0.1:9/nowhere@sha256:" + "0" * 64,
+        "digest": "sha256:" + "0" * 64,
+    }
+    with pytest.raises(
+        StageFailed,
+        match=r"pulling 127\.0\.0\.1:9/nowhere@sha256:0+ failed; current release unchanged",
+    ):
+        deliver(
+            Containers(machine.engine), machine.releases, Target(gone, machine.deploy, TEXTS),
+            lambda _: None, os.environ,
+        )  # fmt: skip
+    assert machine.labels() == ["pos", "pos"] and len(machine.containers()) == 1
+
+
+def test_only_the_listed_variables_reach_the_container(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("APP_KEY", "listed-value")
+    monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", "never-in-the-container")
+    machine.deliver("b1-aaaaaaaaaaaa")
+    (container,) = machine.containers()
+    env = run(machine.engine, "inspect", "--format", "{{json .Config.Env}}", container)
+    assert "APP_KEY=listed-value" in env and "never-in-the-container" not in env
+    inspected = run(
+        machine.engine, "inspect", "--format", "{{json .Config.Cmd}} {{json .Args}}", container
+    )
+    assert "listed-value" not in inspected  # passed by name, never on a command line
+
+
+KILLED_DEPLOY = """\
+import json, os, sys
+from pathlib import Path
+from trainhook.deployconfig import DeployConfig
+from trainhook.releases import Releases
+from worker.container.engine import engine_named
+from worker.container.release import Containers, Target, deliver
+
+home, slug, record = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+deliver(
+    Containers(engine_named("podman")), Releases(home, slug),
+    Target(record, DeployConfig(timeout=600), ("a",)), lambda line: None, os.environ,
+)
+"""
+
+
+def test_a_worker_killed_mid_deploy_leaves_no_orphan_and_no_half_switch_after_readopting(
+    machine: Machine,
+):
+    machine.deliver("b1-aaaaaaaaaaaa")
+    (serving,) = machine.containers()
+    before = machine.releases.current()
+    record = machine.registry.records["b5-eeeeeeeeeeee"]  # never healthy: killed while waiting
+    worker = subprocess.Popen(
+        [sys.executable, "-c", KILLED_DEPLOY, str(machine.home), machine.slug, json.dumps(record)]
+    )
+    deadline = time.monotonic() + 60
+    while len(machine.containers()) < 2:
+        assert worker.poll() is None and time.monotonic() < deadline, "no candidate started"
+        time.sleep(0.2)
+    time.sleep(1)  # the candidate is being health-checked now
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert machine.releases.current() == before  # nothing switched
+    assert machine.labels() == ["pos", "pos"]
+
+    said = adopt(Containers(machine.engine), machine.home, [machine.slug])
+
+    assert machine.containers() == [serving], said
+    assert machine.labels() == ["pos", "pos"]
+
+
+def test_after_a_restart_the_serving_container_is_adopted_at_the_same_url(machine: Machine):
+    machine.deliver("b1-aaaaaaaaaaaa")
+    url = machine.releases.url()
+    (serving,) = machine.containers()
+    machine.forwarder.close()  # `trainhook up` stops; its containers keep running
+    run(machine.engine, "stop", "--time", "5", serving)  # and this one stopped too (a reboot)
+
+    said = adopt(Containers(machine.engine), machine.home, [machine.slug])
+    again = Forwarder([Releases(machine.home, machine.slug)])
+    try:
+        assert again.start() == {machine.slug: int(url.rsplit(":", 1)[1])}
+        assert any("restarted b1-aaaaaaaaaaaa" in line for line in said), said
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert predict(url) == ["pos", "pos"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+        assert machine.containers() == [serving]
+    finally:
+        again.close()
+
+
+@pytest.fixture
+def cli_env(machine: Machine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """The commands' environment for `machine`'s repository; returns its name."""
+    name = "octo-org/" + machine.slug.removeprefix("github-octo-org--")
+    config = tmp_path / "trainhook.toml"
+    config.write_text(
+        textwrap.dedent(f"""\
+        [[repos]]
+        name = "{name}"
+        provider = "github"
+        clone_url = "https://github.com/{name}.git"
+        secret_env = "TEST_SECRET"
+        [repos.deploy]
+        timeout = 30
+        """)
+    )
+    for key, value in {
+        "TRAINHOOK_HOME": str(machine.home), "TRAINHOOK_CONFIG": str(config),
+        "TEST_SECRET": "s" * 32, "TRAINHOOK_BUILDER": "podman",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    assert Releases(machine.home, machine.slug).slug == machine.slug
+    return name
+
+
+def test_rollback_serves_the_release_before_the_current_one_at_the_same_url(
+    machine: Machine, cli_env: str, capsys: pytest.CaptureFixture[str]
+):
+    for version in ("b1-aaaaaaaaaaaa", "b2-bbbbbbbbbbbb"):
+        machine.releases.save(version, machine.registry.records[version])
+        machine.deliver(version)
+    assert machine.labels() == ["neg", "neg"]
+
+    assert main(["rollback", cli_env]) == 0
+
+    assert machine.labels() == ["pos", "pos"]
+    assert (machine.releases.current() or {})["version"] == "b1-aaaaaaaaaaaa"
+    assert len(machine.containers()) == 1
+    assert "rolling back from b2-bbbbbbbbbbbb to b1-aaaaaaaaaaaa" in capsys.readouterr().out
+
+
+def test_a_rollback_that_fails_its_checks_says_why_and_leaves_the_current_one(
+    machine: Machine, cli_env: str, capsys: pytest.CaptureFixture[str]
+):
+    machine.releases.save("b4-dddddddddddd", machine.registry.records["b4-dddddddddddd"])
+    machine.releases.save("b1-aaaaaaaaaaaa", machine.registry.records["b1-aaaaaaaaaaaa"])
+    machine.deliver("b1-aaaaaaaaaaaa")
+
+    assert main(["rollback", cli_env, "b4-dddddddddddd"]) == 1
+
+    err = capsys.readouterr().err
+    assert "rollback to b4-dddddddddddd failed" in err and "model.joblib is truncated" in err
+    assert machine.labels() == ["pos", "pos"]
+
+
+def test_releases_lists_every_version_which_serves_and_the_url(
+    machine: Machine, cli_env: str, capsys: pytest.CaptureFixture[str]
+):
+    for version in ("b1-aaaaaaaaaaaa", "b2-bbbbbbbbbbbb"):
+        machine.releases.save(version, machine.registry.records[version])
+    machine.deliver("b1-aaaaaaaaaaaa")
+    capsys.readouterr()
+
+    assert main(["releases", cli_env, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["url"] == machine.releases.url()
+    assert [(r["version"], r["serving"]) for r in listed["releases"]] == [
+        ("b2-bbbbbbbbbbbb", False), ("b1-aaaaaaaaaaaa", True),
+    ]  # fmt: skip
+    assert main(["releases", cli_env]) == 0
+    text = capsys.readouterr().out
+    assert machine.releases.url() in text and "* b1-aaaaaaaaaaaa" in text
