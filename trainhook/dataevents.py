@@ -169,6 +169,18 @@ def take_event(engine: sa.Engine, repos: Iterable[RepoConfig], event: ObjectEven
         return []
     taken = []
     for repo in watched_objects(repos).get((event.bucket, event.name), []):
+        branch = repo.scheduled_branch
+        if any(c in branch for c in "*?[]"):
+            # `branches` starts with a glob and no `schedule_branch` names one branch: there
+            # is no head to build. Said each time, since nothing else would show it.
+            log.warning(
+                "data: %s changed, but %s has no branch to build (%r is a glob): set "
+                "schedule_branch",
+                event.url,
+                repo.name,
+                branch,
+            )
+            continue
         done = record(engine, repo, event)
         log.info(
             "data: %s generation %d for %s: %s build #%s",

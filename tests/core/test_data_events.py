@@ -140,3 +140,21 @@ def test_a_message_that_is_no_object_notification_is_refused_by_name():
         parse_event({"eventType": "OBJECT_FINALIZE"})
     with pytest.raises(BadEvent, match="objectGeneration 'x' is not a number"):
         parse_event({"eventType": "E", "bucketId": "b", "objectId": "o", "objectGeneration": "x"})
+
+
+def test_a_repository_whose_first_branch_is_a_glob_builds_nothing_and_says_why(
+    make_settings: Callable[..., Settings], sqlite_url: str, caplog: pytest.LogCaptureFixture
+):
+    settings = make_settings(sqlite_url, branches=("release/*",), extra=DATA)
+    engine = make_engine(sqlite_url)
+    try:
+        assert take_event(engine, settings.repos, event(3)) == []
+        assert data_builds(engine) == []
+        assert "has no branch to build ('release/*' is a glob): set schedule_branch" in caplog.text
+        named = make_settings(
+            sqlite_url, branches=("release/*",), extra=DATA + '\nschedule_branch = "release/2"'
+        )
+        assert [t.outcome for t in take_event(engine, named.repos, event(3))] == ["queued"]
+        assert data_builds(engine) == [("refs/heads/release/2", "", "data", "queued")]
+    finally:
+        engine.dispose()

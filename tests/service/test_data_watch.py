@@ -199,6 +199,22 @@ def test_an_upload_of_the_watched_object_queues_one_data_build(watched):
         watcher.stop()
 
 
+def test_the_running_service_queues_the_data_build_by_itself(watched):
+    from starlette.testclient import TestClient
+
+    from service.app import create_app
+    from trainhook.runtime import build_runtime
+
+    settings, engine, bucket = watched
+    with TestClient(create_app(build_runtime(settings, engine))):
+        bucket.blob(OBJECT).upload_from_string(b"text,label\nfine,1\n")
+        deadline = time.monotonic() + 30
+        while not data_builds(engine):
+            assert time.monotonic() < deadline, "the service queued no build within 30s"
+            time.sleep(0.1)
+    assert [b[1:] for b in data_builds(engine)] == [("refs/heads/main", "", "data", "queued")]
+
+
 def test_an_upload_storm_builds_once_and_redelivered_events_build_nothing(watched):
     settings, engine, bucket = watched
     watcher = DataWatcher(settings, engine)
