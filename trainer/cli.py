@@ -126,6 +126,7 @@ def _train(args: argparse.Namespace) -> int:
     candidates = [c.strip() for c in args.data_candidates.split(",") if c.strip()]
     mode = "off" if args.quiet else "on" if args.progress else "auto"
     progress = Progress.for_mode(mode)
+    _map_large_allocations()
     from trainer.pipeline import train
 
     try:
@@ -156,3 +157,26 @@ def _train(args: argparse.Namespace) -> int:
         print(f"trainer: WARNING: {notice}", file=sys.stderr)
     print(json.dumps(result.summary(), sort_keys=True))
     return EXIT_OK
+
+
+def _map_large_allocations(threshold: int = 1 << 20) -> None:
+    """Have glibc's malloc serve blocks of `threshold` bytes or more with their own mappings,
+    returned to the system when freed (elsewhere, or if that fails: nothing).
+
+    By default glibc raises this threshold up to 32 MB as large blocks are freed, and the
+    training's many 10-30 MB numpy temporaries then stay in the heap after use: at 200k
+    synthetic rows that kept ~110 MB more resident after counting (measured, with and without).
+    This process only trains, so the setting is made here and not in the library.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, threshold)
