@@ -1,0 +1,148 @@
+"""The stable URL without an engine: the forwarder in front of two plain HTTP servers standing
+in for two releases, the stable port's allocation, and the local `[repos.deploy]` keys."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from trainhook.deployconfig import DeployConfig, DeployKeyError, parse_deploy
+from trainhook.releases import STABLE_PORTS, Releases
+from worker.container.forward import Forwarder
+
+
+class Server:
+    """A loopback HTTP server answering every GET with its name."""
+
+    def __init__(self, name: str) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: one connection, several requests
+
+            def do_GET(self) -> None:
+                body = name.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def two() -> Iterator[tuple[Server, Server]]:
+    old, new = Server("old"), Server("new")
+    yield old, new
+    old.close()
+    new.close()
+
+
+@pytest.fixture
+def releases(tmp_path: Path) -> Iterator[Releases]:
+    found = Releases(tmp_path / "home", "github-octo-org--stable")
+    forwarder = Forwarder([found])
+    forwarder.start()
+    yield found
+    forwarder.close()
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def raw_get(sock: socket.socket) -> str:
+    sock.settimeout(5)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while not data.endswith((b"old", b"new")):
+        data += sock.recv(4096)
+    return data.decode().rsplit("\r\n", 1)[-1]
+
+
+def test_before_any_release_the_url_answers_503_saying_nothing_serves(releases: Releases):
+    status, body = get(releases.url())
+    assert status == 503 and "no release of this repository serves yet" in body
+
+
+def test_a_switch_moves_new_connections_and_leaves_open_ones_where_they_were(
+    releases: Releases, two: tuple[Server, Server]
+):
+    old, new = two
+    releases.switch({"version": "v1", "port": old.port})
+    open_before = socket.create_connection(("127.0.0.1", releases.stable_port()))
+    assert raw_get(open_before) == "old"
+
+    releases.switch({"version": "v2", "port": new.port})
+
+    assert get(releases.url()) == (200, "new")
+    # A connection made before the switch is not moved mid-stream.
+    assert raw_get(open_before) == "old"
+    open_before.close()
+
+
+def test_the_stable_port_is_chosen_once_and_kept(tmp_path: Path):
+    home = tmp_path / "home"
+    port = Releases(home, "a").stable_port()
+    assert port in STABLE_PORTS
+    with socket.socket() as holder:
+        # Even while something holds it (the running forwarder), a restart reads it back.
+        holder.bind(("127.0.0.1", port))
+        assert Releases(home, "a").stable_port() == port
+    assert Releases(home, "b").stable_port() != port  # another repository gets its own
+
+
+def test_a_port_held_by_another_process_is_left_to_it(tmp_path: Path):
+    releases = Releases(tmp_path / "home", "held")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", releases.stable_port()))
+        holder.listen()
+        forwarder = Forwarder([releases])
+        assert forwarder.start() == {}
+        forwarder.close()
+
+
+def test_local_deploy_keys_are_read_and_need_no_gke_keys():
+    deploy = parse_deploy(
+        {"port": 9000, "predict_path": "/v1/predict", "memory": "512M", "cpus": 0.5,
+         "env": ["SENTRY_DSN", "SENTRY_DSN"]}
+    )  # fmt: skip
+    assert deploy == DeployConfig(
+        port=9000, predict_path="/v1/predict", memory=512 * 2**20, cpus=0.5, env=("SENTRY_DSN",)
+    )
+    assert not deploy.gke
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ({"port": 70000}, "key 'deploy.port': 70000"),
+        ({"memory": "1K"}, "key 'deploy.memory'"),
+        ({"cpus": 0}, "key 'deploy.cpus'"),
+        ({"env": ["PORT"]}, "not PORT, which trainhook sets"),
+        ({"env": ["A-B"]}, "key 'deploy.env'"),
+        ({"predict_path": "predict; rm"}, "key 'deploy.predict_path'"),
+        ({"port": 8080, "namespace": "ml"}, "missing required key 'deploy.cluster'"),
+    ],
+)
+def test_bad_local_deploy_keys_are_refused_naming_the_key(table: dict[str, object], said: str):
+    with pytest.raises(DeployKeyError, match=said.replace("(", r"\(")):
+        parse_deploy(table)
