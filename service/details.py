@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from service.forges import Forge
 from service.forges.registry import forge_for, forge_for_host
 from trainhook.pullrequests import pull_number
+from trainhook.releases import Releases
 from trainhook.settings import Settings
 
 CACHE_LEVELS = ("deps", "nltk", "model")
@@ -170,3 +171,25 @@ def pull_request_link(settings: Settings, build: dict[str, Any]) -> dict[str, An
     repo = settings.repo(build["repo"], build["provider"])
     found = _web(repo.clone_url if repo else None, build["provider"])
     return {"number": number, "url": found[0].pull_url(found[1], number) if found else None}
+
+
+def release_link(settings: Settings, build: dict[str, Any]) -> dict[str, Any] | None:
+    """`{"url": …, "serving": bool, "current": version | None}` for a build whose image a
+    container builder pushed on this machine: its repository's stable URL (built from the
+    port trainhook chose, never from a stage detail) and whether this build's release is the
+    one serving now. None for any other build, or where this service does not share the
+    worker's TRAINHOOK_HOME."""
+    repo = settings.repo(build["repo"], build["provider"])
+    if repo is None:
+        return None
+    releases = Releases(settings.home, repo.slug)
+    url = releases.known_url()
+    mine = [r for r in releases.records() if r.get("build_id") == build["id"]]
+    if url is None or not mine:
+        return None
+    current = releases.current() or {}
+    return {
+        "url": url,
+        "serving": current.get("build_id") == build["id"],
+        "current": current.get("version"),
+    }

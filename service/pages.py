@@ -29,6 +29,7 @@ from service.details import (
     cloud_build_log,
     commit_url,
     pull_request_link,
+    release_link,
     stage_facts,
 )
 from service.formatting import branch, duration, elapsed, first_line, stage_title, when
@@ -202,6 +203,7 @@ async def build_page(request: Request) -> Response:
         miss_median=summary.miss_median,
         commit=commit_url(repo.clone_url if repo else None, build["provider"], build["sha"]),
         pull=pull_request_link(runtime.settings, build),
+        release=release_link(runtime.settings, build),
         configured=repo is not None,
         refresh=live,
         trail=view["trail"],
