@@ -112,6 +112,16 @@ def _release(stage: str, detail: str) -> list[Fact]:
     if stage == "deploy" and (m := re.search(r"(\S+) is current \(was ([^)]*)\)", detail)):
         facts.append(Fact("deployed release", m[1], None, "good"))
         facts.append(Fact("previous release", m[2]))
+    # The container builder's detail (worker/container/release.py, `deliver`).
+    if stage == "deploy" and (
+        m := re.search(r" in container ([0-9a-f]{12}) \(was ([^)]*)\)", detail)
+    ):
+        facts.append(Fact("container", m[1]))
+        facts.append(Fact("previous release", m[2]))
+    if stage == "deploy" and (
+        m := re.search(r"health (/\S*) and smoke test (/\S*) passed", detail)
+    ):
+        facts.append(Fact("checks", f"health {m[1]} and smoke test {m[2]} passed", None, "good"))
     return facts
 
 

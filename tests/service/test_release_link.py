@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
+from service.details import stage_facts
 from tests.service.test_api import make_build
 from tests.service.test_pages import Tags
 from trainhook.releases import Releases
@@ -31,3 +32,17 @@ def test_the_build_page_links_the_stable_url_and_says_whether_its_release_serves
     assert f"not serving now (b{newer}-0123 serves)" in text
     # A build no container builder pushed here (the bundle builder, another machine): no URL.
     assert not Tags(client.get(f"/builds/{bundle}").text).find("a", id="release-url")
+
+
+def test_the_deploy_stage_of_a_container_build_shows_digest_container_and_checks():
+    detail = (
+        "127.0.0.1:5000/app@sha256:" + "ab" * 32 + " serving at http://127.0.0.1:20001 in "
+        "container 0123456789ab (was b1-aaaa); health /healthz and smoke test /predict passed"
+    )
+    facts = {f.label: f for f in stage_facts({"name": "deploy", "detail": detail})}
+    assert facts["digest"].value == "sha256:" + "ab" * 32
+    assert facts["container"].value == "0123456789ab"
+    assert facts["previous release"].value == "b1-aaaa"
+    assert facts["checks"].tone == "good" and facts["checks"].href is None
+    # URLs in a detail stay text: the stable URL's link comes from the release records.
+    assert all(f.href is None for f in facts.values())
