@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,58 @@ def fit_classifier(model: Any, features: Any, labels: Sequence[str]) -> list[str
         warnings.simplefilter("always")
         model.fit(features, list(labels))
     return sorted({" ".join(str(w.message).split()) for w in caught})
+
+
+# Largest held-out problem (train + validation non-zeros) fitted in a forked process beside the
+# refit: its solver copy (16 bytes a non-zero) then adds at most ~160 MB to the memory in use.
+CONCURRENT_FIT_MAX_NONZEROS = 10_000_000
+
+
+def can_fork() -> bool:
+    """Whether this platform can fork (a forked child shares the matrices without copying)."""
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def fit_predict_in_child(
+    model: Any, features: Any, labels: Sequence[str], to_predict: Any
+) -> Callable[[], tuple[list[str], list[str]]]:
+    """Fit `model` and predict `to_predict` in a forked process; return a function that waits
+    for (the predicted labels, the warnings the fit raised).
+
+    The child inherits the matrices (nothing is pickled but the result). Raises
+    RuntimeError from the returned function if the child fails.
+    """
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_fit_predict, args=(send, model, features, labels, to_predict), daemon=True
+    )
+    child.start()
+    send.close()
+
+    def wait() -> tuple[list[str], list[str]]:
+        try:
+            outcome = receive.recv()
+        except EOFError:
+            outcome = None
+        finally:
+            receive.close()
+            child.join()
+        if not isinstance(outcome, tuple):
+            raise RuntimeError(f"fitting the held-out model failed: {outcome or child.exitcode}")
+        return outcome
+
+    return wait
+
+
+def _fit_predict(send: Any, model: Any, features: Any, labels: Any, to_predict: Any) -> None:
+    try:
+        caught = fit_classifier(model, features, labels)
+        send.send(([str(p) for p in model.predict(to_predict)], caught))
+    except BaseException as exc:  # reported to the parent, which raises
+        send.send(f"{type(exc).__name__}: {exc}")
+    finally:
+        send.close()
 
 
 def evaluate(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict:
