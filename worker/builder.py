@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from worker.context import BuildContext
+from worker.stage import Outcome, skipped
 
 BUILDER_STAGES = ("build", "push", "deploy", "vertex")
+VERTEX_REASON = "Vertex AI pipelines need TRAINHOOK_BUILDER=cloudbuild"
+
+
+def version_of(ctx: BuildContext) -> str:
+    """The release version of a build on this machine: `b<build id>-<12 hex of the sha>`."""
+    return f"b{ctx.build.id}-{ctx.build.sha[:12]}"
 
 
 class Builder(Protocol):
@@ -38,3 +45,25 @@ class Builder(Protocol):
         """metrics.json of the model serving `ctx.repo` now, or None when none is deployed.
         Read by the quality gate; never raises for a missing or unreadable release."""
         ...
+
+
+class MachineBuilder:
+    """What the builders that deliver on this machine (`bundle`, docker, podman) share: their
+    three stages run in order, and `vertex` skipped (only Cloud Build submits pipelines)."""
+
+    stages: tuple[str, ...] = BUILDER_STAGES
+
+    def __call__(self, ctx: BuildContext) -> None:
+        ctx.recorder.run_stage("build", lambda: self.build(ctx))
+        ctx.recorder.run_stage("push", lambda: self.push(ctx))
+        ctx.recorder.run_stage("deploy", lambda: self.deploy(ctx))
+        ctx.recorder.run_stage("vertex", lambda: skipped(VERTEX_REASON))
+
+    def build(self, ctx: BuildContext) -> Outcome:
+        raise NotImplementedError
+
+    def push(self, ctx: BuildContext) -> Outcome:
+        raise NotImplementedError
+
+    def deploy(self, ctx: BuildContext) -> Outcome:
+        raise NotImplementedError

@@ -36,13 +36,13 @@ from tests.cloudbuild.fake_server import Plan
 from tests.support.containers import BASE_IMAGE, need_podman, remove_containers
 from tests.worker.conftest import context_for, new_build, stage_map
 from trainhook.settings import Settings
-from worker.builder import BUILDER_STAGES, Builder
+from worker.builder import BUILDER_STAGES, VERTEX_REASON, Builder
 from worker.cloudbuild.builder import NO_VERTEX
 from worker.container.builder import ContainerBuilder
 from worker.container.registry import start_local_registry, stop_registry
 from worker.container.release import REPO_LABEL
 from worker.context import BuildContext, CacheKeys
-from worker.local.builder import VERTEX_REASON, LocalBuilder
+from worker.local.builder import LocalBuilder
 from worker.stage import Interrupted, StageFailed
 
 GOOD, BETTER = {"macro_f1": 0.8}, {"macro_f1": 0.9}

@@ -12,8 +12,9 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from tests.worker.conftest import context_for, new_build
+from worker.builder import VERTEX_REASON
 from worker.context import BuildContext
-from worker.local.builder import VERTEX_REASON, LocalBuilder
+from worker.local.builder import LocalBuilder
 from worker.stage import StageFailed
 
 

@@ -16,13 +16,12 @@ from urllib.parse import urlsplit, urlunsplit
 from trainhook.deployconfig import DeployConfig
 from trainhook.models import utcnow
 from trainhook.releases import Releases, read_json
-from worker.builder import BUILDER_STAGES
+from worker.builder import MachineBuilder, version_of
 from worker.bundle import bundle_entries, write_bundle
 from worker.container.engine import Engine
 from worker.container.registry import answers, is_loopback, registry_for
 from worker.container.release import Containers, Target, deliver
 from worker.context import BuildContext
-from worker.local.builder import VERTEX_REASON, version_of
 from worker.local.healthcheck import PROBE_TEXTS
 from worker.local.release import unpack_bundle
 from worker.stage import Outcome, StageFailed, skipped
@@ -57,21 +56,13 @@ def image_labels(ctx: BuildContext) -> dict[str, str]:
     }
 
 
-class ContainerBuilder:
+class ContainerBuilder(MachineBuilder):
     """Runs the builder stages with a container engine (see `Builder`). Idempotent: the same
     build gives the same tag and version, a version already serving is left serving."""
-
-    stages: tuple[str, ...] = BUILDER_STAGES
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.containers = Containers(engine)
-
-    def __call__(self, ctx: BuildContext) -> None:
-        ctx.recorder.run_stage("build", lambda: self.build(ctx))
-        ctx.recorder.run_stage("push", lambda: self.push(ctx))
-        ctx.recorder.run_stage("deploy", lambda: self.deploy(ctx))
-        ctx.recorder.run_stage("vertex", lambda: skipped(VERTEX_REASON))
 
     def deployed_metrics(self, ctx: BuildContext) -> dict[str, Any] | None:
         current = Releases(ctx.settings.home, ctx.repo.slug).current()

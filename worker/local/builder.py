@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from worker.builder import BUILDER_STAGES
+from worker.builder import MachineBuilder, version_of
 from worker.bundle import bundle_entries, write_bundle
 from worker.context import BuildContext, Bundle
 from worker.local.release import LocalRegistry, Releases
@@ -18,31 +18,17 @@ from worker.stalegate import supersede_if_stale
 HEALTH_TIMEOUT = 120.0
 HEALTH_SCRIPT = Path(__file__).with_name("healthcheck.py")
 HEALTH_FILES = ("model.joblib", "vectorizer.joblib", "model_manifest.json")
-VERTEX_REASON = "Vertex AI pipelines need TRAINHOOK_BUILDER=cloudbuild"
 
 
-def version_of(ctx: BuildContext) -> str:
-    """The release version of a build: `b<build id>-<12 hex of the sha>`."""
-    return f"b{ctx.build.id}-{ctx.build.sha[:12]}"
-
-
-class LocalBuilder:
+class LocalBuilder(MachineBuilder):
     """Runs the builder stages as local files and processes (see `Builder`). Idempotent:
     the bundle is deterministic, the push skips a digest already stored, the deploy reuses
     an unpacked release of the same digest."""
-
-    stages: tuple[str, ...] = BUILDER_STAGES
 
     def __init__(self, note: str | None = None) -> None:
         # Why this builder runs instead of a container engine (TRAINHOOK_BUILDER=local on a
         # machine without one): said in every deploy detail, so the build page says it too.
         self.note = note
-
-    def __call__(self, ctx: BuildContext) -> None:
-        ctx.recorder.run_stage("build", lambda: self.build(ctx))
-        ctx.recorder.run_stage("push", lambda: self.push(ctx))
-        ctx.recorder.run_stage("deploy", lambda: self.deploy(ctx))
-        ctx.recorder.run_stage("vertex", lambda: skipped(VERTEX_REASON))
 
     def deployed_metrics(self, ctx: BuildContext) -> dict[str, Any] | None:
         return Releases(ctx.settings.home / "releases", ctx.repo.slug).current_metrics()
