@@ -411,3 +411,15 @@ def test_releases_lists_every_version_which_serves_and_the_url(
     assert main(["releases", cli_env]) == 0
     text = capsys.readouterr().out
     assert machine.releases.url() in text and "* b1-aaaaaaaaaaaa" in text
+
+
+def test_the_local_registry_keeps_its_address_across_restarts(tmp_path: Path):
+    need_podman()  # the registry binary comes with the container tooling
+    addresses = []
+    for _ in range(2):
+        process = start_local_registry(tmp_path)
+        assert process is not None
+        addresses.append((tmp_path / "oci-registry" / "address").read_text().strip())
+        stop_registry(process)
+    # Release records name images by this address: a rollback pulls from it.
+    assert addresses[0] == addresses[1]

@@ -54,6 +54,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _same_port_as_before(folder: Path) -> int:
+    """The port the registry had last time when it is free, else a new one (kept for next
+    time). Release records name images by this address: with a new port after each restart
+    of `up`, an older release whose image was removed locally could not be pulled back."""
+    kept = folder / "port"
+    with contextlib.suppress(OSError, ValueError):
+        port = int(kept.read_text())
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+        return port
+    port = _free_port()
+    kept.write_text(f"{port}\n")
+    return port
+
+
 def start_local_registry(home: Path) -> subprocess.Popen[bytes] | None:
     """Start a registry on 127.0.0.1 storing under `home/oci-registry/data` and record its
     address; None when no registry binary is installed. Raises RuntimeError when it does not
@@ -64,7 +80,7 @@ def start_local_registry(home: Path) -> subprocess.Popen[bytes] | None:
     folder = local_registry_dir(home)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     (folder / "address").unlink(missing_ok=True)
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{_same_port_as_before(folder)}"
     config = folder / "config.yml"
     config.write_text(
         "version: 0.1\n"
