@@ -386,5 +386,8 @@ def test_a_dockerfile_run_step_cannot_see_the_workers_processes(
     finally:
         witness.kill()
         witness.wait()
+        # It deploys too: the container it left running is this test's to remove.
+        slug = make_settings(sqlite_url).repos[0].slug
+        remove_containers(need_podman(), f"{REPO_LABEL}={slug}")
 
     assert statuses(ctx)["build"] == "succeeded"
