@@ -23,10 +23,16 @@ import httpx
 from trainhook.buildview import get_build
 from trainhook.db import reading
 from trainhook.errors import TrainhookError
+from trainhook.releases import Releases
 from trainhook.runtime import Runtime
+from worker.container.engine import Engine, detect
 
 DEMO_REPO = "demo/social-score-api"
 SECRET_ENV = "TRAINHOOK_DEMO_WEBHOOK_SECRET"
+# What scripts/system-deps.sh imports on a machine without an image registry.
+OFFLINE_BASE_IMAGE = "localhost/python-base:3.11"
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+TEXTS = ("I love this, thank you so much!", "This is terrible, I hate it.")
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "trainhook demo",
     "GIT_AUTHOR_EMAIL": "demo@trainhook.invalid",
@@ -133,7 +139,9 @@ class DemoSession:
         answer = httpx.post(f"{base}/webhooks/github", content=body, headers=headers, timeout=30)
         print(f"demo push: HTTP {answer.status_code} {answer.text}", flush=True)
         if answer.status_code == 202:
-            follow(runtime, int(answer.json()["build_id"]), base)
+            build_id = int(answer.json()["build_id"])
+            follow(runtime, build_id, base)
+            show_served(runtime, build_id)
 
 
 def follow(runtime: Runtime, build_id: int, base: str, timeout: float = 900) -> None:
@@ -155,6 +163,30 @@ def follow(runtime: Runtime, build_id: int, base: str, timeout: float = 900) -> 
             print(f"build {build_id} {build['status']}: {base}/builds/{build_id}", flush=True)
             return
         time.sleep(0.3)
+
+
+def show_served(runtime: Runtime, build_id: int) -> None:
+    """When the build's release serves at its stable URL: the URL, a curl that labels two
+    texts, and what it answers now."""
+    repo = runtime.settings.repo(DEMO_REPO)
+    if repo is None:
+        return
+    releases = Releases(runtime.settings.home, repo.slug)
+    current = releases.current() or {}
+    if current.get("build_id") != build_id:
+        return
+    url = releases.url()
+    predict = repo.deploy.predict_path if repo.deploy else "/predict"
+    body = json.dumps({"texts": list(TEXTS)})
+    print(f"model serving at {url} (the same URL for every version)", flush=True)
+    print(f"  curl -s -X POST {url}{predict} -H 'Content-Type: application/json' "
+          f"-d {shlex.quote(body)}", flush=True)  # fmt: skip
+    try:
+        answer = httpx.post(f"{url}{predict}", content=body, timeout=30,
+                            headers={"Content-Type": "application/json"})  # fmt: skip
+        print(f"  -> {answer.text.strip()}", flush=True)
+    except httpx.HTTPError as exc:
+        print(f"  -> {exc}", flush=True)
 
 
 def prepare_demo(env: MutableMapping[str, str]) -> DemoSession:
@@ -183,8 +215,35 @@ def prepare_demo(env: MutableMapping[str, str]) -> DemoSession:
     )
     env["TRAINHOOK_CONFIG"] = str(config)
     env.setdefault("TRAINHOOK_HOME", str(home))
-    # The example's image starts FROM python:3.11-slim and pip-installs from PyPI: a machine
-    # with podman but no route to an image registry would fail the demo at `build`. Unless the
-    # operator names a builder, the demo uses the bundle builder, which every machine has.
-    env.setdefault("TRAINHOOK_BUILDER", "bundle")
+    choose_demo_builder(env)
     return DemoSession(repo_dir=repo_dir, secret=secret, token_file=token_file)
+
+
+def _image_present(engine: Engine, image: str) -> bool:
+    done = subprocess.run(
+        engine.cmd("image", "inspect", "--format", "{{.Id}}", image),
+        stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=60,
+    )  # fmt: skip
+    return done.returncode == 0
+
+
+def choose_demo_builder(env: MutableMapping[str, str]) -> None:
+    """The builder the demo runs when the operator names none. The example's image starts
+    FROM a Python base image and pip-installs from PyPI: with an engine and that base image
+    already here (TRAINHOOK_BASE_IMAGE, python:3.11-slim, or the offline one
+    scripts/system-deps.sh makes) the demo builds and serves it (`local`), built with the
+    machine's CA bundle so that pip works behind a TLS-inspecting proxy; otherwise the bundle
+    builder, which every machine has (a machine with podman but no image registry failed
+    the demo at `build`, pulling python:3.11-slim)."""
+    if env.get("TRAINHOOK_BUILDER"):
+        return
+    engine = detect()
+    wanted = [env.get("TRAINHOOK_BASE_IMAGE") or "", "python:3.11-slim", OFFLINE_BASE_IMAGE]
+    base = next((b for b in wanted if b and engine and _image_present(engine, b)), None)
+    if engine is None or base is None:
+        env["TRAINHOOK_BUILDER"] = "bundle"
+        return
+    env["TRAINHOOK_BUILDER"] = "local"
+    env["TRAINHOOK_BASE_IMAGE"] = base
+    if SYSTEM_CA_BUNDLE.is_file():
+        env.setdefault("TRAINHOOK_BUILD_CA_BUNDLE", str(SYSTEM_CA_BUNDLE))
