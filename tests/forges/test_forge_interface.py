@@ -180,7 +180,7 @@ def test_github_alone_redelivers_and_reconcile_says_so():
 def test_github_deliveries_are_normalised_and_stop_at_since():
     now = datetime.now(UTC)
     stamp = lambda **d: (now - timedelta(**d)).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
-    page = [
+    page: list[dict[str, object]] = [
         {"id": 9, "guid": "g9", "event": "push", "status_code": 503,
          "delivered_at": stamp(minutes=1), "redelivery": True},
         {"id": "x", "guid": None, "event": 3, "status_code": 0, "delivered_at": stamp(minutes=2)},
@@ -239,3 +239,190 @@ def test_an_unknown_provider_has_no_forge_and_no_api():
 def test_a_forgejo_commit_links_to_its_page_like_gitea():
     url = "https://codeberg.org/team/api.git"
     assert commit_url(url, "forgejo", SHA) == f"https://codeberg.org/team/api/commit/{SHA}"
+
+
+def _hooks_client(answer: object, status: int = 200) -> httpx.Client:
+    def hooks(request: httpx.Request) -> httpx.Response:
+        assert request.method == "GET" and request.url.path == "/api/repos/octo-org/api/hooks"
+        return httpx.Response(status, json=answer)
+
+    return httpx.Client(transport=httpx.MockTransport(hooks))
+
+
+def _hook(id_: int, url: str | None) -> dict[str, object]:
+    return {"id": id_, "config": {"url": url} if url is not None else None}
+
+
+def test_github_finds_the_one_hook_delivering_to_the_public_url_with_or_without_a_slash():
+    forge = FORGES["github"]
+    hooks = [
+        _hook(1, "https://other.example/webhooks/github"),
+        _hook(2, "https://ci.example/webhooks/github/"),
+        _hook(3, None),
+    ]
+    with _hooks_client(hooks) as http:
+        assert forge.find_hook(http, _api(forge), "https://ci.example") == 2
+
+
+def test_github_without_a_public_url_finds_the_hook_by_its_route_alone():
+    forge = FORGES["github"]
+    hooks = [
+        _hook(4, "https://ci.example/webhooks/gitlab"),
+        _hook(5, "https://ci.example/webhooks/github"),
+    ]
+    with _hooks_client(hooks) as http:
+        assert forge.find_hook(http, _api(forge), "") == 5
+
+
+def test_github_refuses_to_guess_between_two_hooks_or_none_naming_what_it_found():
+    forge = FORGES["github"]
+    two = [
+        _hook(6, "https://a.example/webhooks/github"),
+        _hook(7, "https://b.example/webhooks/github"),
+    ]
+    with _hooks_client(two) as http, pytest.raises(ApiError, match=r"2 hooks \(\[6, 7\]\)"):
+        forge.find_hook(http, _api(forge), "")
+    answers: list[object] = [[], {"message": "not a list"}]
+    for answer in answers:
+        with _hooks_client(answer) as http, pytest.raises(ApiError, match="no hook delivering"):
+            forge.find_hook(http, _api(forge), "https://ci.example")
+
+
+def test_github_says_which_call_failed_when_the_hooks_cannot_be_listed():
+    forge = FORGES["github"]
+    failed = "list the hooks of octo-org/api: HTTP 404 Not Found"
+    with (
+        _hooks_client({"message": "Not Found"}, 404) as http,
+        pytest.raises(ApiError, match=failed),
+    ):
+        forge.find_hook(http, _api(forge), "https://ci.example")
+
+
+@pytest.mark.parametrize(
+    ("clone_url", "link"),
+    [
+        ("https://github.com/o/r.git", f"https://github.com/o/r/commit/{SHA}"),
+        ("https://gitlab.example.com/o/r.git", f"https://gitlab.example.com/o/r/-/commit/{SHA}"),
+        ("https://git.example.com/o/r.git", None),  # Gitea or Forgejo: only a provider says
+        ("https://ungithub.com/o/r.git", None),
+    ],
+)
+def test_without_a_provider_only_a_host_that_names_its_forge_gets_a_commit_link(
+    clone_url: str, link: str | None
+):
+    assert commit_url(clone_url, None, SHA) == link
+
+
+@pytest.mark.parametrize("name", ["github", "gitlab", "gitea"])
+def test_a_push_listing_the_most_commits_a_payload_can_hold_is_never_taken_as_complete(name: str):
+    from service.forges.github import MAX_COMMITS
+
+    forge = FORGES[name]
+    if name == "github":
+        assert forge.lists_every_commit({"forced": False}, MAX_COMMITS - 1)
+        assert not forge.lists_every_commit({"forced": False}, MAX_COMMITS)
+        assert not forge.lists_every_commit({"forced": True}, 1)
+        assert not forge.lists_every_commit({}, 1)
+    else:
+        total = "total_commits_count" if name == "gitlab" else "total_commits"
+        assert forge.lists_every_commit({total: 3}, 3)
+        assert not forge.lists_every_commit({total: 30}, 20)
+        assert not forge.lists_every_commit({total: True}, 1)
+
+
+def _status_client(seen: list[tuple[str, dict[str, object]]], status: int, message: str):
+    def answer(request: httpx.Request) -> httpx.Response:
+        import json
+
+        seen.append((f"{request.method} {request.url}", json.loads(request.content)))
+        return httpx.Response(status, json={"message": message})
+
+    return httpx.Client(transport=httpx.MockTransport(answer))
+
+
+@pytest.mark.parametrize(
+    ("ref", "sent"),
+    [
+        ("refs/heads/main", "main"),
+        ("refs/tags/v1.2", "v1.2"),
+        ("refs/merge-requests/7/head", None),  # GitLab takes the commit's own ref then
+    ],
+)
+def test_gitlab_statuses_name_the_branch_or_tag_and_no_other_ref(ref: str, sent: str | None):
+    from service.forges import Report
+
+    forge = FORGES["gitlab"]
+    seen: list[tuple[str, dict[str, object]]] = []
+    report = Report(1, SHA, ref, "running", "running", "training", None)
+    with _status_client(seen, 201, "") as http:
+        forge.send_status(http, _api(forge), report)
+    [(call, body)] = seen
+    assert call == f"POST https://forge.example/api/projects/octo-org%2Fapi/statuses/{SHA}"
+    assert body.get("ref", None) == sent and ("ref" in body) == (sent is not None)
+
+
+def test_gitlab_status_refused_for_another_reason_than_an_unchanged_state_is_an_error():
+    from service.forges import Report
+
+    forge = FORGES["gitlab"]
+    report = Report(1, SHA, "refs/heads/main", "running", "running", "training", None)
+    seen: list[tuple[str, dict[str, object]]] = []
+    with _status_client(seen, 400, "Cannot transition status via :run from :running") as http:
+        forge.send_status(http, _api(forge), report)  # already sent: fine
+    refused = _status_client(seen, 400, "name is too long")
+    with refused as http, pytest.raises(ApiError, match="name is too long"):
+        forge.send_status(http, _api(forge), report)
+
+
+def test_gitlab_reads_a_merge_requests_notes_oldest_first():
+    forge = FORGES["gitlab"]
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json=[{"id": 11, "body": "<!-- trainhook --> ok"}])
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as http:
+        assert forge.find_comment(http, _api(forge), 7, "<!-- trainhook -->") == "11"
+    assert seen == [
+        "https://forge.example/api/projects/octo-org%2Fapi/merge_requests/7/notes"
+        "?per_page=100&sort=asc&order_by=created_at"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "own", "other", "title"),
+    [("gitea", "X-Gitea", "X-Forgejo", "Gitea"), ("forgejo", "X-Forgejo", "X-Gitea", "Forgejo")],
+)
+def test_gitea_and_forgejo_read_their_own_headers_first_then_the_other_forks_and_name_both(
+    name: str, own: str, other: str, title: str
+):
+    from service.forges import BadRequest, Unauthorized
+    from service.forges.gitea import Gitea, signature
+
+    forge = Gitea(name)  # a new adapter: the registry's were made at import
+    assert (forge.name, forge.title) == (name, title)
+    with _refusing_client() as http, pytest.raises(ApiError, match=f"^{title}: listing"):
+        forge.find_hook(http, _api(forge), "")
+    mine, theirs = own.lower(), other.lower()
+    for prefix in (mine, theirs):
+        event = forge.event({f"{prefix}-event": "ping", f"{prefix}-delivery": "d-1"}, {})
+        assert (event.event, event.delivery_id, event.hook_id) == ("ping", "d-1", "")
+        forge.verify({f"{prefix}-signature": signature("s", b"{}")}, b"{}", "s")
+    both = {f"{mine}-event": "ping", f"{theirs}-event": "issues",
+            f"{mine}-delivery": "a", f"{theirs}-delivery": "b"}  # fmt: skip
+    assert (forge.event(both, {}).event, forge.event(both, {}).delivery_id) == ("ping", "a")
+    with pytest.raises(BadRequest, match=rf"^missing {own}-Event \(or {other}-Event\) header$"):
+        forge.event({}, {})
+    with pytest.raises(BadRequest, match=rf"^missing {own}-Delivery \(or {other}-Delivery\) h"):
+        forge.event({f"{mine}-event": "ping"}, {})
+    with pytest.raises(Unauthorized, match=rf"^missing {own}-Signature \(or {other}-Signature\)"):
+        forge.verify({}, b"{}", "s")
+
+
+def test_a_gitea_adapter_is_only_gitea_or_forgejo():
+    from service.forges.gitea import Gitea
+
+    assert Gitea().name == "gitea"
+    with pytest.raises(ValueError, match="must be 'gitea' or 'forgejo', not 'gogs'"):
+        Gitea("gogs")
