@@ -31,7 +31,14 @@ from trainhook.releases import Releases, home_label
 from worker.container.engine import Engine
 from worker.container.forward import Forwarder
 from worker.container.registry import start_local_registry, stop_registry
-from worker.container.release import HOME_LABEL, Containers, Target, adopt, deliver
+from worker.container.release import (
+    HOME_LABEL,
+    Containers,
+    Target,
+    adopt,
+    deliver,
+    revive,
+)
 from worker.stage import StageFailed
 
 TEXTS = ("good", "bad")
@@ -337,6 +344,23 @@ def test_after_a_restart_the_serving_container_is_adopted_at_the_same_url(machin
         assert machine.containers() == [serving]
     finally:
         again.close()
+
+
+def test_after_a_restart_a_removed_current_container_is_run_again_with_its_checks(
+    machine: Machine,
+):
+    machine.deliver("b1-aaaaaaaaaaaa")
+    (gone,) = machine.containers()
+    run(machine.engine, "rm", "-f", "--time", "0", gone)  # removed while `up` was down
+    containers = Containers(machine.engine)
+    adopt(containers, machine.home, [machine.slug])
+
+    said = revive(containers, machine.releases, machine.deploy, TEXTS, os.environ, print)
+
+    assert said is not None and "ran the current release again" in said
+    (again,) = machine.containers()
+    assert again != gone and machine.labels() == ["pos", "pos"]
+    assert revive(containers, machine.releases, machine.deploy, TEXTS, os.environ, print) is None
 
 
 @pytest.fixture

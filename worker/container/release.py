@@ -340,3 +340,26 @@ def _restart(containers: Containers, releases: Releases, current: dict[str, Any]
     with releases.locked():
         releases.switch({**current, "port": port})
     return f"{releases.slug}: restarted {current.get('version')} at {current.get('url')}"
+
+
+def revive(
+    containers: Containers,
+    releases: Releases,
+    deploy: DeployConfig,
+    texts: tuple[str, ...],
+    environ: Mapping[str, str],
+    log: Log,
+) -> str | None:
+    """After `adopt`: when the current release's container is gone (removed by hand, the
+    engine's storage reset) or did not start again, run the current release's image anew,
+    with the deploy's checks, so the stable URL serves what it served before the restart.
+    Returns what happened, or None when nothing was needed."""
+    current = releases.current()
+    if not current or not current.get("image") or containers.running(current.get("container")):
+        return None
+    record = releases.record(str(current.get("version"))) or current
+    try:
+        _, detail = deliver(containers, releases, Target(record, deploy, texts), log, environ)
+    except (StageFailed, RuntimeError) as exc:
+        return f"{releases.slug}: the current release {current.get('version')} does not run: {exc}"
+    return f"{releases.slug}: ran the current release again: {detail}"

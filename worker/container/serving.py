@@ -5,13 +5,18 @@ this home started before a restart (worker/container/release.py, `adopt`)."""
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from dataclasses import dataclass, field
 
+from trainhook.deployconfig import DeployConfig
 from trainhook.releases import Releases
+from trainhook.repos import RepoConfig
 from trainhook.settings import Settings
 from worker.container.engine import Engine, engine_named, resolve
 from worker.container.forward import Forwarder
-from worker.container.release import Containers, adopt
+from worker.container.release import Containers, adopt, revive
+from worker.local.healthcheck import PROBE_TEXTS
 
 log = logging.getLogger("trainhook.serving")
 
@@ -51,5 +56,22 @@ def start_serving(settings: Settings) -> Serving | None:
         log.info("containers: %s", line)
     forwarder = Forwarder(Releases(settings.home, slug) for slug in slugs)
     forwarder.start()
+    containers = Containers(engine)
+    for repo in settings.repos:
+        # In the background: its health check may take up to the deploy timeout, and the
+        # service and the other repositories need not wait for it.
+        threading.Thread(
+            target=_revive, args=(containers, settings, repo), name=f"revive-{repo.slug}",
+            daemon=True,
+        ).start()  # fmt: skip
     urls = {repo.name: Releases(settings.home, repo.slug).url() for repo in settings.repos}
     return Serving(forwarder, urls, adopted)
+
+
+def _revive(containers: Containers, settings: Settings, repo: RepoConfig) -> None:
+    said = revive(
+        containers, Releases(settings.home, repo.slug), repo.deploy or DeployConfig(),
+        PROBE_TEXTS, os.environ, lambda line: log.debug("%s: %s", repo.name, line.rstrip()),
+    )  # fmt: skip
+    if said:
+        log.info("containers: %s", said)
