@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from tests.support.containers import BASE_IMAGE, need_podman, remove_containers
+from trainhook import db
 from trainhook.cli import main
 from trainhook.deployconfig import DeployConfig
+from trainhook.models import audit_events
 from trainhook.releases import Releases, home_label
 from worker.container.engine import Engine
 from worker.container.forward import Forwarder
@@ -283,6 +286,7 @@ KILLED_DEPLOY = """\
 import json, os, sys
 from pathlib import Path
 from trainhook.deployconfig import DeployConfig
+from trainhook.models import audit_events
 from trainhook.releases import Releases
 from worker.container.engine import engine_named
 from worker.container.release import Containers, Target, deliver
@@ -384,8 +388,20 @@ def cli_env(machine: Machine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         "TEST_SECRET": "s" * 32, "TRAINHOOK_BUILDER": "podman",
     }.items():  # fmt: skip
         monkeypatch.setenv(key, value)
-    assert Releases(machine.home, machine.slug).slug == machine.slug
+    machine.home.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("TRAINHOOK_DATABASE_URL", f"sqlite:///{machine.home / 'trainhook.db'}")
+    db.upgrade(f"sqlite:///{machine.home / 'trainhook.db'}")
     return name
+
+
+def audited(machine: Machine) -> list[tuple[str, str]]:
+    engine = sa.create_engine(f"sqlite:///{machine.home / 'trainhook.db'}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(audit_events.c.action, audit_events.c.detail))
+            return [(r.action, r.detail) for r in rows]
+    finally:
+        engine.dispose()
 
 
 def test_rollback_serves_the_release_before_the_current_one_at_the_same_url(
@@ -402,6 +418,9 @@ def test_rollback_serves_the_release_before_the_current_one_at_the_same_url(
     assert (machine.releases.current() or {})["version"] == "b1-aaaaaaaaaaaa"
     assert len(machine.containers()) == 1
     assert "rolling back from b2-bbbbbbbbbbbb to b1-aaaaaaaaaaaa" in capsys.readouterr().out
+    # The trail says who switched what users are served, as for a rebuild.
+    (row,) = audited(machine)
+    assert row[0] == "rollback" and "b2-bbbbbbbbbbbb -> b1-aaaaaaaaaaaa (build 1)" in row[1]
 
 
 def test_a_rollback_that_fails_its_checks_says_why_and_leaves_the_current_one(

@@ -10,6 +10,8 @@ import os
 import sys
 from typing import Any
 
+import sqlalchemy as sa
+
 from trainhook.deployconfig import DeployConfig
 from trainhook.errors import TrainhookError
 from trainhook.releases import Releases
@@ -120,6 +122,28 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             os.environ,
         )  # fmt: skip
     except StageFailed as exc:
+        _audit(settings, f"rollback failed: {repo.name} {was} -> {record['version']}", record)
         raise TrainhookError(f"rollback to {record['version']} failed: {exc}") from None
+    _audit(settings, f"{repo.name} {was} -> {record['version']}", record)
     print(detail, file=sys.stdout, flush=True)
     return 0
+
+
+def _audit(settings: Settings, detail: str, record: dict[str, Any]) -> None:
+    """The trail says who switched the model serving users, as it does for a rebuild."""
+    from trainhook import audit
+    from trainhook.runtime import build_runtime
+
+    # The build id goes in the detail, not the build column: releases are files on this
+    # machine and their builds may live in another database (or none, after a reset).
+    detail = f"{detail} (build {record.get('build_id')})"
+    try:
+        runtime = build_runtime(settings)
+        try:
+            with runtime.engine.begin() as conn:
+                audit.write(conn, audit.cli_actor(), "rollback", detail=detail[:500])
+        finally:
+            runtime.close()
+    except (sa.exc.SQLAlchemyError, TrainhookError) as exc:
+        # The switch has happened (or failed) already: say so, do not hide it behind this.
+        print(f"trainhook: not recorded in the audit trail: {exc}", file=sys.stderr)
