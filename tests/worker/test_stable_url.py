@@ -146,3 +146,20 @@ def test_local_deploy_keys_are_read_and_need_no_gke_keys():
 def test_bad_local_deploy_keys_are_refused_naming_the_key(table: dict[str, object], said: str):
     with pytest.raises(DeployKeyError, match=said.replace("(", r"\(")):
         parse_deploy(table)
+
+
+def test_up_prints_each_repositorys_stable_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    from trainhook.cli.commands import print_banner
+    from trainhook.settings import load_settings
+
+    monkeypatch.delenv("TRAINHOOK_LOG_FORMAT", raising=False)
+    settings = load_settings(
+        {"TRAINHOOK_HOME": str(tmp_path), "TRAINHOOK_CONFIG": str(tmp_path / "none.toml"),
+         "TRAINHOOK_BUILDER": "bundle"},
+        require_repos=False,
+    )  # fmt: skip
+    print_banner(settings, "http://127.0.0.1:8000", urls={"octo/app": "http://127.0.0.1:20001"})
+    out = capsys.readouterr().out
+    assert "model URL   : http://127.0.0.1:20001  (octo/app, the same for every version)" in out
