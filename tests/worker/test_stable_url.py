@@ -1,5 +1,6 @@
 """The stable URL without an engine: the forwarder in front of two plain HTTP servers standing
-in for two releases, the stable port's allocation, and the local `[repos.deploy]` keys."""
+in for two releases, the stable port's allocation, the local `[repos.deploy]` keys and the
+smoke test's texts."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,3 +165,24 @@ def test_up_prints_each_repositorys_stable_url(
     print_banner(settings, "http://127.0.0.1:8000", urls={"octo/app": "http://127.0.0.1:20001"})
     out = capsys.readouterr().out
     assert "model URL   : http://127.0.0.1:20001  (octo/app, the same for every version)" in out
+
+
+def test_the_smoke_test_posts_texts_from_the_builds_own_training_data(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from worker.container.builder import smoke_texts
+    from worker.local.healthcheck import PROBE_TEXTS
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text(
+        "tweet,label\n,neutral\nfirst flight,positive\n" + "x" * 900 + ",negative\nthird,neutral\n"
+    )
+    repo = SimpleNamespace(text_column="tweet")
+
+    def ctx(path: str | None) -> Any:
+        return SimpleNamespace(data=SimpleNamespace(path=path), source=tmp_path, repo=repo)
+
+    # Rows without a text are passed over; one huge cell is cut short.
+    assert smoke_texts(ctx("data/train.csv")) == ("first flight", "x" * 500, "third")
+    for elsewhere in ("gs://bucket/train.csv", None, "data/missing.csv"):
+        assert smoke_texts(ctx(elsewhere)) == PROBE_TEXTS

@@ -4,6 +4,7 @@ digest run, health-checked and smoke-tested before it replaces the container ser
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -30,6 +31,8 @@ from worker.stalegate import supersede_if_stale
 BUILD_TIMEOUT = 1800.0
 PUSH_TIMEOUT = 600.0
 CA_TARGET = "/etc/ssl/certs/ca-certificates.crt"
+SMOKE_TEXTS = 3
+SMOKE_TEXT_CHARS = 500  # a smoke test, not a load test: one huge cell is cut short
 
 
 def image_name(ctx: BuildContext) -> str:
@@ -54,6 +57,27 @@ def image_labels(ctx: BuildContext) -> dict[str, str]:
         "trainhook.model-key": ctx.keys.model if ctx.keys else "",
         "trainhook.deps-key": ctx.keys.deps if ctx.keys else "",
     }
+
+
+def smoke_texts(ctx: BuildContext, count: int = SMOKE_TEXTS) -> tuple[str, ...]:
+    """A few texts from the build's own training data (its first rows with a text) for the
+    smoke test, so the check speaks the model's language; the fixed probe texts when the data
+    is not a CSV in the checkout (gs://, an LFS pointer, the generated sample) or has none."""
+    path = ctx.data.path if ctx.data is not None else None
+    if not path or "://" in path or ctx.source is None:
+        return PROBE_TEXTS
+    texts: list[str] = []
+    try:
+        with (ctx.source / path).open(newline="", encoding="utf-8", errors="replace") as stream:
+            for row in csv.DictReader(stream):
+                text = (row.get(ctx.repo.text_column) or "").strip()
+                if text:
+                    texts.append(text[:SMOKE_TEXT_CHARS])
+                if len(texts) == count:
+                    break
+    except (OSError, csv.Error):
+        return PROBE_TEXTS
+    return tuple(texts) if len(texts) == count else PROBE_TEXTS
 
 
 class ContainerBuilder(MachineBuilder):
@@ -174,7 +198,7 @@ class ContainerBuilder(MachineBuilder):
             raise RuntimeError(
                 f"no pushed image recorded for {version}: the push stage has not run"
             )
-        target = Target(record, ctx.repo.deploy or DeployConfig(), PROBE_TEXTS)
+        target = Target(record, ctx.repo.deploy or DeployConfig(), smoke_texts(ctx))
 
         def stale() -> str | None:
             # Checked at the last moment: a newer commit of the branch may have been
