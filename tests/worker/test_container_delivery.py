@@ -466,3 +466,20 @@ def test_the_local_registry_keeps_its_address_across_restarts(tmp_path: Path):
         stop_registry(process)
     # Release records name images by this address: a rollback pulls from it.
     assert addresses[0] == addresses[1]
+
+
+def test_what_up_starts_readopts_and_forwards_the_stable_url(machine: Machine, cli_env: str):
+    from trainhook.settings import load_settings
+    from worker.container.serving import start_serving
+
+    machine.deliver("b1-aaaaaaaaaaaa")
+    machine.forwarder.close()  # the previous `up` is gone
+
+    serving = start_serving(load_settings())
+    try:
+        assert serving is not None and serving.urls == {cli_env: machine.releases.url()}
+        assert any("b1-aaaaaaaaaaaa serving at" in line for line in serving.adopted)
+        assert machine.labels() == ["pos", "pos"]
+    finally:
+        assert serving is not None
+        serving.close()
