@@ -493,3 +493,91 @@ def test_gitea_delivery_on_the_github_route_is_refused(serve: Serve):
     status, body = post(client, GITHUB, (raw, gitea_only))
     assert status == 401 and "X-Hub-Signature-256" in body["error"]
     assert counts(runtime.engine) == NOTHING
+
+
+# Reading a request event, one forge method at a time (no database: these are pure).
+
+
+def _merge_request(payload: dict[str, Any]) -> ForgeEvent:
+    headers = {"x-gitlab-event": "Merge Request Hook", "idempotency-key": "d-1"}
+    return FORGES["gitlab"].event(headers, payload)
+
+
+def test_a_gitlab_merge_request_is_read_into_the_neutral_request_field_by_field():
+    from tests.service import pull_payloads
+
+    pull = _merge_request(pull_payloads.gitlab(number=8, fork="mona/fork", base="dev")).pull
+    assert pull is not None
+    assert (pull.repo, pull.number, pull.action, pull.verb, pull.ref, pull.sha) == (
+        REPO, 8, "build", "open", "refs/merge-requests/8/head", pull_payloads.HEAD,
+    )  # fmt: skip
+    assert (pull.head_repo, pull.same_repo, pull.base_branch) == ("mona/fork", False, "dev")
+    assert (pull.title, pull.author, pull.url) == (
+        "Add more training rows", "mona", f"https://gitlab.example/{REPO}/-/merge_requests/8",
+    )  # fmt: skip
+    same = _merge_request(pull_payloads.gitlab()).pull
+    assert same is not None and same.same_repo and same.head_repo == REPO
+
+
+@pytest.mark.parametrize(
+    ("verb", "oldrev", "action"),
+    [("open", False, "build"), ("reopen", False, "build"), ("update", True, "build"),
+     ("update", False, "other"), ("close", False, "close"), ("merge", False, "close"),
+     ("approved", False, "other")],
+)  # fmt: skip
+def test_a_gitlab_merge_request_action_builds_closes_or_does_neither(
+    verb: str, oldrev: bool, action: str
+):
+    from tests.service import pull_payloads
+
+    payload = pull_payloads.gitlab(action=verb)
+    if oldrev:
+        payload["object_attributes"]["oldrev"] = pull_payloads.NEWER
+    pull = _merge_request(payload).pull
+    assert pull is not None and (pull.verb, pull.action) == (verb, action)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("action", None, "missing field 'object_attributes.action'"),
+        ("iid", "7", "field 'object_attributes.iid' must be a positive whole number"),
+        ("last_commit", {"id": "abc"}, "field 'object_attributes.last_commit.id' is not a commit"),
+    ],
+)
+def test_a_gitlab_merge_request_with_a_bad_field_is_refused_naming_it(
+    field: str, value: object, message: str
+):
+    from tests.service import pull_payloads
+
+    payload = pull_payloads.gitlab()
+    payload["object_attributes"][field] = value
+    with pytest.raises(WebhookError, match=f"^{message}"):
+        _merge_request(payload)
+
+
+def test_a_request_number_is_a_whole_number_from_1_below_ten_billion():
+    from service.forges import pull_number
+
+    for good in (1, 2, 101, 10**10 - 1):
+        assert pull_number(good, "number") == good
+    for bad in (0, -1, 10**10, True, "7", 7.0, None):
+        with pytest.raises(WebhookError, match="field 'number' must be a positive whole number"):
+            pull_number(bad, "number")
+
+
+def test_a_fork_request_that_is_not_built_names_the_fork_or_says_it_was_deleted():
+    from service.forges import PullRequest
+    from service.ingest import pull_ignore_reason
+    from trainhook.repos import RepoConfig
+
+    repo = RepoConfig(name=REPO, clone_url="https://example/r.git", secret_env="S")
+    pull = PullRequest(
+        REPO, 3, "build", "opened", "refs/pull/3/head", SHA, "mona/fork", False, "main"
+    )
+    assert pull_ignore_reason(repo, pull) == (
+        "pull request #3 comes from the fork 'mona/fork': code from forks is not built "
+        "(pull_requests = 'same-repo'; \"all\" builds it, sandboxed)"
+    )
+    gone = pull_ignore_reason(repo, PullRequest(**{**pull.__dict__, "head_repo": None}))
+    assert gone is not None and "comes from the fork a deleted fork:" in gone
