@@ -581,3 +581,66 @@ def test_a_fork_request_that_is_not_built_names_the_fork_or_says_it_was_deleted(
     )
     gone = pull_ignore_reason(repo, PullRequest(**{**pull.__dict__, "head_repo": None}))
     assert gone is not None and "comes from the fork a deleted fork:" in gone
+
+
+def _gitlab(payload: dict[str, Any], event: str = "Push Hook", **headers: str) -> ForgeEvent:
+    sent = {"x-gitlab-event": event, "idempotency-key": "d-1", **headers}
+    return FORGES["gitlab"].event({k: v for k, v in sent.items() if v}, payload)
+
+
+def test_a_gitlab_push_takes_message_and_author_from_its_head_commit_else_the_pusher():
+    from tests.service import gitlab_payloads
+
+    payload = gitlab_payloads.push_payload(author="Ada Author")
+    payload["user_name"] = "Pat Pusher"
+    push = _gitlab(payload).push
+    assert push is not None
+    assert (push.repo, push.ref, push.before, push.after, push.deleted) == (
+        REPO, "refs/heads/main", BEFORE, SHA, False,
+    )  # fmt: skip
+    assert (push.commit_message, push.author) == ("Retrain on new data\n\nMore rows.", "Ada Author")
+    tag = gitlab_payloads.push_payload(ref="refs/tags/v1")  # lists no commits
+    tag["user_name"], tag["before"] = "Pat Pusher", 5
+    push = _gitlab(tag, "Tag Push Hook").push
+    assert push is not None and (push.commit_message, push.author, push.before) == (
+        None, "Pat Pusher", None,
+    )  # fmt: skip
+
+
+def test_a_deleted_gitlab_branch_is_the_zero_id_whatever_its_checkout_sha_says():
+    from tests.service import gitlab_payloads
+
+    payload = gitlab_payloads.push_payload(after=ZERO)
+    payload["checkout_sha"] = SHA
+    push = _gitlab(payload).push
+    assert push is not None and push.deleted and push.after == ZERO
+
+
+@pytest.mark.parametrize(
+    ("checkout", "message"),
+    [(5, "field 'checkout_sha' must be a string or null"),
+     ("abc", "field 'checkout_sha'/'after' is not a commit id")],
+)  # fmt: skip
+def test_a_gitlab_push_with_a_bad_checkout_sha_is_refused_naming_it(checkout: object, message: str):
+    from tests.service import gitlab_payloads
+
+    payload = gitlab_payloads.push_payload()
+    payload["checkout_sha"] = checkout
+    with pytest.raises(WebhookError, match=f"^{message}$"):
+        _gitlab(payload)
+
+
+def test_gitlab_names_the_missing_event_or_identity_header_and_sends_no_hook_id():
+    from tests.service import gitlab_payloads, pull_payloads
+
+    with pytest.raises(WebhookError, match=r"^missing X-Gitlab-Event header$"):
+        _gitlab(gitlab_payloads.push_payload(), event="")
+    identity = r"^missing Idempotency-Key and X-Gitlab-Event-UUID headers$"
+    with pytest.raises(WebhookError, match=identity):
+        _gitlab(gitlab_payloads.push_payload(), **{"idempotency-key": ""})
+    retried = _gitlab(
+        gitlab_payloads.push_payload(), **{"idempotency-key": "", "x-gitlab-event-uuid": "u-1"}
+    )
+    assert retried.delivery_id == "u-1"
+    request = _gitlab(pull_payloads.gitlab(), "Merge Request Hook")
+    assert request.pull is not None and request.hook_id == ""
