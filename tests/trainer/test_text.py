@@ -75,7 +75,7 @@ def test_each_distinct_token_is_stemmed_once() -> None:
         calls.append(word)
         return stem(word)
 
-    normalizer._stemmer.stem = counting  # type: ignore[method-assign]
+    normalizer._stemmer.stem = counting
     for text in ["flying flying", "flying high", "high flying!"]:
         normalizer(text)
     assert sorted(calls) == ["!", "flying", "high"]
@@ -138,6 +138,30 @@ def test_fit_transform_equals_transform_of_the_training_texts(corpus: list[str])
     assert abs(fitted_rows - vec.transform(corpus)).max() < 1e-12
     norms = np.sqrt(np.asarray(fitted_rows.multiply(fitted_rows).sum(axis=1))).ravel()
     assert np.allclose(norms, np.sqrt(1.5**2 + 1.0))  # two L2-normalised, weighted blocks
+
+
+def test_rows_of_shared_counts_equal_a_vectorizer_fitted_on_those_rows(corpus: list[str]) -> None:
+    # The refit path counts every row once; the held-out model's rows use the training rows'
+    # own document frequencies. They must equal what a vectorizer fitted on them alone gives.
+    train, held_out = corpus[: len(corpus) * 3 // 4], corpus[len(corpus) * 3 // 4 :]
+    alone = TweetVectorizer(TweetNormalizer(), word_weight=1.1)
+    expected_train = features.fit_vectorizer(alone, train)
+    expected_held_out = alone.transform(held_out)
+    shared = TweetVectorizer(TweetNormalizer(), word_weight=1.1)
+    counts = features.count_features(shared, train + held_out)
+    idf = features.subset_idf(shared, counts.document_frequency(0, len(train)), len(train))
+    rows = {
+        "train": counts.tfidf(shared, 0, len(train), idf),
+        "held_out": counts.tfidf(shared, len(train), counts.rows, idf),
+    }
+    features.set_idf(shared, counts, counts.document_frequency(0, counts.rows), counts.rows)
+    column = {name: i for i, name in enumerate(shared.get_feature_names_out())}
+    names = alone.get_feature_names_out()
+    assert set(names) < set(column)
+    picked = [column[name] for name in names]
+    for got, want in ((rows["train"], expected_train), (rows["held_out"], expected_held_out)):
+        assert abs(got[:, picked] - want).max() < 1e-12
+        assert abs(got).sum() == pytest.approx(abs(want).sum())  # nothing in other columns
 
 
 def test_parallel_fit_equals_serial_fit(corpus: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
