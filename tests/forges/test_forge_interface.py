@@ -426,3 +426,105 @@ def test_a_gitea_adapter_is_only_gitea_or_forgejo():
     assert Gitea().name == "gitea"
     with pytest.raises(ValueError, match="must be 'gitea' or 'forgejo', not 'gogs'"):
         Gitea("gogs")
+
+
+@pytest.mark.parametrize(
+    ("provider", "headers"),
+    [
+        ("github", {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28",
+                    "Authorization": "Bearer t0k"}),
+        ("gitlab", {"Accept": "application/json", "PRIVATE-TOKEN": "t0k"}),
+        ("gitea", {"Accept": "application/json", "Authorization": "token t0k"}),
+        ("forgejo", {"Accept": "application/json", "Authorization": "token t0k"}),
+    ],
+)  # fmt: skip
+def test_each_forge_asks_for_its_documented_media_type_with_its_token(
+    provider: str, headers: dict[str, str]
+):
+    assert FORGES[provider].api_headers("t0k") == headers
+
+
+def test_a_created_comments_id_is_a_non_empty_number_or_text_and_nothing_else():
+    from service.forges import comment_id
+
+    assert comment_id({"id": 5}, "note") == "5" and comment_id({"id": "c-9"}, "note") == "c-9"
+    for answer in ({"id": True}, {"id": ""}, {"id": None}, {"id": 1.5}, {}, [{"id": 5}], None):
+        with pytest.raises(ApiError, match=r"^note on !7: the answer names no comment id$"):
+            comment_id(answer, "note on !7")
+
+
+def test_the_marked_comment_is_the_first_with_the_marker_and_an_id_in_a_list_answer():
+    from service.forges import marked
+
+    answer = ["not a comment", {"body": "<!-- m --> no id"}, {"id": 2, "body": "other"},
+              {"id": 3, "body": "x <!-- m --> y"}, {"id": 4, "body": "<!-- m -->"}]  # fmt: skip
+    assert marked(answer, "<!-- m -->") == "3"
+    assert marked({"id": 3, "body": "<!-- m -->"}, "<!-- m -->") is None
+    assert marked(None, "<!-- m -->") is None  # a forge answering `null`
+
+
+def test_gitlab_comment_calls_name_the_request_and_encode_the_note_id():
+    forge = FORGES["gitlab"]
+    seen: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.raw_path.decode()}")
+        return httpx.Response(403, json={"message": "403 Forbidden"})
+
+    base = "/api/projects/octo-org%2Fapi/merge_requests/7/notes"
+    with httpx.Client(transport=httpx.MockTransport(refuse)) as http:
+        with pytest.raises(ApiError, match=r"^note on !7 of octo-org/api: HTTP 403"):
+            forge.create_comment(http, _api(forge), 7, "hello")
+        with pytest.raises(ApiError, match=r"^edit note a/b on !7 of octo-org/api: HTTP 403"):
+            forge.edit_comment(http, _api(forge), 7, "a/b", "hello")
+        with pytest.raises(ApiError, match=r"^list the notes on !7 of octo-org/api: HTTP 403"):
+            forge.find_comment(http, _api(forge), 7, "<!-- m -->")
+    assert seen == [
+        f"POST {base}",
+        f"PUT {base}/a%2Fb",
+        f"GET {base}?per_page=100&sort=asc&order_by=created_at",
+    ]
+
+
+def test_github_deliveries_keep_one_at_since_and_read_a_last_page_without_a_link():
+    now = datetime.now(UTC).replace(microsecond=0)
+    since = now - timedelta(hours=1)
+    at = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    page = [{"id": 1, "guid": "g1", "delivered_at": at}]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=page)  # no Link header: the last page
+
+    forge = FORGES["github"]
+    with httpx.Client(transport=httpx.MockTransport(answer)) as http:
+        assert [d.guid for d in forge.deliveries(http, _api(forge), 5, since)] == ["g1"]
+
+
+def test_github_delivery_log_calls_that_fail_say_which_hook_and_delivery():
+    forge = FORGES["github"]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"message": "not a list"})
+        return httpx.Response(404, json={"message": "Not Found"})
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as http:
+        with pytest.raises(ApiError, match=r"^hook 5: the deliveries answer is not a list$"):
+            forge.deliveries(http, _api(forge), 5, datetime.now(UTC))
+        delivery = Delivery("g9", 9, "push", 503, None, False)
+        with pytest.raises(ApiError, match=r"^redeliver g9: HTTP 404 Not Found$"):
+            forge.redeliver(http, _api(forge), 5, delivery)
+
+
+def test_a_gitlab_note_created_without_an_id_is_an_error_naming_the_note():
+    forge = FORGES["gitlab"]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(201, json={"body": "hello"})
+
+    no_id = r"^note on !7 of octo-org/api: the answer names no comment id$"
+    with (
+        httpx.Client(transport=httpx.MockTransport(answer)) as http,
+        pytest.raises(ApiError, match=no_id),
+    ):
+        forge.create_comment(http, _api(forge), 7, "hello")
