@@ -38,9 +38,9 @@ _GRAM_BATCH = 4096
 
 
 class Counts:
-    """Raw n-gram counts of some texts: a CSR matrix (float32 counts, int32 indices) whose
-    first `n_word` columns are the word n-grams and the rest the character n-grams, in the
-    order of the fitted vectorizer's columns."""
+    """Raw n-gram counts of some texts: a CSR matrix (counts as uint8, uint16 or float32,
+    int32 indices) whose first `n_word` columns are the word n-grams and the rest the
+    character n-grams, in the order of the fitted vectorizer's columns."""
 
     def __init__(self, matrix: Any, n_word: int) -> None:
         self.matrix = matrix
@@ -142,10 +142,24 @@ def count_features(
     word = _count_word(vec, distinct, occurrences, doc_ptr)
     n_word = word.shape[1]
     if char is None:
-        return Counts(word.tocsr(), n_word)
+        return Counts(_small_counts(word.tocsr()), n_word)
     matrix = sp.hstack([word, char], format="csr")
     del word, char
-    return Counts(matrix, n_word)
+    return Counts(_small_counts(matrix), n_word)
+
+
+def _small_counts(matrix: Any) -> Any:
+    """`matrix` with its counts stored as uint8 or uint16 when they fit (exact integers).
+
+    The counts stay alive through the held-out fit for the refit: at 200k synthetic rows
+    uint8 takes 36 MB where float32 took 142 MB.
+    """
+    top = matrix.data.max() if matrix.data.size else 0
+    for dtype in (np.uint8, np.uint16):
+        if top <= np.iinfo(dtype).max:
+            matrix.data = matrix.data.astype(dtype)
+            break
+    return matrix
 
 
 def _weigh(
