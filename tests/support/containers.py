@@ -63,3 +63,15 @@ def remove_containers(engine: Engine, label: str) -> None:
     ids = found.stdout.split()
     if ids:
         subprocess.run(engine.cmd("rm", "-f", *ids), capture_output=True, check=False)
+
+
+def remove_images(engine: Engine, name: str) -> None:
+    """Remove every image whose reference holds `name` (a name unique to one test: other
+    tests building at the same time keep theirs), tagged locally or in a registry."""
+    found = subprocess.run(
+        engine.cmd("images", "-q", "--filter", f"reference=*{name}*"),
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    ids = sorted(set(found.stdout.split()))
+    if ids:
+        subprocess.run(engine.cmd("rmi", "-f", *ids), capture_output=True, check=False)

@@ -33,7 +33,7 @@ from tests.cloudbuild.conftest import (  # noqa: F401 (fixtures the Cloud Build 
     source_bucket,
 )
 from tests.cloudbuild.fake_server import Plan
-from tests.support.containers import BASE_IMAGE, need_podman, remove_containers
+from tests.support.containers import BASE_IMAGE, need_podman, remove_containers, remove_images
 from tests.worker.conftest import context_for, new_build, stage_map
 from trainhook.settings import Settings
 from worker.builder import BUILDER_STAGES, VERTEX_REASON, Builder
@@ -161,13 +161,16 @@ def container_kit(
     make_settings: Callable[..., Settings], url: str, engine: sa.Engine, tmp: Path, registry: str
 ) -> Kit:
     podman = need_podman()
-    settings = make_settings(url, env={
+    # A name of its own: its images and containers are this test's to remove, never those of
+    # a run of the same test beside it.
+    name = f"octo-org/social-score-api-{secrets.token_hex(4)}"
+    settings = make_settings(url, name=name, env={
         "TRAINHOOK_BUILDER": "podman", "TRAINHOOK_REGISTRY": registry,
         "TRAINHOOK_BASE_IMAGE": BASE_IMAGE,
     })  # fmt: skip
 
     def ready(sha: str, metrics: dict[str, Any]) -> BuildContext:
-        ctx = context_for(settings, engine, new_build(engine, sha))
+        ctx = context_for(settings, engine, new_build(engine, sha, repo=name))
         ctx.source = tmp / f"src-{ctx.build.id}"
         ctx.source.mkdir()
         (ctx.source / "app.py").write_text(CONTAINER_APP)
@@ -242,7 +245,9 @@ def kit(
         registry = request.getfixturevalue("oci_registry")
         built = container_kit(make_settings, sqlite_url, sqlite_engine, tmp_path, registry)
         yield built
-        remove_containers(built.builder.engine, f"{REPO_LABEL}={built.settings.repos[0].slug}")  # type: ignore[attr-defined]
+        slug = built.settings.repos[0].slug
+        remove_containers(built.builder.engine, f"{REPO_LABEL}={slug}")  # type: ignore[attr-defined]
+        remove_images(built.builder.engine, slug.lower())  # type: ignore[attr-defined]
     else:
         fake_server = request.getfixturevalue("fake")
         yield cloud_kit(request.getfixturevalue("cloud_settings"), fake_server, sqlite_engine,
@@ -371,9 +376,10 @@ def test_a_dockerfile_run_step_cannot_see_the_workers_processes(
     witness = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(300)", f"worker-only-{token}"]
     )
+    built: Kit | None = None
     try:
-        kit = container_kit(make_settings, sqlite_url, sqlite_engine, tmp_path, oci_registry)
-        ctx = kit.ready("7" * 40, GOOD)
+        built = container_kit(make_settings, sqlite_url, sqlite_engine, tmp_path, oci_registry)
+        ctx = built.ready("7" * 40, GOOD)
         # The marker is put together in the shell and handed to grep in a file, so no command
         # line of the RUN step holds it whole: only the witness process's does.
         (ctx.need_source() / "Dockerfile").write_text(
@@ -382,12 +388,14 @@ def test_a_dockerfile_run_step_cannot_see_the_workers_processes(
             + "! grep -qsFf /tmp/m /proc/*/cmdline\n"
         )
 
-        kit.builder(ctx)
+        built.builder(ctx)
     finally:
         witness.kill()
         witness.wait()
         # It deploys too: the container it left running is this test's to remove.
-        slug = make_settings(sqlite_url).repos[0].slug
-        remove_containers(need_podman(), f"{REPO_LABEL}={slug}")
+        if built is not None:
+            slug = built.settings.repos[0].slug
+            remove_containers(need_podman(), f"{REPO_LABEL}={slug}")
+            remove_images(need_podman(), slug.lower())
 
     assert statuses(ctx)["build"] == "succeeded"

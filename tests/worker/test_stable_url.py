@@ -186,3 +186,42 @@ def test_the_smoke_test_posts_texts_from_the_builds_own_training_data(tmp_path: 
     assert smoke_texts(ctx("data/train.csv")) == ("first flight", "x" * 500, "third")
     for elsewhere in ("gs://bucket/train.csv", None, "data/missing.csv"):
         assert smoke_texts(ctx(elsewhere)) == PROBE_TEXTS
+
+
+def test_a_container_the_engine_fails_to_start_fails_the_deploy_and_is_removed_by_name(
+    tmp_path: Path,
+):
+    from collections.abc import Mapping
+
+    from worker.container.engine import Engine
+    from worker.container.release import Containers, Target, deliver
+    from worker.stage import StageFailed
+
+    class RunFails(Containers):
+        def __init__(self, engine: Engine) -> None:
+            super().__init__(engine)
+            self.removed: list[str] = []
+
+        def output(self, args: list[str], env: Mapping[str, str] | None = None) -> str:
+            if args[0] == "run":
+                raise RuntimeError("run -d failed: container exited while its port was set up")
+            return "sha256:present"  # `image inspect`: the image is here, nothing to pull
+
+        def running(self, container: Any) -> bool:
+            return False
+
+        def remove(self, container: str, grace: int = 0) -> None:
+            self.removed.append(container)
+
+    releases = Releases(tmp_path / "home", "github-octo-org--app")
+    releases.switch({"version": "b1", "digest": "sha256:1", "port": 1, "container": "old"})
+    record = {"version": "b2", "digest": "sha256:2", "image": "127.0.0.1:5000/app@sha256:2"}
+    containers = RunFails(Engine("podman", ("podman",)))
+
+    said = r"did not start: run -d failed.*current release unchanged"
+    with pytest.raises(StageFailed, match=said):
+        deliver(containers, releases, Target(record, DeployConfig(), ("a",)), print, {})
+
+    (name,) = containers.removed
+    assert name.startswith("trainhook-github-octo-org--app-b2-")
+    assert (releases.current() or {})["version"] == "b1"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import time
 import urllib.error
@@ -245,7 +246,9 @@ def start(
     `adopt` finds it; returns the container id. Only the names in `deploy.env` are passed,
     by name (`-e NAME`), so their values never appear on a command line."""
     deploy, record = target.deploy, target.record
-    args = ["run", "-d", "-p", f"{LOOPBACK}::{deploy.port}", "-e", f"PORT={deploy.port}"]
+    name = f"trainhook-{releases.slug}-{record['version']}-{secrets.token_hex(3)}"
+    args = ["run", "-d", "--name", name[:200], "-p", f"{LOOPBACK}::{deploy.port}"]
+    args += ["-e", f"PORT={deploy.port}"]
     if containers.engine.name == "podman":
         args += list(PODMAN_RUN)
     if deploy.memory is not None:
@@ -267,7 +270,15 @@ def start(
     # The engine reads the listed values from its own environment: only those, and PATH and
     # the like the engine itself needs, never the worker's secrets.
     env = {k: v for k, v in os.environ.items() if k not in deploy.env} | passed
-    return containers.output([*args, record["image"]], env=env)
+    try:
+        return containers.output([*args, record["image"]], env=env)
+    except RuntimeError as exc:
+        # `run` can fail after creating the container (an app that exits while its port is
+        # being published): it is removed by the name given, so nothing is left behind.
+        containers.remove(name[:200])
+        raise StageFailed(
+            f"the new container did not start: {exc}; current release unchanged"
+        ) from None
 
 
 def check(
