@@ -644,3 +644,46 @@ def test_gitlab_names_the_missing_event_or_identity_header_and_sends_no_hook_id(
     assert retried.delivery_id == "u-1"
     request = _gitlab(pull_payloads.gitlab(), "Merge Request Hook")
     assert request.pull is not None and request.hook_id == ""
+
+
+def _gitea_push(payload: dict[str, Any]) -> Push:
+    headers = {"x-gitea-event": "push", "x-gitea-delivery": "d-1"}
+    push = FORGES["gitea"].event(headers, payload).push
+    assert push is not None
+    return push
+
+
+def test_a_gitea_push_reads_its_head_commit_else_the_listed_one_else_the_pusher():
+    from tests.service import gitea_payloads
+
+    payload = gitea_payloads.push_payload(author="Ada Author")
+    push = _gitea_push(payload)
+    assert (push.repo, push.ref, push.before, push.after, push.deleted) == (
+        REPO, "refs/heads/main", BEFORE, SHA, False,
+    )  # fmt: skip
+    assert (push.commit_message, push.author) == ("Retrain on new data\n\nMore rows.", "Ada Author")
+    listed = payload["commits"]
+    payload["commits"] = []  # `head_commit` alone says
+    assert (_gitea_push(payload).commit_message, _gitea_push(payload).author) == (
+        "Retrain on new data\n\nMore rows.", "Ada Author",
+    )  # fmt: skip
+    payload["head_commit"], payload["commits"] = None, listed  # the listed `after` stands in
+    assert _gitea_push(payload).author == "Ada Author"
+    payload["commits"] = []
+    payload["pusher"] = {"full_name": "Pat Pusher", "login": "pat", "username": "pat-u"}
+    assert (_gitea_push(payload).commit_message, _gitea_push(payload).author) == (
+        None, "Pat Pusher",
+    )  # fmt: skip
+    payload["pusher"] = {"full_name": "", "login": "pat", "username": "pat-u"}
+    assert _gitea_push(payload).author == "pat"
+    payload["pusher"] = {"username": "pat-u"}
+    assert _gitea_push(payload).author == "pat-u"
+    payload["before"] = 5
+    assert _gitea_push(payload).before is None
+
+
+def test_a_gitea_push_of_no_commit_id_is_refused_naming_the_field():
+    from tests.service import gitea_payloads
+
+    with pytest.raises(WebhookError, match=r"^field 'after' is not a commit id$"):
+        _gitea_push(gitea_payloads.push_payload(after="abc"))
