@@ -687,3 +687,26 @@ def test_a_gitea_push_of_no_commit_id_is_refused_naming_the_field():
 
     with pytest.raises(WebhookError, match=r"^field 'after' is not a commit id$"):
         _gitea_push(gitea_payloads.push_payload(after="abc"))
+
+
+def test_gitlab_reads_a_json_body_sent_with_or_without_its_content_type_and_no_other():
+    gitlab = FORGES["gitlab"]
+    assert gitlab.payload({}, b'{"a": 1}') == {"a": 1}
+    assert gitlab.payload({"content-type": "application/json; charset=utf-8"}, b"{}") == {}
+    refused = r"^unsupported content type 'text/plain': GitLab sends application/json$"
+    with pytest.raises(WebhookError, match=refused):
+        gitlab.payload({"content-type": "text/plain"}, b"{}")
+
+
+def test_gitlab_names_the_project_of_a_project_hook_before_a_system_hooks_top_level_path():
+    gitlab = FORGES["gitlab"]
+    both = {"project": {"path_with_namespace": "a/b"}, "path_with_namespace": "c/d"}
+    assert gitlab.repo_name(both) == "a/b"
+    assert gitlab.repo_name({"path_with_namespace": "c/d"}) == "c/d"
+
+
+def test_gitlab_deliveries_never_carry_a_hook_id():
+    from tests.service import gitlab_payloads
+
+    assert _gitlab(gitlab_payloads.push_payload()).hook_id == ""
+    assert _gitlab(gitlab_payloads.push_payload(), "Note Hook").hook_id == ""

@@ -4,10 +4,11 @@ one cut short or one with something appended, is refused on every route."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 import pytest
 
-from service.forges import Unauthorized
+from service.forges import Forge, Unauthorized
 from service.forges.gitea import Gitea
 from service.forges.gitea import signature as gitea_signature
 from service.forges.github import GitHub
@@ -74,11 +75,30 @@ def test_gitlab_refuses_a_token_wrong_in_any_one_character_or_length():
 
 
 def test_a_signature_over_other_bytes_or_with_another_secret_is_refused():
-    for forge, header, sign in [
+    cases: list[tuple[Forge, str, Callable[[str, bytes], str]]] = [
         (GitHub(), "x-hub-signature-256", github_signature),
         (Gitea(), "x-gitea-signature", gitea_signature),
-    ]:
+    ]
+    for forge, header, sign in cases:
         with pytest.raises(Unauthorized):
             forge.verify({header: sign(SECRET, BODY + b" ")}, BODY, SECRET)
         with pytest.raises(Unauthorized):
             forge.verify({header: sign(SECRET + "x", BODY)}, BODY, SECRET)
+
+
+def test_gitlab_refusals_say_exactly_what_is_wrong_with_the_token():
+    with pytest.raises(
+        Unauthorized, match=r"^missing X-Gitlab-Token header \(set the hook's secret token\)$"
+    ):
+        GitLab().verify({}, BODY, SECRET)
+    with pytest.raises(
+        Unauthorized, match=r"^X-Gitlab-Token does not match the configured secret$"
+    ):
+        GitLab().verify({"x-gitlab-token": SECRET + "x"}, BODY, SECRET)
+
+
+def test_gitlab_matches_a_secret_holding_bytes_that_are_not_utf8_byte_for_byte():
+    # An environment variable with such bytes arrives as surrogates; the header as latin-1.
+    GitLab().verify({"x-gitlab-token": "s\xff"}, BODY, "s\udcff")
+    with pytest.raises(Unauthorized, match="does not match"):
+        GitLab().verify({"x-gitlab-token": "s\xfe"}, BODY, "s\udcff")
