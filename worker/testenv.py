@@ -21,7 +21,10 @@ backend, which can write the cache, and another repository must not install what
 Installing runs repository code (build backends, uv's and pip's reading of its files), so it
 runs in the sandbox too (worker/repocode.py), with the network on (it must reach the
 package index), the venv and the caches writable, the operator's UV_*/PIP_* and proxy
-variables passed; the tests then get the venv read-only.
+variables passed; the tests then get the venv read-only. uv installs with
+`--compile-bytecode` (pip compiles by default) for that reason: a read-only venv's bytecode
+is written at install or never, and importing scikit-learn from source costs the test stage
+seconds on every build.
 """
 
 from __future__ import annotations
@@ -103,14 +106,20 @@ class Plan:
             uv = self.uv
             steps = [[uv, "venv", "--no-project", "--python", sys.executable, str(venv)]]
             if self.kind == "uv.lock":
-                steps.append([uv, "sync", "--frozen", "--no-install-workspace"])
+                steps.append(
+                    [uv, "sync", "--frozen", "--no-install-workspace", "--compile-bytecode"]
+                )
             elif self.kind == "requirements":
-                steps.append([uv, "pip", "install", "--python", python, *_each_r(self.files)])
+                steps.append(
+                    [uv, "pip", "install", "--compile-bytecode", "--python", python,
+                     *_each_r(self.files)]
+                )  # fmt: skip
             elif self.kind == "pyproject":
                 groups = ["--group", "dev"] if "dev" in _groups(source) else []
                 steps.append(
-                    [uv, "pip", "install", "--python", python, "-r", "pyproject.toml", *groups]
-                )
+                    [uv, "pip", "install", "--compile-bytecode", "--python", python, "-r",
+                     "pyproject.toml", *groups]
+                )  # fmt: skip
             return steps
         steps = [[sys.executable, "-m", "venv", str(venv)]]
         pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]

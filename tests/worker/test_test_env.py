@@ -114,6 +114,13 @@ def detail(outcome) -> str:
     return outcome.detail or ""
 
 
+def bytecode(settings) -> list[Path]:
+    """The installed package's compiled modules in the one venv (the sandbox mounts a venv
+    read-only for the tests, so what is not compiled at install is compiled on every run)."""
+    [key] = venvs(settings)
+    return list((settings.venvs_dir / key).rglob("__pycache__/tinypkg.*.pyc"))
+
+
 def venvs(settings) -> list[str]:
     root = settings.venvs_dir
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
@@ -134,6 +141,7 @@ def test_first_build_creates_the_venv_and_the_tests_run_inside_it(
     log = logs(sqlite_engine, ctx.build.id)["test"]
     assert f"prefix {venv}\n" in log and "tinypkg one" in log
     assert "uv pip install" in log and (venv / MARKER).is_file()
+    assert bytecode(settings), "the requirements were installed without their bytecode"
 
 
 def test_second_push_with_the_same_requirements_reuses_the_venv(
@@ -314,6 +322,7 @@ def test_a_uv_lock_is_synced_frozen_and_wins_over_requirements(
     assert "(uv.lock, pyproject.toml with uv)" in detail(outcome)
     log = logs(sqlite_engine, ctx.build.id)["test"]
     assert "uv sync --frozen --no-install-workspace" in log and "tinypkg one" in log
+    assert bytecode(settings), "the locked dependencies were installed without their bytecode"
 
 
 def test_pyproject_alone_installs_its_dependencies(settings, sqlite_engine, origin, wheels):
@@ -327,6 +336,7 @@ def test_pyproject_alone_installs_its_dependencies(settings, sqlite_engine, orig
 
     assert "(pyproject.toml with uv)" in detail(outcome)
     assert "tinypkg one" in logs(sqlite_engine, ctx.build.id)["test"]
+    assert bytecode(settings), "the dependencies were installed without their bytecode"
 
 
 @pytest.mark.slow  # ensurepip alone takes seconds
