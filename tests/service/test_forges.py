@@ -710,3 +710,13 @@ def test_gitlab_deliveries_never_carry_a_hook_id():
 
     assert _gitlab(gitlab_payloads.push_payload()).hook_id == ""
     assert _gitlab(gitlab_payloads.push_payload(), "Note Hook").hook_id == ""
+
+
+def test_gitea_deliveries_never_carry_a_hook_id():
+    from tests.service import gitea_payloads, pull_payloads
+
+    gitea = FORGES["gitea"]
+    push = {"x-gitea-event": "push", "x-gitea-delivery": "d-1"}
+    assert gitea.event(push, gitea_payloads.push_payload()).hook_id == ""
+    pull = {"x-gitea-event": "pull_request", "x-gitea-delivery": "d-2"}
+    assert gitea.event(pull, pull_payloads.gitea()).hook_id == ""

@@ -102,3 +102,16 @@ def test_gitlab_matches_a_secret_holding_bytes_that_are_not_utf8_byte_for_byte()
     GitLab().verify({"x-gitlab-token": "s\xff"}, BODY, "s\udcff")
     with pytest.raises(Unauthorized, match="does not match"):
         GitLab().verify({"x-gitlab-token": "s\xfe"}, BODY, "s\udcff")
+
+
+@pytest.mark.parametrize(
+    ("name", "own", "other"), [("gitea", "Gitea", "Forgejo"), ("forgejo", "Forgejo", "Gitea")]
+)
+def test_gitea_and_forgejo_refusals_say_exactly_what_is_wrong(name: str, own: str, other: str):
+    missing = (
+        rf"^missing X-{own}-Signature \(or X-{other}-Signature\) header: set the hook's secret$"
+    )
+    with pytest.raises(Unauthorized, match=missing):
+        Gitea(name).verify({}, BODY, SECRET)
+    with pytest.raises(Unauthorized, match=r"^signature does not match$"):
+        Gitea(name).verify({f"x-{name}-signature": "0" * 64}, BODY, SECRET)
