@@ -720,3 +720,15 @@ def test_gitea_deliveries_never_carry_a_hook_id():
     assert gitea.event(push, gitea_payloads.push_payload()).hook_id == ""
     pull = {"x-gitea-event": "pull_request", "x-gitea-delivery": "d-2"}
     assert gitea.event(pull, pull_payloads.gitea()).hook_id == ""
+
+
+def test_github_names_a_missing_event_or_delivery_header_and_takes_ids_up_to_128_characters():
+    github = FORGES["github"]
+    ping = {"x-github-event": "ping", "x-github-delivery": "d" * 128}
+    assert github.event(ping, {}).delivery_id == "d" * 128  # the column's width
+    with pytest.raises(WebhookError, match=r"^X-GitHub-Delivery header is too long$"):
+        github.event({**ping, "x-github-delivery": "d" * 129}, {})
+    with pytest.raises(WebhookError, match=r"^missing X-GitHub-Event header$"):
+        github.event({"x-github-delivery": "d-1"}, {})
+    with pytest.raises(WebhookError, match=r"^missing X-GitHub-Delivery header$"):
+        github.event({"x-github-event": "ping"}, {})
