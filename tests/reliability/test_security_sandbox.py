@@ -79,7 +79,7 @@ def run_stage(
     """Commit `files`, check out and run the test stage with `command`."""
 
     def run(
-        files: dict[str, str],
+        files: dict[str, str | bytes],
         command: str,
         mode: str = "sandboxed",
         extra: str = "",

@@ -732,3 +732,7 @@ def test_github_names_a_missing_event_or_delivery_header_and_takes_ids_up_to_128
         github.event({"x-github-delivery": "d-1"}, {})
     with pytest.raises(WebhookError, match=r"^missing X-GitHub-Delivery header$"):
         github.event({"x-github-event": "ping"}, {})
+    # No X-GitHub-Hook-Id header: the payload's hook_id, else none.
+    assert github.event({**ping, "x-github-hook-id": "7"}, {"hook_id": 42}).hook_id == "7"
+    assert github.event(ping, {"hook_id": 42}).hook_id == "42"
+    assert github.event(ping, {}).hook_id == ""
