@@ -736,3 +736,21 @@ def test_github_names_a_missing_event_or_delivery_header_and_takes_ids_up_to_128
     assert github.event({**ping, "x-github-hook-id": "7"}, {"hook_id": 42}).hook_id == "7"
     assert github.event(ping, {"hook_id": 42}).hook_id == "42"
     assert github.event(ping, {}).hook_id == ""
+
+
+def test_github_cuts_a_long_hook_id_to_the_column_and_reads_deleted_or_derives_it():
+    from tests.service import github_payloads, pull_payloads
+
+    github = FORGES["github"]
+    headers = {"x-github-delivery": "d-1", "x-github-hook-id": "9" * 70}
+    for event, payload in (("ping", {}), ("pull_request", pull_payloads.github())):
+        assert github.event({**headers, "x-github-event": event}, payload).hook_id == "9" * 64
+    push = {**headers, "x-github-event": "push"}
+    payload = github_payloads.push_payload()
+    payload.pop("deleted", None)
+    found = github.event(push, payload).push
+    assert found is not None and not found.deleted
+    found = github.event(push, {**payload, "after": ZERO}).push
+    assert found is not None and found.deleted and found.after == ZERO
+    with pytest.raises(WebhookError, match=r"^field 'deleted' must be a boolean$"):
+        github.event(push, {**payload, "deleted": "yes"})
