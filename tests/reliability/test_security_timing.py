@@ -50,8 +50,9 @@ ALLOWED = {
     ("worker/local/release.py", "file_digest(target) == bundle.digest"),
     ("worker/local/release.py", "_unpacked_digest(target) != digest"),
     ("worker/local/release.py", "_unpacked_digest(target) == digest"),
-    # An image digest the registry returned against the one deployed: public, not a secret.
-    ("worker/container/builder.py", "current.get('digest') == record['digest']"),
+    # Image digests the registry returned, against the one serving: public, not secrets.
+    ("worker/container/release.py", "current.get('digest') == record['digest']"),
+    ("trainhook/cli/releases.py", "r.get('digest') == current.get('digest')"),
     # An index probe on the SHA-256 of a presented token (a value no client can steer); the
     # row found is then compared with compare_digest.
     ("trainhook/apitokens.py", "PEOPLE.c.token_hash == digest"),
