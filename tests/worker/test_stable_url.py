@@ -112,6 +112,19 @@ def test_the_stable_port_is_chosen_once_and_kept(tmp_path: Path):
     assert Releases(home, "b").stable_port() != port  # another repository gets its own
 
 
+def test_a_closed_forwarder_has_released_its_port_when_close_returns(tmp_path: Path):
+    """The next `up` binds the port at once (seen failing: a listener closed while its
+    accept thread still waited on it stays bound until that wait ends)."""
+    releases = Releases(tmp_path / "home", "restarted")
+    for _ in range(5):
+        forwarder = Forwarder([releases])
+        assert forwarder.start() == {"restarted": releases.stable_port()}
+        forwarder.close()
+        with socket.socket() as next_up:
+            next_up.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Forwarder does
+            next_up.bind(("127.0.0.1", releases.stable_port()))
+
+
 def test_a_port_held_by_another_process_is_left_to_it(tmp_path: Path):
     releases = Releases(tmp_path / "home", "held")
     with socket.socket() as holder:

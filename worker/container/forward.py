@@ -35,6 +35,7 @@ class Forwarder:
         self.listeners: list[socket.socket] = []
         self.ports: dict[str, int] = {}  # slug -> stable port this process forwards
         self._stop = threading.Event()
+        self._acceptors: list[threading.Thread] = []
 
     def start(self) -> dict[str, int]:
         """Bind every stable port this process can; returns {slug: port} of those bound."""
@@ -56,16 +57,27 @@ class Forwarder:
             sock.settimeout(0.5)  # so close() is noticed without another connection
             self.listeners.append(sock)
             self.ports[releases.slug] = port
-            threading.Thread(
+            acceptor = threading.Thread(
                 target=self._accept, args=(sock, releases), name=f"forward-{port}", daemon=True
-            ).start()
+            )
+            acceptor.start()
+            self._acceptors.append(acceptor)
         return dict(self.ports)
 
     def close(self) -> None:
+        """Stop listening; the ports are free again when this returns. A listener closed
+        while its accept thread still waits on it stays bound until that wait ends (up to
+        its 0.5 s timeout): a restarted `up` binding at once found the port held."""
         self._stop.set()
+        for sock in self.listeners:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a waiting accept() at once
+        for acceptor in self._acceptors:
+            acceptor.join(timeout=5)
         for sock in self.listeners:
             sock.close()
         self.listeners.clear()
+        self._acceptors.clear()
 
     def _accept(self, listener: socket.socket, releases: Releases) -> None:
         while not self._stop.is_set():
