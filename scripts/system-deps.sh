@@ -43,6 +43,10 @@ command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 for tool in buildah podman runc docker-registry skopeo mmdebstrap; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
+# docker too: the tests start a dockerd of their own, on a bridge they make with `ip`
+# (tests/support/containers.py).
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if command -v gcloud >/dev/null 2>&1 && ! command -v java >/dev/null 2>&1; then
   need+=(default-jre-headless)  # the Pub/Sub emulator is a Java program
 fi

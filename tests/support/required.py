@@ -25,6 +25,8 @@ COMPONENTS = {
     "UV": "uv on PATH (the test stage's venvs)",
     "CONTAINERS": "podman, runc, a distribution registry and the offline base image "
     "(scripts/system-deps.sh)",
+    "DOCKER": "docker.io (dockerd and its CLI), started by the tests on a data root of their "
+    "own, with the distribution registry and the offline base image (scripts/system-deps.sh)",
 }
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from tests.support.containers import own_dockerd
 from trainhook.builds import BuildSpec, create_build
 from trainhook.buildview import get_build, get_logs
 from trainhook.db import reading
@@ -16,6 +17,7 @@ from trainhook.metrics import Metrics
 from trainhook.models import jobs, stage_events
 from trainhook.runtime import Runtime, build_runtime
 from trainhook.settings import Settings
+from worker.container.engine import Engine
 from worker.context import BuildContext, BuildInfo
 from worker.pipeline import Pipeline
 from worker.recorder import Recorder
@@ -23,6 +25,14 @@ from worker.stage import Outcome, SingleStage
 
 REPO = "octo-org/social-score-api"
 PIPELINE_STAGES = ("checkout", "test", "hash", "train", "build", "push", "deploy", "vertex")
+
+
+@pytest.fixture(scope="session")
+def docker_daemon() -> Iterator[Engine | str]:
+    """A docker daemon of the session's own (see `own_dockerd`), or why there is none: the
+    docker variants of the container tests take it through `need_engine`."""
+    with own_dockerd() as found:
+        yield found
 
 
 @pytest.fixture

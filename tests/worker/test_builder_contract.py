@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -33,13 +34,21 @@ from tests.cloudbuild.conftest import (  # noqa: F401 (fixtures the Cloud Build 
     source_bucket,
 )
 from tests.cloudbuild.fake_server import Plan
-from tests.support.containers import BASE_IMAGE, need_podman, remove_containers, remove_images
+from tests.support.containers import (
+    BASE_IMAGE,
+    need_engine,
+    need_podman,
+    remove_containers,
+    remove_images,
+)
+from tests.support.required import unavailable
 from tests.worker.conftest import context_for, new_build, stage_map
 from trainhook.settings import Settings
 from worker.builder import BUILDER_STAGES, VERTEX_REASON, Builder
 from worker.cloudbuild.builder import NO_VERTEX
 from worker.container.builder import ContainerBuilder
-from worker.container.registry import start_local_registry, stop_registry
+from worker.container.engine import Engine
+from worker.container.registry import BINARIES, start_local_registry, stop_registry
 from worker.container.release import REPO_LABEL
 from worker.context import BuildContext, CacheKeys
 from worker.local.builder import LocalBuilder
@@ -106,7 +115,7 @@ def local_kit(
     return kit
 
 
-# The container builder: podman, a real registry process, the image run ------------------
+# The container builder: podman or docker, a real registry process, the image run ---------
 
 # A stdlib app (the base image has no pip packages): it refuses to start when the vectorizer
 # is not a pickle (how the contract breaks a health check), and labels every text.
@@ -149,7 +158,8 @@ CMD ["python3", "app.py"]
 
 @pytest.fixture(scope="module")
 def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    need_podman()
+    if not any(shutil.which(b) for b in BINARIES):
+        unavailable("CONTAINERS", "no distribution registry binary (docker-registry) installed")
     home = tmp_path_factory.mktemp("registry-home")
     process = start_local_registry(home)
     assert process is not None
@@ -158,14 +168,16 @@ def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def container_kit(
-    make_settings: Callable[..., Settings], url: str, engine: sa.Engine, tmp: Path, registry: str
-) -> Kit:
-    podman = need_podman()
+    make_settings: Callable[..., Settings], url: str, engine: sa.Engine, tmp: Path, registry: str,
+    images: Engine | None = None,
+) -> Kit:  # fmt: skip
+    """The container builder over `images` (podman by default)."""
+    images = images or need_podman()
     # A name of its own: its images and containers are this test's to remove, never those of
     # a run of the same test beside it.
     name = f"octo-org/social-score-api-{secrets.token_hex(4)}"
     settings = make_settings(url, name=name, env={
-        "TRAINHOOK_BUILDER": "podman", "TRAINHOOK_REGISTRY": registry,
+        "TRAINHOOK_BUILDER": images.name, "TRAINHOOK_REGISTRY": registry,
         "TRAINHOOK_BASE_IMAGE": BASE_IMAGE,
     })  # fmt: skip
 
@@ -189,7 +201,7 @@ def container_kit(
         return True
 
     kit = Kit(
-        "container", ContainerBuilder(podman), settings, engine, ready, break_health_check,
+        "container", ContainerBuilder(images), settings, engine, ready, break_health_check,
         deployments, fail_build=fail_build, without_vertex=lambda: kit,
         vertex_reason=VERTEX_REASON,
     )  # fmt: skip
@@ -234,16 +246,21 @@ def cloud_kit(
     )  # fmt: skip
 
 
-@pytest.fixture(params=["local", "container", "cloudbuild"])
+@pytest.fixture(params=["local", "container", "container-docker", "cloudbuild"])
 def kit(
     request: pytest.FixtureRequest, make_settings: Callable[..., Settings], sqlite_url: str,
     sqlite_engine: sa.Engine, tmp_path: Path,
 ) -> Iterator[Kit]:  # fmt: skip
     if request.param == "local":
         yield local_kit(make_settings, sqlite_url, sqlite_engine, tmp_path)
-    elif request.param == "container":
+    elif request.param.startswith("container"):
+        images = (
+            need_engine("docker", request.getfixturevalue("docker_daemon"))
+            if request.param == "container-docker"
+            else need_podman()
+        )
         registry = request.getfixturevalue("oci_registry")
-        built = container_kit(make_settings, sqlite_url, sqlite_engine, tmp_path, registry)
+        built = container_kit(make_settings, sqlite_url, sqlite_engine, tmp_path, registry, images)
         yield built
         slug = built.settings.repos[0].slug
         remove_containers(built.builder.engine, f"{REPO_LABEL}={slug}")  # type: ignore[attr-defined]

@@ -1,13 +1,15 @@
 """Real delivery on one machine: images in a real registry process, run by podman, reached at
 the repository's stable URL through the forwarder; a switch, a failed one, a crash, the
 registry down, a worker killed mid-deploy, re-adopting after a restart, rollback and the
-releases listing.
+releases listing. The switch and the crash run over docker too (a daemon the session starts),
+its images pulled from the registry by digest.
 
 The images are built once per module from a stdlib app (the offline base image has no pip
 packages) that differs only in its last layer: what it labels, and how it misbehaves."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -17,15 +19,15 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from tests.support.containers import BASE_IMAGE, need_podman, remove_containers
+from tests.support.containers import BASE_IMAGE, need_engine, need_podman, remove_containers
 from trainhook import db
 from trainhook.cli import main
 from trainhook.deployconfig import DeployConfig
@@ -92,6 +94,9 @@ IMAGES = {  # version -> (label, mode)
     "b4-dddddddddddd": ("neg", "crash"),
     "b5-eeeeeeeeeeee": ("neg", "hang"),
 }
+# The tests that also run over docker (parametrised with ENGINES) deliver only these.
+DOCKER_IMAGES = ("b1-aaaaaaaaaaaa", "b2-bbbbbbbbbbbb", "b4-dddddddddddd")
+ENGINES = ["podman", "docker"]
 
 
 @dataclass
@@ -100,10 +105,12 @@ class Registry:
     records: dict[str, dict[str, Any]]  # version -> pushed record
 
 
-@pytest.fixture(scope="module")
-def pushed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """A registry process holding one image per IMAGES entry (built once, by podman)."""
-    engine = need_podman()
+@contextlib.contextmanager
+def registry_holding(
+    engine: Engine, versions: Iterable[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Registry]:
+    """A registry process holding one image per version (IMAGES), each built once by
+    `engine`. Docker's local copies are removed after the push, so a delivery pulls them."""
     home = tmp_path_factory.mktemp("registry-home")
     process = start_local_registry(home)
     assert process is not None
@@ -116,15 +123,25 @@ def pushed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     tags = []
     try:
         for build_id, (version, (label, mode)) in enumerate(IMAGES.items(), start=1):
+            if version not in versions:
+                continue
             (context / "label.txt").write_text(label)
             (context / "mode.txt").write_text(mode)
             tag = f"localhost/{name}:{version}"
             tags.append(tag)
-            run(engine, "build", "--isolation", "chroot", "-q", "-t", tag, str(context))
-            digestfile = context / "digest"
             ref = f"{address}/{name}:{version}"
-            run(engine, "push", "--tls-verify=false", "--digestfile", str(digestfile), tag, ref)
-            digest = digestfile.read_text().strip()
+            if engine.name == "podman":
+                run(engine, "build", "--isolation", "chroot", "-q", "-t", tag, str(context))
+                digestfile = context / "digest"
+                run(engine, "push", "--tls-verify=false", "--digestfile", str(digestfile), tag, ref)
+                digest = digestfile.read_text().strip()
+            else:
+                run(engine, "build", "-q", "-t", tag, str(context))
+                run(engine, "tag", tag, ref)
+                # The push says `TAG: digest: sha256:… size: N` as its last line.
+                said = run(engine, "push", ref).split("digest: ", 1)[1]
+                digest = said.split()[0]
+                run(engine, "rmi", tag, ref)
             records[version] = {
                 "version": version, "build_id": build_id, "sha": version[3:] * 3,
                 "digest": digest, "image": f"{address}/{name}@{digest}",
@@ -138,6 +155,23 @@ def pushed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
             capture_output=True, text=True, check=False,
         ).stdout.split()  # fmt: skip
         subprocess.run(engine.cmd("rmi", "-f", *tags, *images), capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """The registry holding every IMAGES entry, built by podman."""
+    with registry_holding(need_podman(), IMAGES, tmp_path_factory) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def docker_pushed(
+    docker_daemon: Engine | str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Registry]:
+    """A registry holding what the docker variants deliver, built by the session's docker."""
+    engine = need_engine("docker", docker_daemon)
+    with registry_holding(engine, DOCKER_IMAGES, tmp_path_factory) as registry:
+        yield registry
 
 
 def run(engine: Engine, *args: str) -> str:
@@ -191,8 +225,18 @@ def predict(url: str) -> list[str]:
 
 
 @pytest.fixture
-def machine(pushed: Registry, tmp_path: Path) -> Iterator[Machine]:
-    engine = need_podman()
+def engine_name() -> str:
+    """podman; a test parametrised with `engine_name` over ENGINES runs over docker too."""
+    return "podman"
+
+
+@pytest.fixture
+def machine(request: pytest.FixtureRequest, engine_name: str, tmp_path: Path) -> Iterator[Machine]:
+    if engine_name == "podman":
+        engine, pushed = need_podman(), request.getfixturevalue("pushed")
+    else:
+        engine = need_engine(engine_name, request.getfixturevalue("docker_daemon"))
+        pushed = request.getfixturevalue("docker_pushed")
     home = tmp_path / "home"
     slug = f"github-octo-org--app-{secrets.token_hex(3)}"
     releases = Releases(home, slug)
@@ -204,11 +248,19 @@ def machine(pushed: Registry, tmp_path: Path) -> Iterator[Machine]:
     remove_containers(engine, f"{HOME_LABEL}={home_label(home)}")
 
 
-def test_a_new_model_serves_at_the_same_url_and_the_old_container_is_gone(machine: Machine):
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_a_new_model_serves_at_the_same_url_within_its_limits_and_the_old_container_is_gone(
+    machine: Machine,
+):
+    limited = replace(machine.deploy, memory=256 * 2**20, cpus=1.5)
+    machine = Machine(**{**machine.__dict__, "deploy": limited})
     assert machine.deliver("b1-aaaaaaaaaaaa")[0]
     url = machine.releases.url()
     assert machine.labels() == ["pos", "pos"]
     (first,) = machine.containers()
+    given = run(machine.engine, "inspect", "--format", "{{.HostConfig.Memory}} "
+                "{{.HostConfig.NanoCpus}}", first)  # fmt: skip
+    assert given.split() == [str(256 * 2**20), str(15 * 10**8)]
 
     switched, detail = machine.deliver("b2-bbbbbbbbbbbb")
     assert switched and f"serving at {url}" in detail and "(was b1-aaaaaaaaaaaa)" in detail
@@ -225,12 +277,13 @@ def test_deploying_what_serves_again_changes_nothing(machine: Machine):
 
 
 @pytest.mark.parametrize(
-    ("version", "said"),
+    ("engine_name", "version", "said"),
     [
-        ("b3-cccccccccccc", "health check /healthz failed for"),
-        ("b4-dddddddddddd", "cannot load the model: model.joblib is truncated"),
+        ("podman", "b3-cccccccccccc", "health check /healthz failed for"),
+        ("podman", "b4-dddddddddddd", "cannot load the model: model.joblib is truncated"),
+        ("docker", "b4-dddddddddddd", "cannot load the model: model.joblib is truncated"),
     ],
-    ids=["failing-health-check", "crash-on-start"],
+    ids=["failing-health-check", "crash-on-start", "docker-crash-on-start"],
 )
 def test_a_new_version_that_fails_its_checks_leaves_the_old_one_serving(
     machine: Machine, version: str, said: str
