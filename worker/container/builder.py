@@ -44,6 +44,14 @@ def local_tag(ctx: BuildContext) -> str:
     return f"localhost/trainhook/{image_name(ctx)}:{version_of(ctx)}"
 
 
+def pushed_digest(output: str, tag: str) -> str:
+    """The digest `docker push` printed for `tag` (`TAG: digest: sha256:… size: N`), or ''.
+    Read from the push itself first: `RepoDigests` names a Docker Hub image without its
+    registry (`org/model@…` for `docker.io/org/model`), so it cannot be matched by prefix."""
+    found = re.findall(rf"^{re.escape(tag)}: digest: (sha256:[0-9a-f]{{64}})\b", output, re.M)
+    return found[-1] if found else ""
+
+
 def image_labels(ctx: BuildContext) -> dict[str, str]:
     """OCI labels: which commit, where from, when, and which build and cache keys made it."""
     url = urlsplit(ctx.repo.clone_url)
@@ -164,8 +172,8 @@ class ContainerBuilder(MachineBuilder):
         else:
             self._output(["tag", local_tag(ctx), ref])
             code, tail = self._stream(ctx, "push", ["push", ref], PUSH_TIMEOUT)
-            digest = ""
-            if code == 0:
+            digest = pushed_digest(tail, version) if code == 0 else ""
+            if code == 0 and not digest:
                 digests = self._output(
                     ["image", "inspect", "--format", "{{json .RepoDigests}}", ref]
                 )
