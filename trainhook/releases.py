@@ -16,10 +16,11 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from trainhook.jsonfiles import read_json, write_json
 
 # Below Linux's default ephemeral range (32768-60999), so an outgoing connection made while
 # nothing listens on the port does not take it between two runs of `trainhook up`.
@@ -127,25 +128,3 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in `path`; {} when it is missing, unreadable or not an object."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write `value` to `path` atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(value, stream, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

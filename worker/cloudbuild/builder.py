@@ -18,6 +18,7 @@ from typing import Any
 from trainhook.builds import add_event, mark_finished
 from trainhook.db import reading
 from trainhook.gcs import make_gcs_client
+from trainhook.jsonfiles import read_json
 from trainhook.settings import Settings
 from worker.builder import BUILDER_STAGES
 from worker.cloudbuild.request import build_request, build_tag
@@ -26,7 +27,6 @@ from worker.cloudbuild.submit import (
     CALL_TIMEOUT,
     LOOKUP_DELAYS,
     Submitter,
-    read_json,
     transient_retry,
     upload_source,
 )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trainhook.db import reading
+from trainhook.jsonfiles import read_json
 from worker.bundle import bundle_entries, write_bundle
 from worker.cloudbuild.request import BuildInputs, build_tag, repo_tag
 from worker.cloudbuild.source import SourceStore
@@ -169,11 +170,3 @@ class Submitter:
             retry=self.retry,
             timeout=self.call_timeout,
         )
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}

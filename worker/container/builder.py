@@ -15,8 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from trainhook.deployconfig import DeployConfig
+from trainhook.jsonfiles import read_json
 from trainhook.models import utcnow
-from trainhook.releases import Releases, read_json
+from trainhook.releases import Releases
 from worker.builder import MachineBuilder, version_of
 from worker.bundle import bundle_entries, write_bundle
 from worker.container.engine import Engine

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainhook.jsonfiles import read_json
 from worker.builder import MachineBuilder, version_of
 from worker.bundle import bundle_entries, write_bundle
 from worker.context import BuildContext, Bundle
@@ -35,7 +36,7 @@ class LocalBuilder(MachineBuilder):
 
     def _info(self, ctx: BuildContext) -> dict[str, Any]:
         # The model's own record says which trainer made it (a cached model may be older).
-        meta = _read_json(ctx.model_dir / "meta.json") if ctx.model_dir else {}
+        meta = read_json(ctx.model_dir / "meta.json") if ctx.model_dir else {}
         return {
             "repo": ctx.repo.name,
             "sha": ctx.build.sha,
@@ -103,14 +104,6 @@ class LocalBuilder(MachineBuilder):
             detail=f"{said}{release.name} is current (was {previous or 'none'}); "
             f"health check{unsandboxed} scored {len(labels)} texts: {', '.join(labels)}"
         )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _need_bundle(ctx: BuildContext) -> Bundle:
