@@ -192,7 +192,12 @@ def deliver(
             port = containers.host_port(container, target.deploy.port)
             problem = check(containers, container, port, target, log)
         except RuntimeError as exc:
-            problem = f"the new container did not start: {exc}"
+            # An app that exits at once can be gone before its port is read: that is the
+            # same failure as exiting during the health wait, and is said the same way.
+            if containers.running(container):
+                problem = f"the new container did not start: {exc}"
+            else:
+                problem = "health check failed: the new container exited before it was healthy"
         if problem is not None:
             logs = containers.logs(container)
             containers.remove(container)
