@@ -36,20 +36,8 @@ def _problem() -> str | None:
         return "no distribution registry binary (docker-registry) installed"
     if not answers(engine_named("podman")):
         return "`podman info` fails on this machine"
-    engine = engine_named("podman")
-    present = subprocess.run(
-        engine.cmd("image", "exists", BASE_IMAGE), capture_output=True, check=False
-    )
-    if present.returncode != 0:
-        if not base_tar().is_file():
-            return f"no base image: {base_tar()} is missing (scripts/system-deps.sh makes it)"
-        made = subprocess.run(
-            engine.cmd("import", "--change", 'CMD ["python3"]', str(base_tar()), BASE_IMAGE),
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if made.returncode != 0:
-            return f"importing the base image failed: {made.stderr.strip()[-300:]}"
-    return None
+    made = _with_base_image(engine_named("podman"))
+    return made if isinstance(made, str) else None
 
 
 def need_podman() -> Engine:
@@ -193,7 +181,7 @@ def _with_base_image(engine: Engine) -> Engine | str:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if made.returncode != 0:
-        return f"importing the base image into docker failed: {made.stderr.strip()[-300:]}"
+        return f"importing the base image into {engine.name} failed: {made.stderr.strip()[-300:]}"
     return engine
 
 
