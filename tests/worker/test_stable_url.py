@@ -201,6 +201,26 @@ def test_the_smoke_test_posts_texts_from_the_builds_own_training_data(tmp_path: 
         assert smoke_texts(ctx(elsewhere)) == PROBE_TEXTS
 
 
+def test_the_smoke_test_never_posts_lines_of_a_file_a_symlink_leads_to_outside_the_checkout(
+    tmp_path: Path,
+):
+    from types import SimpleNamespace
+
+    from worker.container.builder import smoke_texts
+    from worker.local.healthcheck import PROBE_TEXTS
+
+    outside = tmp_path / "host-secrets.csv"
+    outside.write_text("tweet,label\nTOKEN=one,x\nTOKEN=two,x\nTOKEN=three,x\n")
+    checkout = tmp_path / "checkout"
+    (checkout / "data").mkdir(parents=True)
+    (checkout / "data" / "train.csv").symlink_to(outside)
+    (checkout / "linked").symlink_to(tmp_path)
+    repo = SimpleNamespace(text_column="tweet")
+    for path in ("data/train.csv", "linked/host-secrets.csv"):
+        ctx: Any = SimpleNamespace(data=SimpleNamespace(path=path), source=checkout, repo=repo)
+        assert smoke_texts(ctx) == PROBE_TEXTS
+
+
 def test_a_container_the_engine_fails_to_start_fails_the_deploy_and_is_removed_by_name(
     tmp_path: Path,
 ):

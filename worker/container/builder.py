@@ -75,9 +75,14 @@ def smoke_texts(ctx: BuildContext, count: int = SMOKE_TEXTS) -> tuple[str, ...]:
     path = ctx.data.path if ctx.data is not None else None
     if not path or "://" in path or ctx.source is None:
         return PROBE_TEXTS
+    target = ctx.source / path
+    # The texts go to the repository's own container: a data path that is, or passes
+    # through, a symlink out of the checkout must not carry a host file's lines to it.
+    if not target.resolve().is_relative_to(ctx.source.resolve()):
+        return PROBE_TEXTS
     texts: list[str] = []
     try:
-        with (ctx.source / path).open(newline="", encoding="utf-8", errors="replace") as stream:
+        with target.open(newline="", encoding="utf-8", errors="replace") as stream:
             for row in csv.DictReader(stream):
                 text = (row.get(ctx.repo.text_column) or "").strip()
                 if text:
