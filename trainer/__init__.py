@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-TRAINER_VERSION = "2.1.0"
+TRAINER_VERSION = "2.2.0"
 
 _EXPORTS = {
     "train": "trainer.pipeline",

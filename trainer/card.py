@@ -31,6 +31,7 @@ def render_card(metrics: dict[str, Any], top: dict[str, list[str]]) -> str:
         f"- Rows read: {rows['read']}, used: {rows['used']}, "
         f"train: {rows['train']}, validation: {rows['validation']}",
         f"- {_shipped(metrics)}",
+        f"- Classifier: {_classifier(metrics)}",
     ]
     dropped = ", ".join(f"{k}: {v}" for k, v in sorted(rows["dropped"].items())) or "none"
     lines.append(f"- Rows dropped: {dropped}; sampled out: {rows['sampled_out']}")
@@ -112,6 +113,24 @@ def _shipped(metrics: dict[str, Any]) -> str:
         f"Shipped model: the one scored below, fitted on the {rows['shipped_model']} train "
         "rows (`refit = false`)"
     )
+
+
+_CLASSIFIERS = {
+    "linear_svc": "linear SVM, LinearSVC (liblinear)",
+    "sgd": "linear SVM (smoothed hinge loss), SGDClassifier on float32 features",
+    "logistic_regression": "logistic regression",
+}
+
+
+def _classifier(metrics: dict[str, Any]) -> str:
+    name = metrics.get("classifier", metrics["params"]["classifier"])
+    text = _CLASSIFIERS.get(name, name)
+    if metrics["params"]["classifier"] == "auto":
+        text += (
+            ' (`classifier = "auto"`: liblinear up to 10 M non-zero features, SGD above, '
+            "where liblinear's copy of the matrix would double the memory)"
+        )
+    return text
 
 
 def _json_lines(params: dict[str, Any]) -> list[str]:

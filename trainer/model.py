@@ -38,9 +38,51 @@ def build_vectorizer(
     )
 
 
-def build_classifier(params: TrainParams) -> Any:
-    """An unfitted linear classifier configured from `params` (seeded, so deterministic)."""
-    if params.classifier == "logistic_regression":
+# Above this many non-zeros in the training matrix, classifier "auto" fits the linear SVM by
+# SGD instead of liblinear. liblinear (scikit-learn's wrapper) copies the matrix into its own
+# 16-byte-a-non-zero nodes: at 200k synthetic rows (35.6 M non-zeros) that copy alone was
+# 575 MB of a 1.3 GB peak. SGD reads the float32 CSR matrix in place. Below this size the
+# copy costs little and liblinear's exact solution is kept (the tuned airline figures).
+SGD_MIN_NONZEROS = 10_000_000
+# Epochs at most: SGD stops earlier once its loss no longer improves by tol 1e-3 (14 epochs at
+# 200k synthetic rows, 19 on the airline tweets).
+SGD_EPOCHS = 50
+
+
+def resolve_classifier(params: TrainParams, nonzeros: int) -> str:
+    """The classifier `params` ask for, with "auto" resolved for a matrix of `nonzeros`."""
+    if params.classifier != "auto":
+        return params.classifier
+    return "sgd" if nonzeros > SGD_MIN_NONZEROS else "linear_svc"
+
+
+def feature_dtype(classifier: str) -> Any:
+    """The TF-IDF value type `classifier` fits on without converting (a copy) first."""
+    return np.float32 if classifier == "sgd" else np.float64
+
+
+def build_classifier(params: TrainParams, classifier: str = "linear_svc", rows: int = 1) -> Any:
+    """An unfitted linear classifier (a resolved `classifier` name, see `resolve_classifier`)
+    configured from `params` for `rows` training rows (seeded, so deterministic)."""
+    if classifier == "sgd":
+        from sklearn.linear_model import SGDClassifier
+
+        # A linear SVM like LinearSVC(C): L2 penalty, SGD's alpha weighing it against the
+        # MEAN loss where C weighs the summed loss, so alpha = 1 / (C n); averaged weights.
+        # The loss is the smoothed hinge ("modified_huber"): validation macro-F1 (seed 0)
+        # against LinearSVC, airline 0.7778 / 0.7804, UCI 0.8425 / 0.8342, 200k synthetic
+        # 0.9186 / 0.9184; plain hinge gave airline 0.7694 and UCI 0.8124, and squared
+        # hinge (LinearSVC's own) diverges at SGD's step sizes (0.6766).
+        return SGDClassifier(
+            loss="modified_huber",
+            alpha=1.0 / (params.C * max(1, rows)),
+            class_weight=params.class_weight,
+            average=True,
+            max_iter=min(params.max_iter, SGD_EPOCHS),
+            tol=1e-3,
+            random_state=params.seed,
+        )
+    if classifier == "logistic_regression":
         from sklearn.linear_model import LogisticRegression
 
         return LogisticRegression(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-CLASSIFIERS = ("linear_svc", "logistic_regression")
+CLASSIFIERS = ("auto", "linear_svc", "sgd", "logistic_regression")
 HANDLE_MODES = ("placeholder", "strip", "keep")
 
 
@@ -46,8 +46,10 @@ class TrainParams:
     sublinear_tf: bool = True
     word_weight: float = 1.1
     char_weight: float = 1.0
-    # Classifier.
-    classifier: str = "linear_svc"
+    # Classifier. "auto": a linear SVM, by liblinear (LinearSVC) up to 10 M non-zeros in the
+    # TF-IDF matrix and by SGD on float32 values above, where liblinear's own copy of the
+    # matrix would double the memory (trainer.model.resolve_classifier).
+    classifier: str = "auto"
     C: float = 0.1
     class_weight: str | None = "balanced"
     max_iter: int = 5000

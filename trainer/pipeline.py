@@ -134,21 +134,17 @@ def train(
         with phase("libraries", "loading NLTK and scikit-learn"):
             # Imported only now: they take seconds to import, and the checks above should
             # fail fast without them.
-            from trainer.features import (
-                count_features,
-                fit_vectorizer,
-                fitted_idf,
-                set_idf,
-                subset_idf,
-            )
+            from trainer.features import count_features, fitted_idf, set_idf, subset_idf
             from trainer.model import (
                 CONCURRENT_FIT_MAX_NONZEROS,
                 build_classifier,
                 build_vectorizer,
                 can_fork,
                 evaluate,
+                feature_dtype,
                 fit_classifier,
                 fit_predict_in_child,
+                resolve_classifier,
                 split,
                 top_features,
             )
@@ -173,14 +169,22 @@ def train(
                 # the counts instead of tokenising and counting again (200k rows: 2.0 GB
                 # peak and 74 s before, see bench/README.md).
                 counts = count_features(vectorizer, train_texts + val_texts, workers=workers)
+                classifier = resolve_classifier(params, counts.matrix.nnz)
+                dtype = feature_dtype(classifier)
                 n_train = len(train_idx)
                 idf = subset_idf(vectorizer, counts.document_frequency(0, n_train), n_train)
-                x_train = counts.tfidf(vectorizer, 0, n_train, idf)
-                x_val = counts.tfidf(vectorizer, n_train, counts.rows, idf)
+                x_train = counts.tfidf(vectorizer, 0, n_train, idf, dtype)
+                x_val = counts.tfidf(vectorizer, n_train, counts.rows, idf, dtype)
             else:
-                x_train = fit_vectorizer(
+                counts = count_features(
                     vectorizer, train_texts, workers=workers, pretokenise=val_texts
                 )
+                classifier = resolve_classifier(params, counts.matrix.nnz)
+                set_idf(vectorizer, counts, counts.document_frequency(0, counts.rows), counts.rows)
+                x_train = counts.tfidf(
+                    vectorizer, 0, counts.rows, fitted_idf(vectorizer), feature_dtype(classifier)
+                )
+                del counts
                 x_val = vectorizer.transform(val_texts)
         del train_texts, val_texts
         train_labels = [ds.labels[i] for i in train_idx]
@@ -195,7 +199,7 @@ def train(
             and can_fork()
         )
         with phase("fit", "fitting classifier"):
-            model = build_classifier(params)
+            model = build_classifier(params, classifier, len(train_idx))
             if concurrent:
                 held_out = fit_predict_in_child(model, x_train, train_labels, x_val)
             else:
@@ -212,13 +216,20 @@ def train(
                 # they raised the peak at 200k rows from 2.0 GB to 2.4 GB (measured).
                 del x_train, x_val, model
                 set_idf(vectorizer, counts, counts.document_frequency(0, counts.rows), counts.rows)
-                # Rows back in the file's order (the classifier's result depends on it), then
-                # the counts' values are released: the TF-IDF rows keep only their indices.
-                counts = counts.take_rows(_inverse([*train_idx, *val_idx]))
-                x_all = counts.tfidf(vectorizer, 0, counts.rows, fitted_idf(vectorizer))
+                # liblinear's result depends on the rows' order: they go back in the file's
+                # order. SGD visits them in a seeded shuffle every epoch, so it takes them
+                # as counted (the reordering copy, 5 bytes a non-zero, was the refit's
+                # memory peak at 200k rows). Then the counts' values are released: the
+                # TF-IDF rows keep only their indices.
+                if classifier == "sgd":
+                    all_labels = [ds.labels[i] for i in [*train_idx, *val_idx]]
+                else:
+                    counts = counts.take_rows(_inverse([*train_idx, *val_idx]))
+                    all_labels = list(ds.labels)
+                x_all = counts.tfidf(vectorizer, 0, counts.rows, fitted_idf(vectorizer), dtype)
                 del counts
-                model = build_classifier(params)
-                refit_notices = fit_classifier(model, x_all, ds.labels)
+                model = build_classifier(params, classifier, len(ds.texts))
+                refit_notices = fit_classifier(model, x_all, all_labels)
                 shipped_rows = len(ds.texts)
                 del x_all
         with phase("evaluate", "evaluating"):
@@ -236,6 +247,8 @@ def train(
             "rows": _rows(ds, len(train_idx), len(val_idx), shipped_rows),
             "data": {**found, "sha256": ds.sha256, "class_counts": ds.class_counts},
             "params": params.to_dict(),
+            # What "auto" became for this input (see trainer.model.resolve_classifier).
+            "classifier": classifier,
             "features": _feature_counts(vectorizer),
             "nltk": {**status.to_dict(), "stopwords_source": source},
             "versions": library_versions(),
