@@ -35,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 AIRLINE = ROOT.parent / "shared" / "data" / "twitter_us_airline_sentiment.csv"
 HERE = Path(__file__).resolve().parent
-TARGET_F1, TARGET_RATIO, TARGET_STRONG_SPEEDUP, TARGET_RSS_MIB = 0.78, 0.4, 1.5, 800
+TARGET_F1, TARGET_RATIO, TARGET_STRONG_SPEEDUP = 0.78, 0.4, 1.5
+TARGET_RSS_MIB = 800e6 / 2**20  # the 800 MB: 762.9 MiB
 
 
 def run(argv: list[str], env: dict[str, str]) -> dict:
@@ -102,6 +103,7 @@ def airline(tmp: Path, reps: int, quiet: float, patience: float) -> dict:
             "trainer": [],
             "baseline": [],
             "strong": [],
+            "strong_refit": [],
             "busy_before": [],
         }
         for rep in range(reps):
@@ -109,23 +111,29 @@ def airline(tmp: Path, reps: int, quiet: float, patience: float) -> dict:
             t = run([*trainer, str(tmp / f"t{rep}-{len(name)}")], env)
             b = run([*baseline, str(tmp / f"b{rep}-{len(name)}")], env)
             g = run([*strong, str(tmp / f"s{rep}-{len(name)}")], env)
+            # The same job as the trainer's default: held-out fit, score, refit on every row.
+            r = run([*strong, str(tmp / f"r{rep}-{len(name)}"), "--refit"], env)
             times["trainer"].append(round(t["wall"], 3))
             times["baseline"].append(round(b["wall"], 3))
             times["strong"].append(round(g["wall"], 3))
+            times["strong_refit"].append(round(r["wall"], 3))
             times["busy_before"].append(round(busy, 2))
             print(
                 f"  [{name}] rep {rep + 1} (CPU busy before: {busy:.0%}): "
-                f"trainer {t['wall']:.2f}s, baseline {b['wall']:.2f}s, strong {g['wall']:.2f}s"
+                f"trainer {t['wall']:.2f}s, baseline {b['wall']:.2f}s, strong {g['wall']:.2f}s, "
+                f"strong + refit {r['wall']:.2f}s"
             )
-        trainer_s, baseline_s, strong_s = (
-            statistics.median(times[k]) for k in ("trainer", "baseline", "strong")
+        trainer_s, baseline_s, strong_s, strong_refit_s = (
+            statistics.median(times[k]) for k in ("trainer", "baseline", "strong", "strong_refit")
         )
         results[name] = {
             "trainer_s": round(trainer_s, 2),
             "baseline_s": round(baseline_s, 2),
             "strong_s": round(strong_s, 2),
+            "strong_refit_s": round(strong_refit_s, 2),
             "ratio": round(trainer_s / baseline_s, 3),
             "strong_speedup": round(strong_s / trainer_s, 3),
+            "same_job_speedup": round(strong_refit_s / trainer_s, 3),
             "fastest_ratio": round(min(times["trainer"]) / min(times["baseline"]), 3),
             "runs": times,
         }
@@ -167,6 +175,7 @@ def synthetic(tmp: Path, rows: int, quiet: float, patience: float) -> dict:
         "rows_per_s": round(rows / result["wall"]),
         "peak_rss_mib": round(result["rss_mib"]),
         "macro_f1": metrics["macro_f1"],
+        "classifier": metrics["classifier"],
         "phases_s": timings,
         "artifact_mib": round(sum(p.stat().st_size for p in out.iterdir()) / 2**20, 1),
     }
@@ -196,18 +205,24 @@ def table(res: dict) -> str:
             f"| wall time, {name}: fastest run of each | {fast_t:.2f} s / {fast_b:.2f} s = "
             f"**{fast_t / fast_b:.2f}×** | |"
         )
-        fast = "met" if w["strong_speedup"] >= TARGET_STRONG_SPEEDUP else "**MISSED**"
         lines.append(
-            f"| wall time, {name}: strong baseline / trainer, median | {w['strong_s']:.2f} s / "
-            f"{w['trainer_s']:.2f} s = **{w['strong_speedup']:.2f}×** faster | "
+            f"| wall time, {name}: strong baseline (one fit, no refit) / trainer, median | "
+            f"{w['strong_s']:.2f} s / {w['trainer_s']:.2f} s = {w['strong_speedup']:.2f}× | |"
+        )
+        fast = "met" if w["same_job_speedup"] >= TARGET_STRONG_SPEEDUP else "**MISSED**"
+        lines.append(
+            f"| wall time, {name}: strong baseline doing the same job (held-out fit + refit) "
+            f"/ trainer, median | {w['strong_refit_s']:.2f} s / {w['trainer_s']:.2f} s = "
+            f"**{w['same_job_speedup']:.2f}×** faster | "
             f"≥ {TARGET_STRONG_SPEEDUP}× to keep the hand-written vectorizer — {fast} |"
         )
     lines += [
         f"| synthetic {s['rows']:,} rows: rows/s (whole process, {s['wall_s']} s) | "
         f"{s['rows_per_s']:,} | |",
-        f"| synthetic: peak memory (ru_maxrss of the child) | {s['peak_rss_mib']} MiB | "
-        f"≤ {TARGET_RSS_MIB} MiB — {rss_ok} |",
-        f"| synthetic: macro-F1 / artifacts | {s['macro_f1']:.4f} / {s['artifact_mib']} MiB | |",
+        f"| synthetic: peak memory (ru_maxrss of the child) | {s['peak_rss_mib']} MiB "
+        f"({s['peak_rss_mib'] * 2**20 / 1e6:.0f} MB) | ≤ 800 MB — {rss_ok} |",
+        f"| synthetic: macro-F1 / artifacts / classifier | {s['macro_f1']:.4f} / "
+        f"{s['artifact_mib']} MiB / {s['classifier']} | |",
     ]
     return "\n".join(lines)
 
