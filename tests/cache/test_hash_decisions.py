@@ -147,7 +147,10 @@ def test_a_git_lfs_pointer_is_keyed_by_its_lfs_oid(builds, origin):
     assert ctx.data is not None and ctx.data.source == "lfs"
     assert ctx.data.content_id == f"lfs:sha256:{LFS_OID}" and ctx.data.size == 123456
     assert ctx.data.local is None  # the object was never fetched
-    assert "Git LFS oid" in detail
+    assert detail.startswith(
+        f"data data/train.csv lfs:sha256:{LFS_OID[:12]} "
+        "(Git LFS oid from the pointer, 0 data bytes read) · "
+    )
 
 
 def test_changed_data_is_named_with_both_blob_ids(builds, origin):
@@ -277,8 +280,11 @@ def test_gs_data_is_keyed_by_the_objects_md5_and_falls_through_when_absent(
 
     assert ctx.data is not None and ctx.data.source == "gs" and ctx.data.local is None
     assert ctx.data.path == f"gs://{bucket}/tweets/v3.csv"
-    assert ctx.data.content_id == "gs:md5:" + hashlib.md5(DATA.encode()).hexdigest()
-    assert "object metadata, 0 data bytes read" in detail
+    md5 = hashlib.md5(DATA.encode()).hexdigest()
+    assert ctx.data.content_id == "gs:md5:" + md5
+    assert detail.startswith(
+        f"data gs://{bucket}/tweets/v3.csv gs:md5:{md5[:12]} (object metadata, 0 data bytes read)"
+    )
 
     gcs_client.bucket(bucket).blob("tweets/v3.csv").upload_from_string(DATA + "meh,neg\n")
     ctx2, detail2 = builds(extra, gcs=gcs_client).hash(sha)
@@ -414,3 +420,185 @@ def test_a_data_path_that_cannot_be_data_fails_the_stage_naming_it(origin, targe
     sha = origin.commit({"datasets/v3.csv": DATA})
     with pytest.raises(StageFailed, match=f"'data/train.csv' {message}"):
         choose_data(origin.path / ".git", sha, ("data/train.csv",), Sources())
+
+
+def test_the_data_line_names_the_file_and_the_first_12_characters_of_its_blob_id(builds, origin):
+    sha = origin.commit({"data/train.csv": DATA})
+    _ctx, detail = builds().hash(sha)
+
+    blob = git(origin.path, "rev-parse", f"{sha}:data/train.csv")
+    assert detail.startswith(
+        f"data data/train.csv git:{blob[:12]} (git blob, 0 data bytes read) · "
+    )
+
+
+def test_the_content_id_of_data_under_gitattributes_is_pinned(builds, origin):
+    # The id is part of the model key: a change of its form retrains every such model once.
+    import hashlib
+
+    sha = origin.commit({"data/train.csv": DATA, "data/.gitattributes": "*.csv eol=lf\n"})
+    ctx, _ = builds().hash(sha)
+
+    blob = git(origin.path, "rev-parse", f"{sha}:data/train.csv")
+    attributes = git(origin.path, "rev-parse", f"{sha}:data/.gitattributes")
+    digest = hashlib.sha256(f'["{attributes}"]'.encode()).hexdigest()[:16]
+    assert ctx.data is not None and ctx.data.content_id == f"git:{blob}@{digest}"
+
+
+def test_the_deps_level_keys_the_lock_pyproject_and_requirements_files_only(builds, origin):
+    b = builds()
+    files = {
+        "data/train.csv": DATA,
+        "uv.lock": "v1\n",
+        "pyproject.toml": "[project]\n",
+        "requirements-dev.txt": "pytest\n",
+        "notes.txt": "one\n",
+        "requirements.in": "sklearn\n",
+        "requirements-ci.txt/README": "a folder, not a requirements file\n",
+    }
+    first, _ = b.hash(origin.commit(files))
+    assert first.keys is not None
+    store_model(b, first.keys.model, build_id=first.build.id)
+    changes = {
+        "notes.txt": "two\n",
+        "requirements.in": "nltk\n",
+        "requirements-ci.txt/README": "changed\n",
+    }
+    other, detail = b.hash(origin.commit(changes))
+
+    n = first.build.id
+    assert other.keys is not None and other.keys.deps == first.keys.deps
+    assert (
+        f"deps: hit (pyproject.toml, requirements-dev.txt, uv.lock unchanged; stored by build #{n})"
+    ) in detail
+    sha = origin.commit({"pyproject.toml": "[project]\nname = 'x'\n"})
+    changed, detail = b.hash(sha)
+
+    assert changed.keys is not None and changed.keys.deps != first.keys.deps
+    old, new = (git(origin.path, "rev-parse", f"{s}:pyproject.toml")[:7] for s in (f"{sha}~1", sha))
+    assert f"deps: miss (pyproject.toml changed: blob {old}→{new})" in detail
+
+
+def test_default_params_read_no_nltk_data_so_the_nltk_level_is_unused(builds, origin):
+    _ctx, detail = builds().hash(origin.commit({"data/train.csv": DATA}))
+
+    assert "nltk: unused (these training params read no NLTK data)" in detail
+
+
+def test_deciding_without_force_reuses_a_stored_model(builds, origin):
+    from trainhook.repos import RepoConfig
+    from worker.hash.keys import decide
+
+    b = builds()
+    ctx, _ = b.hash(origin.commit({"data/train.csv": DATA}))
+    assert ctx.keys is not None
+    store_model(b, ctx.keys.model, build_id=ctx.build.id)
+
+    repo: RepoConfig = b.settings.repos[0]
+    decision = decide(origin.path / ".git", ctx.build.sha, repo, b.store, Sources())
+
+    assert decision.keys == ctx.keys and decision.model.result == "hit"
+
+
+def test_a_record_from_before_key_version_2_names_the_version_as_the_reason_to_retrain(
+    builds, origin
+):
+    import json
+
+    import sqlalchemy as sa
+
+    from trainhook.models import stage_logs
+    from worker.hash.decision import INPUTS_MARK
+
+    b = builds()
+    first, _ = b.hash(origin.commit({"data/train.csv": DATA}))
+    # Rewrite its record as trainhook wrote it before keys held the scope: neither field.
+    query = sa.select(stage_logs.c.id, stage_logs.c.text).where(
+        stage_logs.c.build_id == first.build.id, stage_logs.c.stage == "hash"
+    )
+    with b.engine.begin() as conn:
+        for row_id, text in conn.execute(query).all():
+            lines = []
+            for line in text.splitlines(keepends=True):
+                if line.startswith(INPUTS_MARK):
+                    inputs = json.loads(line.removeprefix(INPUTS_MARK))
+                    for level in ("deps", "nltk", "model"):
+                        del inputs[level]["key_version"], inputs[level]["scope"]
+                    line = INPUTS_MARK + json.dumps(inputs) + "\n"
+                lines.append(line)
+            update = stage_logs.update().where(stage_logs.c.id == row_id)
+            conn.execute(update.values(text="".join(lines)))
+
+    _, detail = b.hash(origin.commit({"README.md": "x\n"}))
+
+    assert "model: miss (cache key version 1→2)" in detail
+
+
+def test_the_recorded_inputs_keep_the_format_later_builds_read(builds, origin):
+    # The next build (maybe of a later trainhook) explains its hits and misses against this
+    # record, read back from the hash log: a renamed field there is a wrong explanation.
+    import json
+
+    import trainer
+    from tests.worker.conftest import logs
+    from trainer.params import TrainParams
+    from worker.hash.decision import INPUTS_MARK
+    from worker.hash.keys import installed_nltk_version
+
+    b = builds()
+    sha = origin.commit({"data/train.csv": DATA, "uv.lock": "v1\n"})
+    ctx, _ = b.hash(sha)
+
+    line = next(
+        x for x in logs(b.engine, ctx.build.id)["hash"].splitlines() if x.startswith(INPUTS_MARK)
+    )
+    assert ctx.keys is not None
+    scope = {"repo": "github:octo-org/social-score-api", "clone_url": origin.url}
+    common = {"key_version": 2, "scope": scope}
+    blob = git(origin.path, "rev-parse", f"{sha}:data/train.csv")
+    assert json.loads(line.removeprefix(INPUTS_MARK)) == {
+        "v": 1,
+        "deps": {
+            "key": ctx.keys.deps,
+            **common,
+            "files": {"uv.lock": git(origin.path, "rev-parse", f"{sha}:uv.lock")},
+        },
+        "nltk": {
+            "key": ctx.keys.nltk,
+            **common,
+            "nltk_version": installed_nltk_version(),
+            "packages": ["stopwords"],
+            "needed": [],
+        },
+        "model": {
+            "key": ctx.keys.model,
+            **common,
+            "trainer_version": trainer.TRAINER_VERSION,
+            "params": TrainParams().to_dict(),
+            "data": {"path": "data/train.csv", "id": f"git:{blob}", "configured": "data/train.csv"},
+        },
+    }
+
+
+def test_the_deps_entry_holds_its_files_and_the_build_that_first_used_them(
+    builds, origin, tmp_path
+):
+    # The key a builder's image layers and venvs are named by: an operator finds there
+    # which lock files it stands for and which build of which repository made it.
+    import json
+
+    b = builds()
+    sha = origin.commit({"data/train.csv": DATA, "uv.lock": "v1\n"})
+    ctx, _ = b.hash(sha)
+    assert ctx.keys is not None and ctx.cache is not None
+
+    entry = b.store.fetch("deps", ctx.keys.deps, tmp_path / "deps")
+
+    assert entry is not None and set(entry.files) == {"deps.json"}
+    meta = {"build_id": ctx.build.id, "repo": "octo-org/social-score-api", "sha": sha}
+    assert {k: entry.meta.get(k) for k in meta} == meta
+    recorded = (tmp_path / "deps" / "deps.json").read_text(encoding="utf-8")
+    assert recorded.endswith("}\n") and json.loads(recorded) == ctx.cache.inputs["deps"]
+    assert json.loads(recorded)["files"] == {
+        "uv.lock": git(origin.path, "rev-parse", f"{sha}:uv.lock")
+    }

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from trainer.params import TrainParams
 from trainhook.repos import RepoConfig
 from worker.hash.keys import (
@@ -16,7 +18,9 @@ from worker.hash.keys import (
     deps_key,
     model_key,
     nltk_key,
+    train_params,
 )
+from worker.stage import StageFailed
 
 PARAMS = {
     "C": 0.1,
@@ -116,3 +120,10 @@ def test_every_key_belongs_to_its_repository_or_its_named_group():
     assert grouped[0] == grouped[1] and not set(grouped[0]) & set(a)
     # Credentials in the clone URL are not part of a repository's identity.
     assert cache_scope(repo("org/a"))["clone_url"] == "https://forge.example/org/a.git"
+
+
+def test_training_params_the_trainer_refuses_fail_the_stage_naming_the_repository():
+    # Settings refuse them at start; a repository configured another way is refused here.
+    bad = repo("org/a", params=(("C", -1.0),))
+    with pytest.raises(StageFailed, match=r"^training params of org/a: .*need C > 0$"):
+        train_params(bad)
