@@ -148,3 +148,60 @@ def test_complete_and_bury_end_the_lease(queue_engine):
     assert buried.published_at is not None  # no dead-letter message owed
     set_job(queue_engine, done_id, lease_until=utcnow() - timedelta(seconds=1))
     assert queue.claim("w3") is None
+
+
+def test_a_job_due_at_the_very_instant_of_the_claim_is_claimed(queue_engine, monkeypatch):
+    # A release without delay on a clock that has not ticked since (coarse clocks, fast
+    # workers) is due now, not later.
+    import trainhook.queue.sql
+
+    (build_id,) = builds(queue_engine, 1)
+    now = utcnow()
+    set_job(queue_engine, build_id, available_at=now)
+    monkeypatch.setattr(trainhook.queue.sql, "utcnow", lambda: now)
+
+    claimed = SqlQueue(queue_engine, lease_seconds=60).claim("w1")
+
+    assert claimed is not None and claimed.build_id == build_id
+
+
+def test_finishing_one_job_leaves_the_same_owners_other_job_running(queue_engine):
+    first, second = builds(queue_engine, 2)
+    queue = SqlQueue(queue_engine, lease_seconds=60)
+    a, b = queue.claim("worker-1"), queue.claim("worker-1")
+    assert a is not None and b is not None and (a.build_id, b.build_id) == (first, second)
+
+    queue.complete(a)
+
+    assert (job(queue_engine, first).status, job(queue_engine, second).status) == (
+        "done",
+        "running",
+    )
+    assert queue.heartbeat(b)
+
+
+def test_claims_follow_the_order_jobs_were_queued_in_whenever_each_became_due(queue_engine):
+    older, newer = builds(queue_engine, 2)
+    set_job(queue_engine, older, available_at=utcnow() - timedelta(seconds=1))
+    set_job(queue_engine, newer, available_at=utcnow() - timedelta(seconds=60))
+    queue = SqlQueue(queue_engine, lease_seconds=60)
+
+    assert [queue.claim("w1").build_id, queue.claim("w2").build_id] == [older, newer]
+
+
+def test_a_claim_for_one_build_takes_that_builds_job_only(queue_engine):
+    # The Pub/Sub queue's claim: its message names the build, and it stamps `published_at`.
+    from trainhook.queue.sql import claim_row
+
+    first, second = builds(queue_engine, 2)
+    stamp = utcnow() - timedelta(seconds=5)
+    lease = timedelta(seconds=60)
+    with queue_engine.begin() as conn:
+        claimed = claim_row(conn, "w1", lease, build_id=second, published_at=stamp)
+
+    assert claimed is not None and (claimed.build_id, claimed.owner) == (second, "w1")
+    assert job(queue_engine, first).status == "queued"
+    row = job(queue_engine, second)
+    assert (row.status, row.lease_owner, row.published_at) == ("running", "w1", stamp)
+    with queue_engine.begin() as conn:
+        assert claim_row(conn, "w2", lease, build_id=second) is None
