@@ -16,6 +16,7 @@ from tests.conftest import REPO_ROOT
 from tests.support.gitrepo import GitRepo, git
 from trainhook.artifacts import open_store
 from worker.checkout import checkout_stage
+from worker.context import BuildContext
 from worker.hash.keys import Sources, choose_data
 from worker.stage import StageFailed
 
@@ -602,3 +603,81 @@ def test_the_deps_entry_holds_its_files_and_the_build_that_first_used_them(
     assert json.loads(recorded)["files"] == {
         "uv.lock": git(origin.path, "rev-parse", f"{sha}:uv.lock")
     }
+
+
+def deployed_and_then(
+    b: Builds, sha: str, trigger: str, force: bool = False, then: str | None = None
+) -> tuple[int, BuildContext, str]:
+    """Hash `sha` in a build whose deploy succeeds, then hash `then` (default: `sha` again)
+    in a `trigger` build: (the deployed build, the second build's context and detail)."""
+    from tests.worker.conftest import context_for
+    from trainhook.builds import BuildSpec, add_event, create_build
+
+    first, _ = b.hash(sha)
+    with b.engine.begin() as conn:
+        add_event(conn, first.build.id, "deploy", "succeeded", detail="released")
+        spec = BuildSpec(
+            "github", first.build.repo, "refs/heads/main", then or sha, trigger=trigger, force=force
+        )
+        second = create_build(conn, spec)
+    ctx = context_for(b.settings, b.engine, second)
+    checkout_stage(ctx)
+    return first.build.id, ctx, b.hash_stage(ctx).detail or ""
+
+
+@pytest.mark.parametrize(
+    "trigger,extra",
+    [("schedule", ""), ("data", ""), ("data", 'schedule = "0 3 * * *"\nschedule_force = true')],
+)
+def test_a_scheduled_or_data_build_of_the_deployed_model_ends_superseded_after_hashing(
+    builds, origin, trigger, extra
+):
+    from tests.worker.conftest import build_view, stage_map
+
+    b = builds('data = ["data/train.csv"]\n' + extra)
+    deployed, ctx, detail = deployed_and_then(b, origin.commit({"data/train.csv": DATA}), trigger)
+
+    reason = f"model key unchanged since build #{deployed}"
+    assert detail.endswith(f" · {reason}")
+    view = build_view(b.engine, ctx.build.id)
+    assert (view["status"], view["error"]) == ("superseded", reason)
+    stages = stage_map(b.engine, ctx.build.id)
+    for name in ("train", "build", "push", "deploy", "vertex"):
+        assert (stages[name]["status"], stages[name]["detail"]) == ("skipped", reason), name
+    assert "skipped" not in {stages[name]["status"] for name in ("checkout", "test", "hash")}
+
+
+@pytest.mark.parametrize(
+    "trigger,force,extra",
+    [
+        ("push", False, ""),
+        ("rebuild", False, ""),
+        ("schedule", True, ""),
+        ("data", True, ""),
+        ("schedule", False, 'schedule = "0 3 * * *"\nschedule_force = true'),
+    ],
+)
+def test_a_push_a_forced_build_or_a_schedule_told_to_force_still_trains_the_same_model(
+    builds, origin, trigger, force, extra
+):
+    from tests.worker.conftest import build_view
+
+    b = builds('data = ["data/train.csv"]\n' + extra)
+    sha = origin.commit({"data/train.csv": DATA})
+    code_only = origin.commit({"app.py": "v = 2\n"})  # a push of `sha` again would be stale
+    _, ctx, detail = deployed_and_then(b, sha, trigger, force, then=code_only)
+
+    assert "model key unchanged" not in detail
+    assert build_view(b.engine, ctx.build.id)["status"] != "superseded"
+
+
+def test_a_scheduled_build_of_new_data_goes_on(builds, origin):
+    from tests.worker.conftest import build_view
+
+    b = builds()
+    old = origin.commit({"data/train.csv": DATA})
+    new = origin.commit({"data/train.csv": DATA + "meh,neg\n"})
+    _, ctx, detail = deployed_and_then(b, old, "schedule", then=new)
+
+    assert "model key unchanged" not in detail
+    assert build_view(b.engine, ctx.build.id)["status"] != "superseded"
