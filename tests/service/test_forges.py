@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -20,7 +21,23 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from service.app import create_app
-from service.forges import ForgeEvent, Push, WebhookError, bounded, is_sha
+from service.forges import (
+    MAX_AUTHOR,
+    MAX_DELIVERY,
+    MAX_EVENT,
+    MAX_HOOK,
+    MAX_REF,
+    ForgeEvent,
+    PullRequest,
+    Push,
+    WebhookError,
+    bounded,
+    content_type,
+    is_sha,
+    is_zero,
+    json_object,
+    pull_before,
+)
 from service.webhooks import FORGES
 from tests.conftest import SECRET, SHARED, shared_path
 from tests.service.conftest import counts
@@ -754,3 +771,160 @@ def test_github_cuts_a_long_hook_id_to_the_column_and_reads_deleted_or_derives_i
     assert found is not None and found.deleted and found.after == ZERO
     with pytest.raises(WebhookError, match=r"^field 'deleted' must be a boolean$"):
         github.event(push, {**payload, "deleted": "yes"})
+
+
+# ---- the forge seam's helpers one by one (service/forges/__init__.py) --------------------
+
+
+def a_pull(**fields: Any) -> PullRequest:
+    values: dict[str, Any] = {
+        "repo": REPO,
+        "number": 7,
+        "action": "build",
+        "verb": "opened",
+        "ref": "refs/pull/7/head",
+        "sha": SHA,
+        "head_repo": REPO,
+        "same_repo": True,
+        "base_branch": "main",
+        **fields,
+    }
+    return PullRequest(**values)
+
+
+def a_push(**fields: Any) -> Push:
+    values: dict[str, Any] = {
+        "repo": REPO,
+        "ref": "refs/heads/main",
+        "before": BEFORE,
+        "after": SHA,
+        "deleted": False,
+        "commit_message": "Retrain",
+        "author": "Mona",
+        **fields,
+    }
+    return Push(**values)
+
+
+def test_a_pull_requests_refs_longer_than_the_column_or_holding_a_nul_are_refused_by_name():
+    longest = "refs/heads/" + "b" * (MAX_REF - len("refs/heads/"))
+    kept = bounded(
+        ForgeEvent("pull_request", "d", "h", pull=a_pull(ref=longest, base_branch=longest))
+    )
+    assert kept.pull is not None and kept.pull.ref == longest and kept.pull.base_branch == longest
+    for field, label in (("ref", "pull request head ref"), ("base_branch", "base branch")):
+        for bad in (longest + "b", "main\x00"):
+            event = ForgeEvent("pull_request", "d", "h", pull=a_pull(**{field: bad}))
+            with pytest.raises(
+                WebhookError,
+                match=rf"^{label} is longer than {MAX_REF} characters or holds a NUL$",
+            ):
+                bounded(event)
+
+
+def test_a_pull_requests_title_and_author_lose_nuls_and_the_author_is_cut_to_the_column():
+    event = ForgeEvent(
+        "pull_request",
+        "d",
+        "h",
+        pull=a_pull(title="Add\x00 rows", author="oc\x00to" + "c" * 300, before=BEFORE),
+    )
+
+    pull = bounded(event).pull
+
+    assert pull is not None
+    assert pull.title == "Add rows"
+    assert pull.author == ("octo" + "c" * 300)[:MAX_AUTHOR]
+    assert (pull.ref, pull.sha, pull.before, pull.number) == ("refs/pull/7/head", SHA, BEFORE, 7)
+    untitled = bounded(ForgeEvent("pull_request", "d", "h", pull=a_pull()))
+    assert untitled.pull == a_pull()  # no title or author: left as they are
+
+
+def test_event_delivery_and_hook_ids_fit_their_columns_exactly_and_never_hold_a_nul():
+    fits = ForgeEvent("e" * MAX_EVENT, "d" * MAX_DELIVERY, "h" * MAX_HOOK)
+    assert bounded(fits) == fits
+    for label, field, limit in (
+        ("event header", "event", MAX_EVENT),
+        ("delivery id", "delivery_id", MAX_DELIVERY),
+        ("hook id", "hook_id", MAX_HOOK),
+    ):
+        for bad in ("x" * (limit + 1), "x\x00"):
+            with pytest.raises(
+                WebhookError, match=rf"^{label} is longer than {limit} characters or holds a NUL$"
+            ):
+                bounded(replace(fits, **cast(dict[str, Any], {field: bad})))
+
+
+def test_a_pushs_ref_fits_its_column_and_its_text_loses_nuls_and_a_bad_before_is_dropped():
+    longest = "refs/heads/" + "b" * (MAX_REF - len("refs/heads/"))
+    push = bounded(ForgeEvent("push", "d", "h", push=a_push(ref=longest))).push
+    assert push is not None and push.ref == longest and push.before == BEFORE
+    with pytest.raises(WebhookError, match=r"^field 'ref' is longer than 255 characters"):
+        bounded(ForgeEvent("push", "d", "h", push=a_push(ref=longest + "b")))
+
+    cleaned = bounded(
+        ForgeEvent("push", "d", "h", push=a_push(commit_message="Re\x00train", before="HEAD~1"))
+    ).push
+
+    assert cleaned is not None
+    assert cleaned.commit_message == "Retrain" and cleaned.before is None
+
+
+def test_object_ids_are_40_or_64_lower_case_hex_characters():
+    assert is_sha("a" * 40) and is_sha("0123456789abcdef" * 4)
+    for bad in ("a" * 39, "a" * 41, "a" * 63, "a" * 65, "A" * 40, "X" * 40, "g" * 40, None):
+        assert not is_sha(bad), bad
+    assert is_zero("0" * 40) and is_zero("0" * 64)
+    assert not is_zero("0" * 65) and not is_zero("0" * 39) and not is_zero(SHA)
+
+
+def test_a_requests_previous_head_is_kept_only_when_it_is_a_commit():
+    assert pull_before(BEFORE) == BEFORE
+    assert pull_before("b" * 64) == "b" * 64
+    for none in (None, "", ZERO, "0" * 64, "HEAD~1", 7):
+        assert pull_before(none) is None, none
+
+
+def test_a_body_that_is_not_a_json_object_is_refused_saying_which():
+    assert json_object(b'{"a": 1}') == {"a": 1}
+    with pytest.raises(WebhookError, match=r"^body is not valid JSON$"):
+        json_object(b"{")
+    with pytest.raises(WebhookError, match=r"^body must be a JSON object$"):
+        json_object(b"[1]")
+
+
+def test_the_content_type_is_the_media_type_without_any_parameter():
+    assert content_type({"content-type": "Application/JSON; charset=utf-8; x=y"}) == (
+        "application/json"
+    )
+    assert content_type({}) == ""
+
+
+def test_github_refuses_an_organization_hook_saying_to_add_it_to_the_repository():
+    github = FORGES["github"]
+
+    with pytest.raises(WebhookError) as refused:
+        github.repo_name({"organization": {"login": "octo-org"}, "hook_id": 1})
+
+    assert refused.value.message == (
+        "no 'repository' in the payload: organization hooks are not supported, "
+        "add the webhook to the repository"
+    )
+    with pytest.raises(WebhookError, match=r"^missing field 'repository.full_name'$"):
+        github.repo_name({"zen": "ping"})
+
+
+def test_github_reads_a_pull_request_event_as_the_request():
+    from tests.service import pull_payloads
+
+    headers = {"x-github-event": "pull_request", "x-github-delivery": "d-7"}
+
+    event = FORGES["github"].event(headers, pull_payloads.github(number=7))
+
+    assert (event.event, event.delivery_id, event.push) == ("pull_request", "d-7", None)
+    assert event.pull is not None
+    assert (event.pull.number, event.pull.ref, event.pull.sha) == (
+        7,
+        "refs/pull/7/head",
+        pull_payloads.HEAD,
+    )
