@@ -928,3 +928,18 @@ def test_github_reads_a_pull_request_event_as_the_request():
         "refs/pull/7/head",
         pull_payloads.HEAD,
     )
+
+
+def test_github_names_the_pusher_when_the_push_has_no_head_commit_and_cuts_its_hook_id():
+    from tests.service import github_payloads
+
+    headers = {"x-github-event": "push", "x-github-delivery": "d-1", "x-github-hook-id": "9" * 70}
+    payload = {**github_payloads.push_payload(), "head_commit": None}
+
+    event = FORGES["github"].event(headers, payload)
+
+    assert event.push is not None and event.push.author == "monalisa"
+    assert event.push.commit_message is None
+    assert event.hook_id == "9" * 64
+    with pytest.raises(WebhookError, match=r"^field 'after' is not a commit id$"):
+        FORGES["github"].event(headers, {**payload, "after": "HEAD"})
