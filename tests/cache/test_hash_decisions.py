@@ -681,3 +681,25 @@ def test_a_scheduled_build_of_new_data_goes_on(builds, origin):
 
     assert "model key unchanged" not in detail
     assert build_view(b.engine, ctx.build.id)["status"] != "superseded"
+
+
+def test_a_build_removing_stopwords_is_handed_the_nltk_packages_training_reads(builds, origin):
+    from trainer.nltkdata import NLTK_PACKAGES
+
+    b = builds('data = ["data/train.csv"]\nparams = { stopwords = true }')
+    ctx, detail = b.hash(origin.commit({"data/train.csv": DATA}))
+
+    assert ctx.cache is not None and ctx.cache.nltk_packages == tuple(NLTK_PACKAGES)
+    assert "nltk: miss" in detail
+
+
+def test_the_hash_log_says_how_long_the_decision_took(builds, origin):
+    from tests.worker.conftest import logs
+
+    b = builds()
+    ctx, _ = b.hash(origin.commit({"data/train.csv": DATA}))
+
+    (line,) = [x for x in logs(b.engine, ctx.build.id)["hash"].splitlines() if "decided in" in x]
+    assert line.startswith("decided in ") and line.endswith(" ms")
+    # It runs git once: more than nothing, well under a minute.
+    assert 0 < float(line.removeprefix("decided in ").removesuffix(" ms")) < 60_000
