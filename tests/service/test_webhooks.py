@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
+from service import ingest
+from service.forges import ForgeEvent, PullRequest, Push, Unauthorized
 from service.forges.github import signature
+from service.intake import Incoming, Recorded
+from service.webhooks import FORGES
+from service.writer import DeliveryWriter
 from tests.conftest import SHARED, shared_path
 from tests.service.conftest import counts
-from tests.service.github_payloads import REPO, SHA, ping_payload, push_payload, signed
+from tests.service.github_payloads import BEFORE, REPO, SHA, ping_payload, push_payload, signed
 from trainhook.buildview import get_build
 from trainhook.models import deliveries, jobs, metadata
+from trainhook.repos import RepoConfig
 from trainhook.runtime import Runtime
+from trainhook.settings import Settings
 
 URL = "/webhooks/github"
 
@@ -362,3 +373,160 @@ def test_stored_body_is_the_raw_bytes(client: TestClient, runtime: Runtime, tmp_
     post(client, raw, headers)
     with runtime.engine.connect() as conn:
         assert conn.execute(sa.select(deliveries.c.body)).scalar_one() == raw
+
+
+# ---- service/ingest.py one decision at a time (no HTTP, no database) ---------------------
+
+
+def a_repo(make_settings: Callable[..., Settings], extra: str = "") -> RepoConfig:
+    return make_settings(extra=extra).repos[0]
+
+
+def test_a_ping_is_ignored_as_set_up_and_another_event_by_its_name(
+    make_settings: Callable[..., Settings],
+):
+    repo = a_repo(make_settings)
+
+    assert ingest.ignore_reason(repo, ForgeEvent("ping", "d", "h")) == "ping: webhook is set up"
+    assert ingest.ignore_reason(repo, ForgeEvent("issues", "d", "h")) == (
+        "event 'issues' is not built (only pushes and pull requests)"
+    )
+
+
+def test_a_repository_without_a_secret_is_refused_naming_its_variable(
+    make_settings: Callable[..., Settings],
+):
+    settings = make_settings()
+    runtime = SimpleNamespace(
+        settings=SimpleNamespace(
+            repo=lambda name, forge: settings.repos[0], secret_for=lambda r: None
+        )
+    )
+    body, headers = signed(push_payload())
+
+    with pytest.raises(Unauthorized) as refused:
+        ingest.verify(cast(Runtime, runtime), FORGES["github"], lower(headers), body)
+
+    assert refused.value.message == f"no webhook secret is set for {REPO!r} (TEST_WEBHOOK_SECRET)"
+
+
+def lower(headers: dict[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def verified(settings: Settings, body: bytes, headers: dict[str, str]) -> ForgeEvent:
+    runtime = SimpleNamespace(settings=settings)
+    return ingest.verify(cast(Runtime, runtime), FORGES["github"], lower(headers), body)[1]
+
+
+def test_files_are_read_from_a_push_only_for_a_repository_with_path_filters(
+    make_settings: Callable[..., Settings],
+):
+    filtered = make_settings(extra='paths = ["data/**"]')
+    plain = make_settings()
+    push = signed(
+        push_payload(commits=[{"id": SHA, "added": ["data/a.csv"], "removed": [], "modified": []}])
+    )
+
+    with_files = verified(filtered, *push).push
+    assert with_files is not None and with_files.files == frozenset({"data/a.csv"})
+    without = verified(plain, *push).push
+    assert without is not None and without.files is None
+    ping = verified(filtered, *signed(ping_payload(), event="ping"))
+    assert ping.push is None and ping.event == "ping"
+
+
+def pull_event(action: str = "build", **fields: Any) -> ForgeEvent:
+    pull = PullRequest(
+        repo=REPO,
+        number=7,
+        action=action,
+        verb={"build": "opened", "close": "closed"}.get(action, "edited"),
+        ref="refs/pull/7/head",
+        sha=SHA,
+        head_repo=REPO,
+        same_repo=True,
+        base_branch="main",
+        title="Add more rows",
+        author="octocat",
+        before=BEFORE,
+        **fields,
+    )
+    return ForgeEvent("pull_request", "d-1", "h-1", pull=pull)
+
+
+def incoming(repo: RepoConfig, event: ForgeEvent) -> Incoming:
+    return ingest.incoming(FORGES["github"], repo, event, {}, b"{}", datetime.now(UTC))
+
+
+def test_a_request_builds_its_head_with_its_title_author_and_previous_head(
+    make_settings: Callable[..., Settings],
+):
+    item = incoming(a_repo(make_settings), pull_event())
+
+    assert item.reason is None and item.supersedes == "refs/pull/7/head"
+    assert item.spec is not None
+    assert (item.spec.ref, item.spec.sha, item.spec.before_sha, item.spec.trigger) == (
+        "refs/pull/7/head",
+        SHA,
+        BEFORE,
+        "pull_request",
+    )
+    assert (item.spec.commit_message, item.spec.author) == ("Add more rows", "octocat")
+
+
+def test_an_edited_request_leaves_its_builds_alone_and_with_pull_requests_off_so_does_a_close(
+    make_settings: Callable[..., Settings],
+):
+    repo = a_repo(make_settings)
+    off = a_repo(make_settings, 'pull_requests = "off"')
+
+    edited = incoming(repo, pull_event("other"))
+    closed = incoming(repo, pull_event("close"))
+    closed_off = incoming(off, pull_event("close"))
+
+    assert edited.spec is None and edited.supersedes is None and edited.reason
+    assert closed.spec is None and closed.supersedes == "refs/pull/7/head"
+    assert closed_off.spec is None and closed_off.supersedes is None
+
+
+def test_a_push_builds_with_its_previous_head(make_settings: Callable[..., Settings]):
+    push = Push(
+        repo=REPO,
+        ref="refs/heads/main",
+        before=BEFORE,
+        after=SHA,
+        deleted=False,
+        commit_message="Retrain",
+        author="Mona",
+    )
+
+    item = incoming(a_repo(make_settings), ForgeEvent("push", "d-1", "h-1", push=push))
+
+    assert item.spec is not None
+    assert (item.spec.ref, item.spec.sha, item.spec.before_sha) == ("refs/heads/main", SHA, BEFORE)
+    assert (item.spec.commit_message, item.spec.author) == ("Retrain", "Mona")
+
+
+def test_a_queued_build_is_announced_to_the_queue_by_its_id():
+    notified: list[list[int]] = []
+    runtime = SimpleNamespace(queue=SimpleNamespace(notify=notified.append))
+
+    class Writer:
+        def __init__(self, recorded: Recorded) -> None:
+            self.recorded = recorded
+
+        async def record(self, item: Incoming) -> Recorded:
+            return self.recorded
+
+    def answer(recorded: Recorded) -> ingest.Answer:
+        writer = cast(DeliveryWriter, Writer(recorded))
+        return asyncio.run(ingest.record(cast(Runtime, runtime), writer, cast(Incoming, None)))
+
+    assert answer(Recorded(41, False, None)) == ingest.Answer(
+        202, {"status": "queued", "build_id": 41, "status_url": "/builds/41"}
+    )
+    assert notified == [[41]]
+    assert answer(Recorded(41, True, None)).body == {"status": "duplicate", "build_id": 41}
+    assert answer(Recorded(None, False, "why")).body == {"status": "ignored", "reason": "why"}
+    assert notified == [[41]]  # a duplicate or an ignored delivery announces nothing
