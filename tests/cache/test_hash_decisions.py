@@ -402,6 +402,10 @@ def test_the_data_choice_follows_symlinks_in_the_tree_not_the_export(builds, ori
     assert ctx.data is not None and ctx.data.path == "datasets/v3.csv"
     assert ctx.data.content_id == "git:" + git(origin.path, "rev-parse", f"{sha}:datasets/v3.csv")
     assert "(via data/train.csv)" in detail
+    # The hash log opens with the same line, the configured name included.
+    from tests.worker.conftest import logs
+
+    assert logs(b.engine, ctx.build.id)["hash"].splitlines()[0] == detail.split(" · ")[0]
 
 
 @pytest.mark.parametrize(
