@@ -859,8 +859,11 @@ def test_a_pushs_ref_fits_its_column_and_its_text_loses_nuls_and_a_bad_before_is
     longest = "refs/heads/" + "b" * (MAX_REF - len("refs/heads/"))
     push = bounded(ForgeEvent("push", "d", "h", push=a_push(ref=longest))).push
     assert push is not None and push.ref == longest and push.before == BEFORE
-    with pytest.raises(WebhookError, match=r"^field 'ref' is longer than 255 characters"):
-        bounded(ForgeEvent("push", "d", "h", push=a_push(ref=longest + "b")))
+    for bad in (longest + "b", "refs/heads/ma\x00in"):
+        with pytest.raises(
+            WebhookError, match=r"^field 'ref' is longer than 255 characters or holds a NUL$"
+        ):
+            bounded(ForgeEvent("push", "d", "h", push=a_push(ref=bad)))
 
     cleaned = bounded(
         ForgeEvent("push", "d", "h", push=a_push(commit_message="Re\x00train", before="HEAD~1"))
