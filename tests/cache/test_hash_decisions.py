@@ -270,7 +270,7 @@ def test_an_artifacts_location_in_gcs_holds_the_levels(builds, origin, bucket, g
 
 
 def test_gs_data_is_keyed_by_the_objects_md5_and_falls_through_when_absent(
-    builds, origin, bucket, gcs_client
+    builds, origin, bucket, gcs_client, tmp_path
 ):
     import hashlib
 
@@ -286,6 +286,11 @@ def test_gs_data_is_keyed_by_the_objects_md5_and_falls_through_when_absent(
     assert detail.startswith(
         f"data gs://{bucket}/tweets/v3.csv gs:md5:{md5[:12]} (object metadata, 0 data bytes read)"
     )
+    # The train stage downloads the object the decision chose.
+    from worker.training import data_file
+
+    written = data_file(ctx, tmp_path / "scratch")
+    assert written is not None and written.read_text() == DATA
 
     gcs_client.bucket(bucket).blob("tweets/v3.csv").upload_from_string(DATA + "meh,neg\n")
     ctx2, detail2 = builds(extra, gcs=gcs_client).hash(sha)

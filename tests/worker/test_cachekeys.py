@@ -7,6 +7,7 @@ import os
 import pytest
 import sqlalchemy as sa
 
+import trainer
 from tests.support.gitrepo import git
 from tests.worker.conftest import context_for, new_build
 from trainhook.models import builds
@@ -88,6 +89,8 @@ def test_missing_data_falls_back_loudly_to_the_generated_sample(hashed, origin):
     ctx, detail = hashed(origin.commit({"app.py": "x = 1\n"}))
 
     assert ctx.data and ctx.data.path is None
+    # The sample is the trainer's: a new trainer version is new data.
+    assert ctx.data.content_id == f"trainer-{trainer.TRAINER_VERSION}"
     assert detail.startswith(
         "NO DATA FILE FOUND (looked for data/cleaned_training_sample.csv, data/prod.csv, "
         "data/train.csv): TRAINING ON THE TRAINER'S GENERATED SAMPLE, NOT ON YOUR DATA · "
