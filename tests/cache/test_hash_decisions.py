@@ -244,6 +244,8 @@ def test_the_explanation_is_logged_as_json_for_the_dashboard(builds, origin):
     explained = json.loads(line.removeprefix("cache-explain "))
     assert set(explained) == {"deps", "nltk", "model", "previous_build"}
     assert explained["model"]["result"] == "miss" and explained["model"]["key"] == ctx.keys.model
+    # The deps level this build missed is recorded by it, and the dashboard says so.
+    assert explained["deps"]["result"] == "miss" and explained["deps"]["build"] == ctx.build.id
 
 
 def test_a_corrupt_stored_model_is_a_miss_with_the_reason(builds, origin):
@@ -712,3 +714,31 @@ def test_the_hash_log_says_how_long_the_decision_took(builds, origin):
     assert line.startswith("decided in ") and line.endswith(" ms")
     # It runs git once: more than nothing, well under a minute.
     assert 0 < float(line.removeprefix("decided in ").removesuffix(" ms")) < 60_000
+
+
+def test_a_forced_build_records_the_deps_entry_as_its_own(builds, origin, tmp_path):
+    b = builds()
+    sha = origin.commit({"data/train.csv": DATA, "uv.lock": "v1\n"})
+    first, _ = b.hash(sha)
+    forced, _ = b.hash(sha, force=True)
+
+    assert forced.keys is not None and forced.keys.deps == first.keys.deps  # type: ignore[union-attr]
+    entry = b.store.lookup("deps", forced.keys.deps)
+    assert entry is not None and entry.build_id == forced.build.id
+
+
+def test_a_store_that_cannot_record_the_deps_entry_does_not_fail_the_build(builds, origin, caplog):
+    import logging
+
+    b = builds()
+
+    def refuse(*args, **kwargs):
+        raise OSError("disk full")
+
+    b.store.publish = refuse  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="worker.hash.keys"):
+        ctx, detail = b.hash(origin.commit({"data/train.csv": DATA}))
+
+    assert ctx.keys is not None and ctx.cache is not None and "deps: miss" in detail
+    assert ctx.cache.deps.entry is None
+    assert f"could not record deps key {ctx.keys.deps[:12]}: disk full" in caplog.messages
