@@ -20,8 +20,9 @@ from service.app import create_app
 from service.intake import Incoming, record_deliveries
 from tests.service.conftest import counts
 from tests.service.forge_kits import KITS, Kit, Signed, post
-from trainhook.builds import BuildSpec, Delivery, add_event
+from trainhook.builds import BuildSpec, Delivery, add_event, create_build
 from trainhook.runtime import Runtime, build_runtime
+from trainhook.stale import branch_history
 
 A = "a1" * 20  # the older commit
 B = "b2" * 20  # the newer one, deployed
@@ -199,3 +200,25 @@ def test_one_group_commit_answers_each_delivery_on_its_own(engine: sa.Engine):
         ("d-c", "queued"),
         ("d-b-again", "ignored"),
     ]
+
+
+@pytest.mark.parametrize(
+    "provider,repo",
+    [("github", "octo-org/another-api"), ("gitlab", "octo-org/social-score-api")],
+    ids=["another-repository", "another-forge"],
+)
+def test_a_deploy_of_another_repositorys_branch_never_makes_a_push_stale(
+    engine: sa.Engine, provider: str, repo: str
+):
+    # The same branch name and commit, deployed for another repository (or the same name on
+    # another forge): nothing of this repository's history.
+    with engine.begin() as conn:
+        (ours,) = record_deliveries(conn, [incoming(A, "d-a")])
+        other = create_build(conn, BuildSpec(provider, repo, "refs/heads/main", B))
+        add_event(conn, other, "deploy", "succeeded")
+    with engine.begin() as conn:
+        answers = record_deliveries(conn, [incoming(B, "d-b")])
+        history = branch_history(conn, "github", "octo-org/social-score-api", "refs/heads/main")
+
+    assert answers[0].build_id is not None and answers[0].reason is None
+    assert history.deployed is None and ours.build_id is not None

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support.gitrepo import GitRepo, git
-from tests.worker.conftest import build_view, job_row, stage_map, toy_pipeline
+from tests.worker.conftest import build_view, events, job_row, stage_map, toy_pipeline
 from trainhook.builds import BuildSpec, add_event, create_build, mark_finished
 from trainhook.models import jobs
 from trainhook.runtime import build_runtime
@@ -87,6 +87,8 @@ def test_a_build_of_an_ancestor_of_the_deployed_commit_ends_superseded(
     assert (view["status"], view["error"]) == ("superseded", reason)
     stages = stage_map(sqlite_engine, stale)
     assert stages["checkout"]["status"] == "succeeded"
+    assert events(sqlite_engine, stale, "checkout")[-1] == ("checkout", "succeeded")
+    assert ("checkout", "skipped") not in events(sqlite_engine, stale, "checkout")
     assert stages["checkout"]["detail"].endswith(f"; {reason}; nothing exported")
     for name in ("test", "hash", "train", "build", "push", "deploy", "vertex"):
         assert (stages[name]["status"], stages[name]["detail"]) == ("skipped", reason), name
@@ -180,6 +182,26 @@ def test_a_newer_commit_and_one_on_a_rewritten_branch_still_deploy(
     git(origin.path, "reset", "-q", "--hard", older)
     sibling = queue_build(sqlite_engine, origin.commit({"app.py": "v = 2, rewritten\n"}))
     assert run(settings, sqlite_engine) == [sibling]
+
+
+def test_a_build_run_again_after_its_own_deploy_is_not_stale_against_itself(
+    history: tuple[str, str],
+    origin: GitRepo,
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    sqlite_engine: sa.Engine,
+):
+    # Its deploy succeeded, a later stage failed, the job runs again: the deployed build of
+    # the branch is this very build, which is not a reason to stop it.
+    _, newer = history
+    settings = make_settings(sqlite_url, clone_url=origin.url)
+    again = queue_build(sqlite_engine, newer)
+    with sqlite_engine.begin() as conn:
+        add_event(conn, again, "deploy", "succeeded", detail="released")
+
+    run(settings, sqlite_engine)
+
+    assert build_view(sqlite_engine, again)["status"] == "succeeded"
 
 
 def test_a_build_overtaken_by_a_newer_deploy_after_its_checkout_never_deploys(
