@@ -203,18 +203,22 @@ def test_one_group_commit_answers_each_delivery_on_its_own(engine: sa.Engine):
 
 
 @pytest.mark.parametrize(
-    "provider,repo",
-    [("github", "octo-org/another-api"), ("gitlab", "octo-org/social-score-api")],
-    ids=["another-repository", "another-forge"],
+    "provider,repo,ref",
+    [
+        ("github", "octo-org/another-api", "refs/heads/main"),
+        ("gitlab", "octo-org/social-score-api", "refs/heads/main"),
+        ("github", "octo-org/social-score-api", "refs/heads/dev"),
+    ],
+    ids=["another-repository", "another-forge", "another-branch"],
 )
-def test_a_deploy_of_another_repositorys_branch_never_makes_a_push_stale(
-    engine: sa.Engine, provider: str, repo: str
+def test_a_deploy_of_another_repositorys_or_branchs_commit_never_makes_a_push_stale(
+    engine: sa.Engine, provider: str, repo: str, ref: str
 ):
-    # The same branch name and commit, deployed for another repository (or the same name on
-    # another forge): nothing of this repository's history.
+    # The same commit deployed from another branch, for another repository, or for the same
+    # name on another forge: nothing of this branch's history.
     with engine.begin() as conn:
         (ours,) = record_deliveries(conn, [incoming(A, "d-a")])
-        other = create_build(conn, BuildSpec(provider, repo, "refs/heads/main", B))
+        other = create_build(conn, BuildSpec(provider, repo, ref, B))
         add_event(conn, other, "deploy", "succeeded")
     with engine.begin() as conn:
         answers = record_deliveries(conn, [incoming(B, "d-b")])
