@@ -226,3 +226,16 @@ def test_a_deploy_of_another_repositorys_or_branchs_commit_never_makes_a_push_st
 
     assert answers[0].build_id is not None and answers[0].reason is None
     assert history.deployed is None and ours.build_id is not None
+
+
+@pytest.mark.parametrize("status", ["running", "failed"])
+def test_a_deploy_that_did_not_succeed_makes_no_push_stale(engine: sa.Engine, status: str):
+    with engine.begin() as conn:
+        record_deliveries(conn, [incoming(A, "d-a")])
+        (b,) = record_deliveries(conn, [incoming(B, "d-b")])
+        assert b.build_id is not None
+        add_event(conn, b.build_id, "deploy", status)
+    with engine.begin() as conn:
+        (again,) = record_deliveries(conn, [incoming(A, "d-a-again")])
+
+    assert again.build_id is not None and again.reason is None
