@@ -30,13 +30,18 @@ def store_model(b: Builds, key: str, build_id: int = 1) -> None:
     )
 
 
-def test_a_tracked_data_file_is_keyed_by_its_blob_id(builds, origin):
+def test_a_tracked_data_file_is_keyed_by_its_blob_id(builds, origin, tmp_path):
     sha = origin.commit({"data/train.csv": DATA})
     ctx, detail = builds().hash(sha)
 
     assert ctx.data is not None and ctx.data.source == "git"
     assert ctx.data.content_id == "git:" + git(origin.path, "rev-parse", f"{sha}:data/train.csv")
     assert "(git blob, 0 data bytes read)" in detail
+    # The train stage writes that blob out of the mirror.
+    from worker.training import data_file
+
+    written = data_file(ctx, tmp_path / "scratch")
+    assert written is not None and written.read_text() == DATA
 
 
 def test_hashing_a_large_tracked_file_reads_none_of_it(builds, origin):
