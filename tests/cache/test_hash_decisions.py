@@ -747,3 +747,28 @@ def test_a_store_that_cannot_record_the_deps_entry_does_not_fail_the_build(build
     assert ctx.keys is not None and ctx.cache is not None and "deps: miss" in detail
     assert ctx.cache.deps.entry is None
     assert f"could not record deps key {ctx.keys.deps[:12]}: disk full" in caplog.messages
+
+
+def test_an_lfs_object_fetched_into_the_mirror_is_what_the_train_stage_reads(
+    builds, origin, tmp_path
+):
+    import hashlib
+
+    from worker.training import data_file
+
+    content = DATA + "meh,neg\n"
+    oid = hashlib.sha256(content.encode()).hexdigest()
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(content)}\n"
+    b = builds()
+    sha = origin.commit({"data/train.csv": pointer})
+    first, _ = b.hash(sha)  # clones the mirror
+    assert first.mirror is not None
+    objects = first.mirror / "lfs" / "objects" / oid[:2] / oid[2:4]
+    objects.mkdir(parents=True)
+    (objects / oid).write_text(content)  # what `git lfs fetch` leaves in a bare mirror
+
+    ctx, _ = b.hash(sha)
+
+    assert ctx.data is not None and ctx.data.source == "lfs" and ctx.data.local is not None
+    written = data_file(ctx, tmp_path / "scratch")
+    assert written is not None and written.read_text() == content
