@@ -772,3 +772,26 @@ def test_an_lfs_object_fetched_into_the_mirror_is_what_the_train_stage_reads(
     assert ctx.data is not None and ctx.data.source == "lfs" and ctx.data.local is not None
     written = data_file(ctx, tmp_path / "scratch")
     assert written is not None and written.read_text() == content
+
+
+def test_gs_data_without_a_client_given_is_read_with_one_made_once_for_every_build(
+    builds, origin, bucket, gcs_client, monkeypatch
+):
+    import worker.hash.keys
+    from trainhook.gcs import make_gcs_client
+
+    made = []
+
+    def counted():
+        made.append(make_gcs_client())
+        return made[-1]
+
+    monkeypatch.setattr(worker.hash.keys, "make_gcs_client", counted)
+    gcs_client.bucket(bucket).blob("v3.csv").upload_from_string(DATA)
+    b = builds(f'data = ["gs://{bucket}/v3.csv"]')  # a local store: no client of its own
+    first, _ = b.hash(origin.commit({"app.py": "v = 1\n"}))
+    second, _ = b.hash(origin.commit({"app.py": "v = 2\n"}))
+
+    assert first.data is not None and second.data is not None
+    assert first.data.source == second.data.source == "gs"
+    assert len(made) == 1
