@@ -795,3 +795,11 @@ def test_gs_data_without_a_client_given_is_read_with_one_made_once_for_every_bui
     assert first.data is not None and second.data is not None
     assert first.data.source == second.data.source == "gs"
     assert len(made) == 1
+
+
+def test_hashing_before_the_checkout_fails_saying_so(builds, origin):
+    b = builds()
+    ctx = b.context(origin.commit({"data/train.csv": DATA}))
+
+    with pytest.raises(RuntimeError, match=r"^no mirror: the checkout stage has not run$"):
+        b.hash_stage(ctx)
