@@ -4,6 +4,7 @@ repository's or another branch's, and never for a tag."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import sqlalchemy as sa
@@ -181,3 +182,84 @@ def test_an_older_build_left_alone_does_not_stop_the_next_from_being_superseded(
     reason = f"superseded by build #{ctx.build.id} ({'f' * 12})"
     assert events(sqlite_engine, queued, "queued")[-1] == ("queued", "skipped")
     assert build_view(sqlite_engine, queued)["stages"][1]["detail"] == reason
+
+
+def test_the_cloud_build_is_still_cancelled_after_its_build_stage_logged_more(
+    make_settings, sqlite_url, sqlite_engine
+):
+    older = build(sqlite_engine, "a" * 40, cloud_id="cb-7")
+    with sqlite_engine.begin() as conn:  # the tracker's later events of the build stage
+        add_event(conn, older, "build", "running", detail="step build WORKING")
+    ctx = newer(make_settings, sqlite_url, sqlite_engine)
+    client = Client()
+
+    assert supersede_older(ctx, client, PARENT) == [older]
+    assert client.cancels == [f"{PARENT}/builds/cb-7"]
+
+
+def test_a_finished_builds_cloud_build_is_neither_read_nor_cancelled(
+    make_settings, sqlite_url, sqlite_engine
+):
+    finished = build(sqlite_engine, "a" * 40, cloud_id="cb-done")
+    with sqlite_engine.begin() as conn:
+        mark_finished(conn, finished, "failed", error="tests failed")
+    ctx = newer(make_settings, sqlite_url, sqlite_engine)
+    client = Client()
+
+    assert supersede_older(ctx, client, PARENT) == []
+    assert client.gets == client.cancels == []
+    assert status(sqlite_engine, finished) == "failed"
+
+
+class FinishesWhileRead(Client):
+    """The older build's own worker ends it while its Cloud Build is being read."""
+
+    def __init__(self, engine: sa.Engine, build_id: int) -> None:
+        super().__init__()
+        self.engine, self.build_id = engine, build_id
+
+    def get_build(self, request: dict[str, str], timeout: float) -> Any:
+        with self.engine.begin() as conn:
+            mark_finished(conn, self.build_id, "succeeded")
+        return super().get_build(request, timeout)
+
+
+def test_an_older_build_ending_meanwhile_is_left_as_it_ended_and_the_next_is_superseded(
+    make_settings, sqlite_url, sqlite_engine
+):
+    ending = build(sqlite_engine, "a" * 40, cloud_id="cb-1")
+    queued = build(sqlite_engine, "c" * 40)
+    ctx = newer(make_settings, sqlite_url, sqlite_engine)
+    client = FinishesWhileRead(sqlite_engine, ending)
+
+    assert supersede_older(ctx, client, PARENT) == [queued]
+    assert status(sqlite_engine, ending) == "succeeded" and client.cancels == []
+    assert status(sqlite_engine, queued) == "superseded"
+
+
+def test_the_log_names_a_cloud_build_that_could_not_be_read_and_why(
+    make_settings, sqlite_url, sqlite_engine, caplog
+):
+    build(sqlite_engine, "a" * 40, cloud_id="cb-1")
+    ctx = newer(make_settings, sqlite_url, sqlite_engine)
+
+    with caplog.at_level(logging.INFO, logger="worker.cloudbuild.supersede"):
+        supersede_older(ctx, Client(readable=False), PARENT)
+
+    assert [r.getMessage() for r in caplog.records] == [
+        f"supersede: {PARENT}/builds/cb-1 unreadable (503 unavailable); left alone"
+    ]
+
+
+def test_the_log_names_a_cloud_build_whose_cancel_failed_and_why(
+    make_settings, sqlite_url, sqlite_engine, caplog
+):
+    build(sqlite_engine, "a" * 40, cloud_id="cb-1")
+    ctx = newer(make_settings, sqlite_url, sqlite_engine)
+
+    with caplog.at_level(logging.INFO, logger="worker.cloudbuild.supersede"):
+        supersede_older(ctx, Client(), PARENT)
+
+    assert [r.getMessage() for r in caplog.records] == [
+        f"supersede: cancel of {PARENT}/builds/cb-1: already finished"
+    ]
