@@ -24,19 +24,31 @@ def incoming(
     sha: str = SHA,
     builds: bool = True,
     reason: str | None = None,
+    ref: str = "refs/heads/main",
+    repo: str = REPO,
+    supersedes: str | None = None,
 ) -> Incoming:
     delivery = Delivery(
         provider,
         hook,
         delivery_id,
-        "push",
-        REPO,
+        "pull_request" if supersedes else "push",
+        repo,
         {"X-GitHub-Delivery": delivery_id, "Content-Type": "application/json"},
         b'{"ref": "refs/heads/main"}',
         datetime.now(UTC),
     )
-    spec = BuildSpec(provider, REPO, "refs/heads/main", sha) if builds else None
-    return Incoming(delivery, spec, reason)
+    trigger = "pull_request" if supersedes else "push"
+    spec = BuildSpec(provider, repo, ref, sha, trigger=trigger) if builds else None
+    return Incoming(delivery, spec, reason, supersedes)
+
+
+def status(engine: sa.Engine, build_id: int | None) -> tuple[str, str | None]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT status, error FROM builds WHERE id = :id"), {"id": build_id}
+        ).one()
+    return (row.status, row.error)
 
 
 def stored(engine: sa.Engine) -> list[tuple]:
@@ -179,3 +191,82 @@ def test_an_ignored_delivery_first_in_a_batch_does_not_drop_the_rest(engine):
         (False, False),
     ]
     assert counts(engine) == {"deliveries": 3, "builds": 2, "stage_events": 6, "jobs": 2}
+
+
+PULL = "refs/pull/7/head"
+
+
+def request_builds(engine: sa.Engine) -> dict[str, int | None]:
+    """A queued build of request 7, of another request, and of request 7's ref in another
+    repository and on another forge."""
+    with engine.begin() as conn:
+        answers = record_deliveries(
+            conn,
+            [
+                incoming("p-old", ref=PULL, sha="a1" * 20),
+                incoming("p-other", ref="refs/pull/8/head", sha="a2" * 20),
+                incoming("p-repo", ref=PULL, sha="a3" * 20, repo="octo-org/another-api"),
+                incoming("p-forge", ref=PULL, sha="a4" * 20, provider="gitea"),
+            ],
+        )
+    return dict(zip(("old", "other", "repo", "forge"), (a.build_id for a in answers), strict=True))
+
+
+def test_a_new_head_of_a_pull_request_supersedes_only_that_requests_older_builds(engine):
+    built = request_builds(engine)
+    with engine.begin() as conn:
+        (head,) = record_deliveries(
+            conn, [incoming("p-new", ref=PULL, sha="b1" * 20, supersedes=PULL)]
+        )
+
+    assert status(engine, built["old"]) == (
+        "superseded",
+        f"superseded by build #{head.build_id}, a newer head of the pull request",
+    )
+    assert status(engine, head.build_id) == ("queued", None)
+    for left in ("other", "repo", "forge"):
+        assert status(engine, built[left]) == ("queued", None)
+
+
+def test_closing_a_pull_request_supersedes_all_its_builds_and_builds_nothing(engine):
+    built = request_builds(engine)
+    with engine.begin() as conn:
+        (closed,) = record_deliveries(
+            conn, [incoming("p-close", ref=PULL, builds=False, supersedes=PULL)]
+        )
+
+    assert closed.build_id is None and not closed.duplicate
+    assert status(engine, built["old"]) == ("superseded", "the pull request was closed")
+    for left in ("other", "repo", "forge"):
+        assert status(engine, built[left]) == ("queued", None)
+
+
+def test_a_second_head_in_the_same_batch_supersedes_the_first(engine):
+    with engine.begin() as conn:
+        first, second = record_deliveries(
+            conn,
+            [
+                incoming("p-1", ref=PULL, sha="b1" * 20, supersedes=PULL),
+                incoming("p-2", ref=PULL, sha="b2" * 20, supersedes=PULL),
+            ],
+        )
+
+    assert status(engine, first.build_id)[0] == "superseded"
+    assert status(engine, second.build_id) == ("queued", None)
+
+
+def test_a_push_earlier_in_the_batch_does_not_stop_a_new_head_from_superseding(engine):
+    built = request_builds(engine)
+    with engine.begin() as conn:
+        _, head = record_deliveries(
+            conn,
+            [
+                incoming("d-push", sha="c1" * 20),
+                incoming("p-new", ref=PULL, sha="b1" * 20, supersedes=PULL),
+            ],
+        )
+
+    assert status(engine, built["old"]) == (
+        "superseded",
+        f"superseded by build #{head.build_id}, a newer head of the pull request",
+    )
