@@ -79,6 +79,13 @@ def test_a_set_without_a_closing_bracket_is_refused_by_name():
         check_pattern("x[!]")  # an empty set
 
 
+@pytest.mark.parametrize("pattern", ["a[]b]", "a[!]b]", "[!x][]b]"])
+def test_an_empty_set_is_refused_even_when_a_later_bracket_could_close_it(pattern: str):
+    # `[]` ends at its own `]`: a later `]` does not turn it into a set holding `]`.
+    with pytest.raises(PatternError, match="not a valid pattern"):
+        check_pattern(pattern)
+
+
 @pytest.mark.parametrize(
     ("pattern", "message"),
     [
@@ -133,3 +140,11 @@ def test_the_reason_names_only_the_rules_that_are_set():
     assert both.ignore_reason({"README.md"}) == (
         f"{IGNORED}: README.md (filtered by paths = ['src/**'] and paths_ignore = ['*.md'])"
     )
+
+
+def test_a_double_star_matches_a_file_name_holding_a_newline():
+    # Git allows a newline in a file name; `docs/**` must still cover it, as `*` does.
+    odd = "docs/release\nnotes.md"
+    assert not PathFilter(ignore=("docs/**",)).relevant(odd)
+    assert PathFilter(paths=("docs/**",)).relevant(odd)
+    assert PathFilter(paths=("docs/*",)).relevant(odd)
