@@ -803,3 +803,22 @@ def test_hashing_before_the_checkout_fails_saying_so(builds, origin):
 
     with pytest.raises(RuntimeError, match=r"^no mirror: the checkout stage has not run$"):
         b.hash_stage(ctx)
+
+
+@pytest.mark.parametrize("given", ["client", "store"])
+def test_gs_data_is_read_with_the_client_given_or_the_stores_and_no_new_one(
+    builds, origin, bucket, gcs_client, monkeypatch, given
+):
+    import worker.hash.keys
+
+    made = []
+    monkeypatch.setattr(worker.hash.keys, "make_gcs_client", lambda: made.append(1))
+    gcs_client.bucket(bucket).blob("v3.csv").upload_from_string(DATA)
+    extra = f'data = ["gs://{bucket}/v3.csv"]'
+    if given == "client":
+        b = builds(extra, gcs=gcs_client)
+    else:
+        b = builds(extra, store=open_store(f"gs://{bucket}/cache", client=gcs_client))
+    ctx, _ = b.hash(origin.commit({"app.py": "v = 1\n"}))
+
+    assert ctx.data is not None and ctx.data.source == "gs" and made == []
