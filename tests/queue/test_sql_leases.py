@@ -205,3 +205,25 @@ def test_a_claim_for_one_build_takes_that_builds_job_only(queue_engine):
     assert (row.status, row.lease_owner, row.published_at) == ("running", "w1", stamp)
     with queue_engine.begin() as conn:
         assert claim_row(conn, "w2", lease, build_id=second) is None
+
+
+def test_on_postgresql_claimers_holding_jobs_never_make_another_wait(queue_engine, db_url):
+    # Each claim's transaction still open (its row locks held): the next claimer skips the
+    # locked job and takes the next one at once, and locks no more than the one it takes.
+    from trainhook.queue.sql import claim_row
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("row locks: SQLite serialises its writers instead")
+    ids = builds(queue_engine, 3)
+    lease = timedelta(seconds=60)
+    with queue_engine.connect() as a, queue_engine.connect() as b, queue_engine.connect() as c:
+        taken = []
+        for conn, owner in ((a, "w1"), (b, "w2"), (c, "w3")):
+            conn.begin()
+            conn.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
+            job = claim_row(conn, owner, lease)
+            taken.append(job.build_id if job is not None else None)
+        for conn in (a, b, c):
+            conn.commit()
+
+    assert taken == ids
