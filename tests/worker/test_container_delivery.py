@@ -521,6 +521,49 @@ def test_the_local_registry_keeps_its_address_across_restarts(tmp_path: Path):
     assert addresses[0] == addresses[1]
 
 
+def test_a_killed_up_takes_its_registry_down_with_it_so_the_next_can_bind_the_port(
+    tmp_path: Path,
+):
+    need_podman()  # the registry binary comes with the container tooling
+    starter = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from pathlib import Path
+            from worker.container.registry import start_local_registry
+            process = start_local_registry(Path({str(tmp_path)!r}))
+            print(process.pid, flush=True)
+            time.sleep(600)
+        """)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert starter.stdout is not None
+    registry_pid = int(starter.stdout.readline())
+    address = (tmp_path / "oci-registry" / "address").read_text().strip()
+
+    starter.send_signal(signal.SIGKILL)  # as the OOM killer would: no cleanup runs
+    starter.wait()
+
+    deadline = time.monotonic() + 10
+    while _running(registry_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(registry_pid), "the registry outlived the process that started it"
+    again = start_local_registry(tmp_path)
+    assert again is not None
+    try:
+        assert (tmp_path / "oci-registry" / "address").read_text().strip() == address
+    finally:
+        stop_registry(again)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is alive and not a zombie (an orphan is reaped by init)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
 def test_what_up_starts_readopts_and_forwards_the_stable_url(machine: Machine, cli_env: str):
     from trainhook.settings import load_settings
     from worker.container.serving import start_serving

@@ -90,7 +90,10 @@ def start_local_registry(home: Path) -> subprocess.Popen[bytes] | None:
     )
     log = (folder / "registry.log").open("ab")
     process = subprocess.Popen(
-        [binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        [*_dies_with_this_process(), binary, "serve", str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
     log.close()
     deadline = time.monotonic() + START_TIMEOUT
@@ -103,6 +106,19 @@ def start_local_registry(home: Path) -> subprocess.Popen[bytes] | None:
         time.sleep(0.1)
     (folder / "address").write_text(address + "\n")
     return process
+
+
+def _dies_with_this_process() -> list[str]:
+    """A command prefix that has the kernel send the registry SIGTERM when the thread that
+    started it ends (util-linux `setpriv --pdeathsig`; none where setpriv is missing).
+
+    `up` stops its registry on the way out, but a killed `up` (SIGKILL, the OOM killer) left it
+    running, holding the port the next `up` binds again (`_same_port_as_before`), so that
+    one could not start its own. `up` starts it from its main thread, which lives as long as
+    the process does.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
 
 
 def stop_registry(process: subprocess.Popen[bytes]) -> None:
