@@ -139,3 +139,19 @@ def test_python_m_trainer_runs_as_a_process(
         ["-m", "trainer", "train", str(bad), "--out", str(tmp_path / "x")], child_env, REPO_ROOT
     )
     assert (status, out) == (2, "") and "no usable rows" in err
+
+
+def test_the_summary_reaches_a_pipe_whole_when_python_buffers_its_output(
+    sample_csv: Path, tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    # A successful run ends without the interpreter's teardown (trainer/__main__.py): what
+    # sits in a block-buffered stdout must still be written first.
+    env = {k: v for k, v in child_env.items() if k != "PYTHONUNBUFFERED"}
+
+    status, out, err = run_python(
+        ["-m", "trainer", "train", str(sample_csv), "--out", str(tmp_path / "o")], env, REPO_ROOT
+    )
+
+    assert status == 0, err
+    assert json.loads(out)["out_dir"] == str(tmp_path / "o")
+    assert (tmp_path / "o" / "model.joblib").is_file()
