@@ -100,9 +100,13 @@ def fit_vectorizer(
     Chunks of `pretokenise` are tokenised too (warming the cache for a later transform).
     Raises ValueError for no texts.
     """
-    counts = count_features(vec, texts, workers=workers, pretokenise=pretokenise)
+    return fitted_tfidf(vec, count_features(vec, texts, workers=workers, pretokenise=pretokenise))
+
+
+def fitted_tfidf(vec: TweetVectorizer, counts: Counts, dtype: Any = np.float64) -> Any:
+    """Set `vec`'s idf from every row of `counts`; return those rows' TF-IDF (of `dtype`)."""
     set_idf(vec, counts, counts.document_frequency(0, counts.rows), counts.rows)
-    return counts.tfidf(vec, 0, counts.rows, fitted_idf(vec))
+    return counts.tfidf(vec, 0, counts.rows, fitted_idf(vec), dtype)
 
 
 def set_idf(vec: TweetVectorizer, counts: Counts, df: Any, documents: int) -> None:
@@ -177,15 +181,17 @@ def _join_columns(left: Any, right: Any) -> Any:
     index_dtype = np.int32 if max(nnz, left.shape[1] + right.shape[1]) < 2**31 else np.int64
     indices = np.empty(nnz, dtype=index_dtype)
     data = np.empty(nnz, dtype=dtype)
-    for part, before, shift in ((left, right.indptr, 0), (right, left.indptr, left.shape[1])):
-        # An entry at position j of row r moves by the other block's entries in rows < r
-        # (and, for the right block, by the left block's entries in row r too: `before`).
+    # An entry of row r moves by the other block's entries before it: the right block's in
+    # rows < r for a left entry, the left block's in rows <= r for a right one.
+    for part, before, shift in (
+        (left, right.indptr[:-1], 0),
+        (right, left.indptr[1:], left.shape[1]),
+    ):
         for first in range(0, rows, _BLOCK):
             last = min(rows, first + _BLOCK)
             start, end = int(part.indptr[first]), int(part.indptr[last])
             lengths = np.diff(part.indptr[first : last + 1])
-            offset = before[first:last] if shift == 0 else before[first + 1 : last + 1]
-            target = np.arange(start, end) + np.repeat(offset, lengths)
+            target = np.arange(start, end) + np.repeat(before[first:last], lengths)
             indices[target] = part.indices[start:end] + shift
             data[target] = part.data[start:end]
     shape = (rows, left.shape[1] + right.shape[1])

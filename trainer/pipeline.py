@@ -134,7 +134,7 @@ def train(
         with phase("libraries", "loading NLTK and scikit-learn"):
             # Imported only now: they take seconds to import, and the checks above should
             # fail fast without them.
-            from trainer.features import count_features, fitted_idf, set_idf, subset_idf
+            from trainer.features import count_features, fitted_tfidf, subset_idf
             from trainer.model import (
                 CONCURRENT_FIT_MAX_NONZEROS,
                 build_classifier,
@@ -180,10 +180,7 @@ def train(
                     vectorizer, train_texts, workers=workers, pretokenise=val_texts
                 )
                 classifier = resolve_classifier(params, counts.matrix.nnz)
-                set_idf(vectorizer, counts, counts.document_frequency(0, counts.rows), counts.rows)
-                x_train = counts.tfidf(
-                    vectorizer, 0, counts.rows, fitted_idf(vectorizer), feature_dtype(classifier)
-                )
+                x_train = fitted_tfidf(vectorizer, counts, feature_dtype(classifier))
                 del counts
                 x_val = vectorizer.transform(val_texts)
         del train_texts, val_texts
@@ -215,7 +212,6 @@ def train(
                 # The held-out fit's matrices are dropped first: kept alive through the refit
                 # they raised the peak at 200k rows from 2.0 GB to 2.4 GB (measured).
                 del x_train, x_val, model
-                set_idf(vectorizer, counts, counts.document_frequency(0, counts.rows), counts.rows)
                 # liblinear's result depends on the rows' order: they go back in the file's
                 # order. SGD visits them in a seeded shuffle every epoch, so it takes them
                 # as counted (the reordering copy, 5 bytes a non-zero, was the refit's
@@ -226,7 +222,8 @@ def train(
                 else:
                     counts = counts.take_rows(_inverse([*train_idx, *val_idx]))
                     all_labels = list(ds.labels)
-                x_all = counts.tfidf(vectorizer, 0, counts.rows, fitted_idf(vectorizer), dtype)
+                # The idf of every row (their order does not change it).
+                x_all = fitted_tfidf(vectorizer, counts, dtype)
                 del counts
                 model = build_classifier(params, classifier, len(ds.texts))
                 refit_notices = fit_classifier(model, x_all, all_labels)
