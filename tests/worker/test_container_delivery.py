@@ -14,9 +14,11 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -553,6 +555,24 @@ def test_a_killed_up_takes_its_registry_down_with_it_so_the_next_can_bind_the_po
         assert (tmp_path / "oci-registry" / "address").read_text().strip() == address
     finally:
         stop_registry(again)
+
+
+def test_the_registry_waits_briefly_for_its_old_port_before_taking_a_new_one(tmp_path: Path):
+    from worker.container.registry import _same_port_as_before
+
+    folder = tmp_path / "oci-registry"
+    folder.mkdir()
+    holder = socket.create_server(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    (folder / "port").write_text(f"{port}\n")
+    # A dying registry lets go of its socket a moment after it shows as gone.
+    threading.Timer(0.5, holder.close).start()
+    assert _same_port_as_before(folder) == port
+
+    with socket.create_server(("127.0.0.1", port)):  # another program took it for good
+        moved = _same_port_as_before(folder, grace=0.3)
+    assert moved != port
+    assert (folder / "port").read_text().strip() == str(moved)
 
 
 def _running(pid: int) -> bool:

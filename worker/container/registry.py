@@ -16,6 +16,7 @@ from trainhook.settings import Settings
 
 BINARIES = ("docker-registry", "registry")
 START_TIMEOUT = 20.0
+PORT_GRACE = 3.0
 
 
 def local_registry_dir(home: Path) -> Path:
@@ -54,20 +55,38 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _same_port_as_before(folder: Path) -> int:
+def _same_port_as_before(folder: Path, grace: float = PORT_GRACE) -> int:
     """The port the registry had last time when it is free, else a new one (kept for next
     time). Release records name images by this address: with a new port after each restart
-    of `up`, an older release whose image was removed locally could not be pulled back."""
+    of `up`, an older release whose image was removed locally could not be pulled back.
+
+    The kept port is tried for `grace` seconds: the registry of a killed `up` is told to end
+    at once (`_dies_with_this_process`), but its process already shows as a zombie while its
+    other threads still hold the socket. Under load that took long enough for a restarted
+    `up` to give the port up and move every later push to a new address.
+    """
     kept = folder / "port"
     with contextlib.suppress(OSError, ValueError):
         port = int(kept.read_text())
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", port))
+        deadline = time.monotonic() + grace
+        while not _can_bind(port):
+            if time.monotonic() >= deadline:
+                raise OSError(f"port {port} stays taken")
+            time.sleep(0.05)
         return port
     port = _free_port()
     kept.write_text(f"{port}\n")
     return port
+
+
+def _can_bind(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def start_local_registry(home: Path) -> subprocess.Popen[bytes] | None:
