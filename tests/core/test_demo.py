@@ -47,3 +47,15 @@ def test_the_demo_builds_and_serves_the_image_when_an_engine_and_its_base_image_
     env = {}
     demo.choose_demo_builder(env)
     assert env == {"TRAINHOOK_BUILDER": "bundle"}
+
+
+def test_the_demos_example_request_gets_the_labels_its_words_say(tmp_path: Path):
+    """`make run` ends with a curl that labels two texts: a reader checks the answer against
+    the words, so the demo's own model (trained on the demo's generated data) must agree."""
+    from trainer import train
+    from trainhook.cli.demo import TEXTS, create_example_repo
+    from trainhook_runtime import load_model
+
+    create_example_repo(tmp_path / "repo")
+    train(tmp_path / "repo" / "data" / "cleaned_training_sample.csv", tmp_path / "model")
+    assert list(load_model(tmp_path / "model").predict(list(TEXTS))) == ["positive", "negative"]

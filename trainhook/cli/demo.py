@@ -32,7 +32,9 @@ SECRET_ENV = "TRAINHOOK_DEMO_WEBHOOK_SECRET"
 # What scripts/system-deps.sh imports on a machine without an image registry.
 OFFLINE_BASE_IMAGE = "localhost/python-base:3.11"
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-TEXTS = ("I love this, thank you so much!", "This is terrible, I hate it.")
+# In the domain of the generated sample the demo trains on (airline tweets): a model that has
+# seen 2,000 of them labelled "This is terrible, I hate it." neutral, a poor first sight.
+TEXTS = ("Thanks so much, the crew was amazing!", "Worst flight ever, they lost my bag.")
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "trainhook demo",
     "GIT_AUTHOR_EMAIL": "demo@trainhook.invalid",
