@@ -15,6 +15,7 @@ and releases), kill or outlive the worker, or exhaust the machine the receiver r
   files), the Python interpreter, trainhook's venv and `trainhook_runtime` package, and what the
   caller binds; never $TRAINHOOK_HOME (hidden under an empty tmpfs when it lies inside a
   bound path), /root, /home, the host's /proc or the database's socket;
+- a private /dev/shm of SHM_SIZE (multiprocessing's locks and pools need one);
 - a private, size-limited tmpfs at /sandbox holding the working directory, /tmp (a link)
   and $HOME; the checkout is bound read-only at /sandbox-source and copied into the
   working directory before the command starts, so the export the hash and train stages
@@ -58,6 +59,7 @@ from worker.commands import CommandResult, run_command
 
 SANDBOX_UID = 65534  # nobody: owns no file on the host
 ROOT = "/sandbox"  # the private tmpfs
+SHM_SIZE = 64 * 1024**2  # the private /dev/shm
 WORKDIR = f"{ROOT}/work"
 HOME = f"{ROOT}/home"
 SOURCE = "/sandbox-source"  # the checkout, read-only, copied to WORKDIR
@@ -227,6 +229,11 @@ class Sandbox:
         for name in ETC_ENTRIES:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         args += ["--proc", "/proc", "--dev", "/dev"]
+        # POSIX semaphores and shared memory live in /dev/shm: without a writable one every
+        # multiprocessing lock, Pool or Queue raises PermissionError and joblib falls back to
+        # serial, so a test suite that passes in CI elsewhere failed here. Private and capped
+        # like a container's (Docker's default size), since its pages are memory.
+        args += ["--perms", "01777", "--size", str(SHM_SIZE), "--tmpfs", "/dev/shm"]
         # One file system for everything the command may write, so one size caps it all;
         # /tmp is a link into it (made before the mounts: host paths under /tmp, say an
         # operator's wheelhouse, are bound inside it).

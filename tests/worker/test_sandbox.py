@@ -263,6 +263,42 @@ def test_home_and_tmp_belong_to_the_command_and_share_one_size_limited_disk():
     ]
 
 
+@pytest.mark.usefixtures("working_sandbox")
+def test_repository_tests_can_use_multiprocessing_pools_and_locks():
+    # A test suite using multiprocessing (or joblib's processes) must pass here as it does
+    # in CI elsewhere: its semaphores need a writable /dev/shm.
+    script = (
+        "import multiprocessing as mp\n"
+        "with mp.get_context('fork').Pool(2) as pool:\n"
+        "    print(pool.map(abs, [-1, -2]))\n"
+        "lock = mp.Lock()\n"
+        "print(lock.acquire(timeout=1))\n"
+    )
+    result = Sandbox(spec(readonly=sandbox.own_code_paths())).run(
+        [sys.executable, "-c", script], timeout=60
+    )
+
+    assert lines_of(result) == ["[1, 2]", "True"]
+
+
+@pytest.mark.usefixtures("working_sandbox")
+def test_the_shared_memory_directory_is_private_and_capped(tmp_path: Path):
+    marker = f"trainhook-shm-probe-{os.getpid()}"
+    # Files of 8 MiB each, under the file size limit (the spec's 16 MiB disk): only the
+    # size of /dev/shm itself can stop them.
+    files = sandbox.SHM_SIZE // (8 * MIB) + 1
+    script = (
+        f"touch /dev/shm/{marker} && echo WROTE; "
+        f"for i in $(seq {files}); do "
+        "head -c 8388608 /dev/zero > /dev/shm/f$i 2>/dev/null || { echo FULL; exit 0; }; "
+        "done; echo UNCAPPED"
+    )
+    result = run(spec(), script)
+
+    assert lines_of(result) == ["WROTE", "FULL"]
+    assert not Path("/dev/shm", marker).exists()  # the host's /dev/shm never saw it
+
+
 # ---- host paths: read-only, writable, hidden ---------------------------------------------
 
 
