@@ -56,7 +56,10 @@ def remove_containers(engine: Engine, label: str) -> None:
     )  # fmt: skip
     ids = found.stdout.split()
     if ids:
-        subprocess.run(engine.cmd("rm", "-f", *ids), capture_output=True, check=False)
+        # podman's `rm -f` first waits out the stop timeout (10 s) for a pid 1 that ignores
+        # SIGTERM, as the release code knows (`--time 0` there too); docker kills at once.
+        wait = ("--time", "0") if engine.name == "podman" else ()
+        subprocess.run(engine.cmd("rm", "-f", *wait, *ids), capture_output=True, check=False)
 
 
 def remove_images(engine: Engine, name: str) -> None:
