@@ -15,17 +15,16 @@ import fcntl
 import hashlib
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from trainhook.jsonfiles import read_json, write_json
+from trainhook.ports import LOOPBACK, bindable
 
 # Below Linux's default ephemeral range (32768-60999), so an outgoing connection made while
 # nothing listens on the port does not take it between two runs of `trainhook up`.
 STABLE_PORTS = range(20000, 30000)
-LOOPBACK = "127.0.0.1"
 
 
 class Releases:
@@ -89,7 +88,7 @@ class Releases:
         start = int(hashlib.sha256(self.slug.encode()).hexdigest(), 16) % len(STABLE_PORTS)
         for step in range(len(STABLE_PORTS)):
             candidate = STABLE_PORTS[(start + step) % len(STABLE_PORTS)]
-            if candidate not in taken and _bindable(candidate):
+            if candidate not in taken and bindable(candidate):
                 break
         else:
             raise RuntimeError(f"no free port in {STABLE_PORTS} for {self.slug}")
@@ -118,13 +117,3 @@ def home_label(home: Path) -> str:
     """A short id of TRAINHOOK_HOME, put on every container it starts, so two trainhook
     homes on one machine (tests, two instances) never adopt or remove each other's."""
     return hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
+from trainhook.ports import bindable, free_port
 from trainhook.settings import Settings
 
 BINARIES = ("docker-registry", "registry")
@@ -49,12 +49,6 @@ def answers(address: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _same_port_as_before(folder: Path, grace: float = PORT_GRACE) -> int:
     """The port the registry had last time when it is free, else a new one (kept for next
     time). Release records name images by this address: with a new port after each restart
@@ -69,24 +63,14 @@ def _same_port_as_before(folder: Path, grace: float = PORT_GRACE) -> int:
     with contextlib.suppress(OSError, ValueError):
         port = int(kept.read_text())
         deadline = time.monotonic() + grace
-        while not _can_bind(port):
+        while not bindable(port):
             if time.monotonic() >= deadline:
                 raise OSError(f"port {port} stays taken")
             time.sleep(0.05)
         return port
-    port = _free_port()
+    port = free_port()
     kept.write_text(f"{port}\n")
     return port
-
-
-def _can_bind(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def start_local_registry(home: Path) -> subprocess.Popen[bytes] | None:
