@@ -101,13 +101,18 @@ def lexicon_counts(texts: list[str], values: dict[str, float]) -> np.ndarray:
     return np.array(rows, dtype=float)
 
 
-def fit_score(
-    train_texts: list[str], train_y: list[str], test_texts: list[str], test_y: list[str],
-    dense_train: np.ndarray | None, dense_test: np.ndarray | None,
-) -> float:  # fmt: skip
+def features(train_texts: list[str], test_texts: list[str]) -> tuple[Any, Any]:
+    """The trainer's TF-IDF of both parts, the vectorizer fitted on the first: once per
+    split or fold, shared by every weight and feature set scored on it."""
     vectorizer = build_vectorizer(TrainParams())
-    a = fit_vectorizer(vectorizer, train_texts, workers=1)
-    b = vectorizer.transform(test_texts)
+    return fit_vectorizer(vectorizer, train_texts, workers=1), vectorizer.transform(test_texts)
+
+
+def score(
+    a: Any, train_y: list[str], b: Any, test_y: list[str],
+    dense_train: np.ndarray | None = None, dense_test: np.ndarray | None = None,
+) -> float:  # fmt: skip
+    """Macro-F1 on (b, test_y) of the SVM fitted on (a, train_y), dense columns appended."""
     if dense_train is not None and dense_test is not None:
         a = sp.hstack([a, sp.csr_matrix(dense_train)]).tocsr()
         b = sp.hstack([b, sp.csr_matrix(dense_test)]).tocsr()
@@ -120,10 +125,10 @@ def cv_weight(texts: list[str], labels: list[str], dense: np.ndarray, seed: int)
     folds = StratifiedKFold(5, shuffle=True, random_state=seed).split(texts, labels)
     scores: dict[float, list[float]] = {w: [] for w in WEIGHTS}
     for fit_rows, val_rows in folds:
-        ft, fy = [texts[i] for i in fit_rows], [labels[i] for i in fit_rows]
-        vt, vy = [texts[i] for i in val_rows], [labels[i] for i in val_rows]
+        a, b = features([texts[i] for i in fit_rows], [texts[i] for i in val_rows])
+        fy, vy = [labels[i] for i in fit_rows], [labels[i] for i in val_rows]
         for w in WEIGHTS:
-            scores[w].append(fit_score(ft, fy, vt, vy, dense[fit_rows] * w, dense[val_rows] * w))
+            scores[w].append(score(a, fy, b, vy, dense[fit_rows] * w, dense[val_rows] * w))
     return max(WEIGHTS, key=lambda w: statistics.mean(scores[w]))
 
 
@@ -155,23 +160,21 @@ def main() -> int:
         train, test = train_test_split(
             np.arange(len(texts)), test_size=0.2, stratify=labels, random_state=seed
         )
-        tt, ty = [texts[i] for i in train], [labels[i] for i in train]
-        st, sy = [texts[i] for i in test], [labels[i] for i in test]
-        line = {"plain": fit_score(tt, ty, st, sy, None, None)}
+        a, b = features([texts[i] for i in train], [texts[i] for i in test])
+        ty, sy = [labels[i] for i in train], [labels[i] for i in test]
+        line = {"plain": score(a, ty, b, sy)}
         if args.cv:
             dense = sets["vader+counts"]
-            w = cv_weight(tt, ty, dense[train], seed)
-            line[f"vader+counts CV (w {w})"] = fit_score(
-                tt, ty, st, sy, dense[train] * w, dense[test] * w
+            w = cv_weight([texts[i] for i in train], ty, dense[train], seed)
+            line[f"vader+counts CV (w {w})"] = score(
+                a, ty, b, sy, dense[train] * w, dense[test] * w
             )
         else:
             for name, dense in sets.items():
                 for w in WEIGHTS:
-                    line[f"{name} {w}"] = fit_score(
-                        tt, ty, st, sy, dense[train] * w, dense[test] * w
-                    )
-        for name, score in line.items():
-            runs.setdefault(name.split(" (")[0], []).append(score)
+                    line[f"{name} {w}"] = score(a, ty, b, sy, dense[train] * w, dense[test] * w)
+        for name, value in line.items():
+            runs.setdefault(name.split(" (")[0], []).append(value)
         print(seed, {k: round(v, 4) for k, v in line.items()}, flush=True)
     for name, scores in runs.items():
         print(f"{name:24} mean {statistics.mean(scores):.4f}  min {min(scores):.4f}")
